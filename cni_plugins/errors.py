@@ -1,0 +1,117 @@
+"""CNI errors: every failure a plugin reports carries a spec error code.
+
+Hierarchy (code in brackets)::
+
+    CNIError                      base; never raised directly
+    ├── IncompatibleCNIVersion    [1]  config version not supported, verb not in that version
+    ├── UnsupportedField          [2]  a config key/value this plugin refuses
+    ├── UnknownContainer          [3]  the container does not exist (no cleanup DEL needed)
+    ├── InvalidEnvironment        [4]  a CNI_* variable is missing or malformed
+    ├── IOFailure                 [5]  reading stdin, state files under dataDir
+    ├── DecodingFailure           [6]  stdin/prevResult is not valid JSON or has wrong types
+    ├── InvalidNetworkConfig      [7]  config values that are wrong or contradict each other
+    ├── InvalidNetNS              [8]  CNI_NETNS cannot be opened (libcni convention)
+    ├── TryAgainLater             [11] transient: a busy resource
+    ├── PluginNotAvailable        [50] STATUS: the plugin cannot serve ADD now
+    ├── LimitedConnectivity       [51] STATUS: ... and existing containers may be affected
+    ├── InternalError             [999] anything unexpected
+    └── DelegateError             [any] an error JSON returned by a delegated plugin, code kept
+
+Only ``skel.run`` turns these into the error JSON on stdout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class CNIError(Exception):
+    """Base: a message that says what is wrong and what to fix, plus optional details."""
+
+    code: ClassVar[int] = 999
+
+    def __init__(self, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.details = details
+
+    def with_context(self, context: str) -> CNIError:
+        """The same error with ``context: `` in front of its message (keeps the code)."""
+        self.msg = f"{context}: {self.msg}"
+        self.args = (self.msg,)
+        return self
+
+    def error_code(self) -> int:
+        return self.code
+
+    def to_json(self, cni_version: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"cniVersion": cni_version, "code": self.error_code(), "msg": self.msg}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+class IncompatibleCNIVersion(CNIError):
+    code = 1
+
+
+class UnsupportedField(CNIError):
+    code = 2
+
+
+class UnknownContainer(CNIError):
+    code = 3
+
+
+class InvalidEnvironment(CNIError):
+    code = 4
+
+
+class IOFailure(CNIError):
+    code = 5
+
+
+class DecodingFailure(CNIError):
+    code = 6
+
+
+class InvalidNetworkConfig(CNIError):
+    code = 7
+
+
+class InvalidNetNS(CNIError):
+    code = 8
+
+
+class TryAgainLater(CNIError):
+    code = 11
+
+
+class PluginNotAvailable(CNIError):
+    code = 50
+
+
+class LimitedConnectivity(CNIError):
+    code = 51
+
+
+class InternalError(CNIError):
+    code = 999
+
+
+class DelegateError(CNIError):
+    """An error reported by a delegated plugin (IPAM); its code reaches the runtime unchanged."""
+
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg, details)
+        self.delegate_code = code
+
+    def error_code(self) -> int:
+        return self.delegate_code
+
+
+def from_json(obj: object) -> CNIError:
+    """Rebuild an error from a plugin's error JSON (the runtime side and delegation use it)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("code"), int):
+        return InternalError(f"plugin printed an error without a numeric code: {obj!r}")
+    return DelegateError(obj["code"], str(obj.get("msg", "")), str(obj.get("details", "") or ""))

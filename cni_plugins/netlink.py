@@ -1,0 +1,373 @@
+"""A small typed façade over pyroute2's IPRoute: the only module that touches pyroute2.
+
+pyroute2 is imported on first use, not at import time: it costs ~100 ms, and VERSION,
+error paths and the nftables-only plugins must not pay for it.
+
+A ``Netlink`` is bound to one network namespace for its whole life: its socket is opened
+inside the namespace (``netns.entered``), after which the thread is back where it was.
+pyroute2's own ``IPRoute(netns=...)`` is not used: it forks a helper process per socket
+and, by default, *creates* a missing namespace (``O_CREAT``).
+
+Errors are translated at this boundary (``translate_errors``): ENODEV/ENOENT become
+``LinkNotFound``, EEXIST ``LinkExists``, EBUSY/EAGAIN ``TryAgainLater``, the rest code 999
+with the errno in the details.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from cni_plugins import netns
+from cni_plugins.errors import CNIError, InternalError, TryAgainLater
+from cni_plugins.types import IPAddress, IPInterface, IPNetwork
+
+IFF_UP = 0x1
+IFF_PROMISC = 0x100
+IFF_ALLMULTI = 0x200
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST = 0, 253, 254
+RT_TABLE_MAIN = 254
+DUMP_RETRIES = 5
+
+
+class LinkNotFound(CNIError):
+    """No such link (ENODEV): DEL treats it as already done."""
+
+    code = 999
+
+
+class LinkExists(CNIError):
+    """A link of that name already exists (EEXIST)."""
+
+    code = 999
+
+
+@contextmanager
+def translate_errors(context: str) -> Iterator[None]:
+    """Map pyroute2/OS errors raised in the block to CNIError subclasses with ``context``."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        yield
+    except NetlinkError as exc:
+        code = exc.code
+        text = f"{context}: {errno.errorcode.get(code, code)} ({exc})" if code else f"{context}: {exc}"
+        if code in (errno.ENODEV, errno.ENOENT):
+            raise LinkNotFound(text) from None
+        if code == errno.EEXIST:
+            raise LinkExists(text) from None
+        if code in (errno.EBUSY, errno.EAGAIN):
+            raise TryAgainLater(text) from None
+        raise InternalError(text, f"errno {code}") from None
+    except OSError as exc:
+        raise InternalError(f"{context}: {exc.strerror or exc}", f"errno {exc.errno}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Link:
+    index: int
+    name: str
+    kind: str
+    mac: str
+    mtu: int
+    flags: int
+    operstate: str
+    master: int | None
+    link: int | None  # IFLA_LINK: the veth peer's / macvlan master's index (maybe in another ns)
+    txqlen: int
+    info: dict[str, Any]  # IFLA_INFO_DATA as pyroute2 decodes it (macvlan mode, bridge options...)
+
+    @property
+    def is_up(self) -> bool:
+        return bool(self.flags & IFF_UP)
+
+    @property
+    def promisc(self) -> bool:
+        return bool(self.flags & IFF_PROMISC)
+
+    @property
+    def allmulti(self) -> bool:
+        return bool(self.flags & IFF_ALLMULTI)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Addr:
+    index: int
+    address: IPInterface
+    scope: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteEntry:
+    dst: IPNetwork
+    gw: IPAddress | None
+    oif: int | None
+    scope: int
+    table: int
+    priority: int | None
+    src: IPAddress | None
+
+
+def _link_from_msg(msg: Any) -> Link:
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = ""
+    data: dict[str, Any] = {}
+    if info is not None:
+        kind = info.get_attr("IFLA_INFO_KIND") or ""
+        idata = info.get_attr("IFLA_INFO_DATA")
+        if idata is not None and hasattr(idata, "get"):
+            try:
+                data = {name: value for name, value in idata["attrs"]}
+            except (KeyError, TypeError, ValueError):
+                data = {}
+    return Link(
+        index=msg["index"],
+        name=msg.get_attr("IFLA_IFNAME") or "",
+        kind=kind,
+        mac=msg.get_attr("IFLA_ADDRESS") or "",
+        mtu=msg.get_attr("IFLA_MTU") or 0,
+        flags=msg["flags"],
+        operstate=msg.get_attr("IFLA_OPERSTATE") or "",
+        master=msg.get_attr("IFLA_MASTER"),
+        link=msg.get_attr("IFLA_LINK"),
+        txqlen=msg.get_attr("IFLA_TXQLEN") or 0,
+        info=data,
+    )
+
+
+class Netlink:
+    """rtnetlink in one namespace. Use ``Netlink.open(ns)`` as a context manager."""
+
+    def __init__(self, ipr: Any, label: str) -> None:
+        self._ipr = ipr
+        self.label = label
+
+    @classmethod
+    def open(cls, ns: str | int | None = None, *, label: str = "") -> Netlink:
+        """Open in the current namespace (``None``) or in ``ns`` (a path or an fd)."""
+        from pyroute2 import IPRoute
+
+        if ns is None:
+            return cls(IPRoute(), label or "host")
+        with netns.entered(ns):
+            ipr = IPRoute()
+        return cls(ipr, label or (ns if isinstance(ns, str) else f"netns fd {ns}"))
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    def __enter__(self) -> Netlink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ctx(self, what: str) -> str:
+        return f"{what} in {self.label}"
+
+    # ------------------------------------------------------------ links
+
+    def links(self) -> list[Link]:
+        with translate_errors(self._ctx("list links")):
+            return [_link_from_msg(m) for m in self._dump(self._ipr.get_links)]
+
+    def link(self, name: str) -> Link | None:
+        """The link named ``name``, or None."""
+        try:
+            with translate_errors(self._ctx(f"get link {name}")):
+                msgs = self._ipr.get_links(ifname=name)
+        except LinkNotFound:
+            return None
+        return _link_from_msg(msgs[0]) if msgs else None
+
+    def link_by_index(self, index: int) -> Link | None:
+        try:
+            with translate_errors(self._ctx(f"get link #{index}")):
+                msgs = self._ipr.get_links(index)
+        except LinkNotFound:
+            return None
+        return _link_from_msg(msgs[0]) if msgs else None
+
+    def require_link(self, name: str) -> Link:
+        link = self.link(name)
+        if link is None:
+            raise LinkNotFound(self._ctx(f"link {name} not found"))
+        return link
+
+    def add_link(self, name: str, kind: str, **attrs: Any) -> Link:
+        """Create a link (``kind`` as in ``ip link add type``) and return it as the kernel made it."""
+        with translate_errors(self._ctx(f"create {kind} {name}")):
+            self._ipr.link("add", ifname=name, kind=kind, **attrs)
+        return self.require_link(name)
+
+    def set_link(self, index: int, **attrs: Any) -> None:
+        """``ip link set``: state='up'|'down', mtu, address, master, ifname, net_ns_fd, txqlen ..."""
+        with translate_errors(self._ctx(f"set link #{index} {sorted(attrs)}")):
+            self._ipr.link("set", index=index, **attrs)
+
+    def set_flags(self, index: int, *, promisc: bool | None = None, allmulti: bool | None = None) -> None:
+        flags = change = 0
+        for bit, want in ((IFF_PROMISC, promisc), (IFF_ALLMULTI, allmulti)):
+            if want is not None:
+                change |= bit
+                flags |= bit if want else 0
+        if change:
+            with translate_errors(self._ctx(f"set flags on link #{index}")):
+                self._ipr.link("set", index=index, flags=flags, change=change)
+
+    def delete_link_if_exists(self, name: str) -> Link | None:
+        """Delete ``name``; absence is fine. Returns the link as it was, if it existed."""
+        link = self.link(name)
+        if link is None:
+            return None
+        try:
+            with translate_errors(self._ctx(f"delete link {name}")):
+                self._ipr.link("del", index=link.index)
+        except LinkNotFound:
+            return None
+        return link
+
+    def set_bridge_port(self, index: int, **attrs: Any) -> None:
+        """Bridge port options via IFLA_PROTINFO (``hairpin``/``mode``, ``isolated`` ...)."""
+        with translate_errors(self._ctx(f"set bridge port options {sorted(attrs)} on link #{index}")):
+            self._ipr.brport("set", index=index, **attrs)
+
+    def wait_oper_up(self, index: int, delays_ms: tuple[int, ...] = (0, 50, 500, 1000, 1000)) -> bool:
+        """Poll until the link is operationally up (the reference's retry schedule)."""
+        import time
+
+        for delay in delays_ms:
+            if delay:
+                time.sleep(delay / 1000)
+            link = self.link_by_index(index)
+            if link is not None and link.operstate in ("UP", "UNKNOWN"):
+                return True
+        return False
+
+    # ------------------------------------------------------------ addresses
+
+    def addresses(self, index: int | None = None, family: int | None = None) -> list[Addr]:
+        kwargs: dict[str, Any] = {}
+        if index is not None:
+            kwargs["index"] = index
+        if family is not None:
+            kwargs["family"] = family
+        with translate_errors(self._ctx("list addresses")):
+            msgs = self._dump(lambda: self._ipr.get_addr(**kwargs))
+        out = []
+        for m in msgs:
+            addr = m.get_attr("IFA_ADDRESS") if m["family"] == socket.AF_INET6 else (m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS"))
+            if addr is None:
+                continue
+            out.append(Addr(index=m["index"], address=ipaddress.ip_interface(f"{addr}/{m['prefixlen']}"), scope=m["scope"]))
+        return out
+
+    def add_address(self, index: int, address: IPInterface, *, scope: int | None = None, nodad: bool = False) -> None:
+        attrs: dict[str, Any] = {}
+        if address.version == 4:
+            attrs["broadcast"] = str(address.network.broadcast_address) if address.network.prefixlen < 31 else None
+        if scope is not None:
+            attrs["scope"] = scope
+        if nodad:
+            attrs["IFA_FLAGS"] = 0x02  # IFA_F_NODAD
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        with translate_errors(self._ctx(f"add address {address} to link #{index}")):
+            self._ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen, **attrs)
+
+    def del_address(self, index: int, address: IPInterface) -> None:
+        with translate_errors(self._ctx(f"delete address {address} from link #{index}")):
+            self._ipr.addr("del", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+
+    # ------------------------------------------------------------ routes
+
+    def routes(self, family: int = socket.AF_UNSPEC, *, table: int = RT_TABLE_MAIN) -> list[RouteEntry]:
+        with translate_errors(self._ctx("list routes")):
+            msgs = self._dump(lambda: self._ipr.get_routes(family=family, table=table))
+        out = []
+        for m in msgs:
+            fam = m["family"]
+            if fam not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            dst = m.get_attr("RTA_DST")
+            any_addr = "0.0.0.0" if fam == socket.AF_INET else "::"
+            gw = m.get_attr("RTA_GATEWAY")
+            src = m.get_attr("RTA_PREFSRC")
+            out.append(
+                RouteEntry(
+                    dst=ipaddress.ip_network(f"{dst or any_addr}/{m['dst_len']}", strict=False),
+                    gw=ipaddress.ip_address(gw) if gw else None,
+                    oif=m.get_attr("RTA_OIF"),
+                    scope=m["scope"],
+                    table=m.get_attr("RTA_TABLE") or m["table"],
+                    priority=m.get_attr("RTA_PRIORITY"),
+                    src=ipaddress.ip_address(src) if src else None,
+                )
+            )
+        return out
+
+    def add_route(
+        self,
+        dst: IPNetwork,
+        *,
+        gw: IPAddress | None = None,
+        oif: int | None = None,
+        scope: int | None = None,
+        src: IPAddress | None = None,
+        table: int | None = None,
+        priority: int | None = None,
+        mtu: int | None = None,
+        advmss: int | None = None,
+        replace: bool = False,
+    ) -> None:
+        attrs: dict[str, Any] = {"dst": str(dst.network_address), "dst_len": dst.prefixlen, "family": socket.AF_INET if dst.version == 4 else socket.AF_INET6}
+        if gw is not None:
+            attrs["gateway"] = str(gw)
+        if oif is not None:
+            attrs["oif"] = oif
+        if scope is not None:
+            attrs["scope"] = scope
+        if src is not None:
+            attrs["prefsrc"] = str(src)
+        if table is not None:
+            attrs["table"] = table
+        if priority is not None:
+            attrs["priority"] = priority
+        metrics = {}
+        if mtu:
+            metrics["RTAX_MTU"] = mtu
+        if advmss:
+            metrics["RTAX_ADVMSS"] = advmss
+        if metrics:
+            attrs["metrics"] = metrics
+        via = f" via {gw}" if gw else ""
+        with translate_errors(self._ctx(f"add route {dst}{via}")):
+            self._ipr.route("replace" if replace else "add", **attrs)
+
+    def del_route(self, dst: IPNetwork, *, gw: IPAddress | None = None, oif: int | None = None, table: int | None = None) -> None:
+        attrs: dict[str, Any] = {"dst": str(dst.network_address), "dst_len": dst.prefixlen, "family": socket.AF_INET if dst.version == 4 else socket.AF_INET6}
+        if gw is not None:
+            attrs["gateway"] = str(gw)
+        if oif is not None:
+            attrs["oif"] = oif
+        if table is not None:
+            attrs["table"] = table
+        with translate_errors(self._ctx(f"delete route {dst}")):
+            self._ipr.route("del", **attrs)
+
+    # ------------------------------------------------------------ internals
+
+    def _dump(self, fn: Any) -> list[Any]:
+        """Run a dump, retrying when the kernel reports it was interrupted (NLM_F_DUMP_INTR)."""
+        from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
+
+        for attempt in range(DUMP_RETRIES):
+            try:
+                return list(fn())
+            except NetlinkDumpInterrupted:
+                if attempt == DUMP_RETRIES - 1:
+                    raise TryAgainLater(self._ctx("netlink dump interrupted repeatedly")) from None
+        return []

@@ -1,0 +1,30 @@
+"""Which executable (CNI ``type``) is served by which module. Nothing is imported here."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from types import ModuleType
+
+# CNI type -> module exposing PLUGIN. `ptp` is the reference's name for `veth`.
+PLUGINS: dict[str, str] = {
+    "loopback": "cni_plugins.loopback",
+    "bridge": "cni_plugins.bridge",
+    "veth": "cni_plugins.veth",
+    "ptp": "cni_plugins.veth",
+    "macvlan": "cni_plugins.macvlan",
+    "tuning": "cni_plugins.tuning",
+    "portmap": "cni_plugins.portmap",
+    "firewall": "cni_plugins.firewall",
+    "host-local": "ipam.host_local",
+    "static": "ipam.static",
+}
+
+
+def available() -> list[str]:
+    """The plugin types whose module exists in this installation."""
+    return sorted(t for t, mod in PLUGINS.items() if importlib.util.find_spec(mod) is not None)
+
+
+def load(plugin_type: str) -> ModuleType:
+    return importlib.import_module(PLUGINS[plugin_type])

@@ -1,0 +1,244 @@
+"""The CNI protocol for one plugin call: environment + stdin -> verb -> stdout.
+
+``run()`` is the only place that writes to stdout and the only broad ``except`` in the code:
+a ``CNIError`` becomes the spec's error JSON, anything else code 999 with the traceback on
+stderr. Handlers return a ``Result`` (ADD) or ``None`` and never print.
+
+Nothing heavy is imported here: VERSION and every error path stay cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Mapping, TextIO
+
+from cni_plugins import log
+from cni_plugins.errors import CNIError, IncompatibleCNIVersion, InvalidEnvironment, InvalidNetNS, IOFailure, UnknownContainer
+from cni_plugins.types import Result
+from cni_plugins.version import CURRENT_VERSION, SUPPORTED_VERSIONS, at_least, check_supported, result_to_json
+from conf.cni_args import CniArgs
+from conf.netconf import NetConf
+
+ADD, DEL, CHECK, STATUS, GC, VERSION = "ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION"
+COMMANDS = (ADD, DEL, CHECK, STATUS, GC, VERSION)
+
+# The first spec version that defines each verb.
+MIN_VERSION = {ADD: "0.1.0", DEL: "0.1.0", CHECK: "0.4.0", STATUS: "1.1.0", GC: "1.1.0"}
+
+CONTAINER_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+IFNAME_MAX = 15
+
+
+def validate_container_id(value: str) -> None:
+    if not value:
+        raise UnknownContainer("missing containerID", "set CNI_CONTAINERID")
+    if not CONTAINER_ID_RE.match(value):
+        raise InvalidEnvironment(
+            "invalid characters in containerID",
+            f"CNI_CONTAINERID={value!r}: use letters, digits, '_', '.' and '-', starting with a letter or digit",
+        )
+
+
+def validate_ifname(value: str) -> None:
+    problem = ""
+    if not value:
+        problem = "interface name is empty"
+    elif len(value) > IFNAME_MAX:
+        problem = f"interface name is too long ({len(value)} > {IFNAME_MAX} characters)"
+    elif value in (".", ".."):
+        problem = "interface name is . or .."
+    elif any(c in value for c in "/:") or any(c.isspace() for c in value):
+        problem = "interface name contains / or : or whitespace characters"
+    if problem:
+        raise InvalidEnvironment(problem, f"CNI_IFNAME={value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class EnvVar:
+    name: str
+    required_for: frozenset[str]
+    validate: Callable[[str], None] | None = None
+
+
+ENV_TABLE = (
+    EnvVar("CNI_CONTAINERID", frozenset({ADD, DEL, CHECK}), validate_container_id),
+    EnvVar("CNI_NETNS", frozenset({ADD, CHECK})),
+    EnvVar("CNI_IFNAME", frozenset({ADD, DEL, CHECK}), validate_ifname),
+    EnvVar("CNI_ARGS", frozenset()),
+    EnvVar("CNI_PATH", frozenset({ADD, DEL, CHECK, GC, STATUS})),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CmdArgs:
+    """Everything a handler gets: the validated environment and the parsed config."""
+
+    command: str
+    container_id: str
+    netns: str
+    ifname: str
+    cni_args: CniArgs
+    path: tuple[str, ...]
+    conf: NetConf
+    environ: Mapping[str, str]
+
+    @property
+    def stdin(self) -> bytes:
+        return self.conf.data
+
+
+AddHandler = Callable[[CmdArgs], Result]
+Handler = Callable[[CmdArgs], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plugin:
+    name: str
+    add: AddHandler
+    delete: Handler
+    check: Handler
+    status: Handler | None = None  # None: the skel answers success, as the Go skel does
+    gc: Handler | None = None
+    cni_args: frozenset[str] | None = None  # CNI_ARGS keys this plugin reads; None: ignores CNI_ARGS
+    versions: tuple[str, ...] = SUPPORTED_VERSIONS
+    about: str = ""
+
+
+def run(
+    plugin: Plugin,
+    *,
+    environ: Mapping[str, str] | None = None,
+    stdin: BinaryIO | bytes | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Serve one call. Returns the process exit status (0 or 1)."""
+    environ = os.environ if environ is None else environ
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    saved = log.snapshot()
+    log.configure(plugin.name, environ, stderr)
+    try:
+        return _serve(plugin, environ, stdin, stdout, stderr)
+    finally:
+        log.restore(saved)
+
+
+def _serve(plugin: Plugin, environ: Mapping[str, str], stdin: BinaryIO | bytes | None, stdout: TextIO, stderr: TextIO) -> int:
+    cni_version = CURRENT_VERSION
+    try:
+        command = environ.get("CNI_COMMAND", "")
+        if not command and plugin.about:
+            stderr.write(f"{plugin.about}\nCNI protocol versions supported: {', '.join(plugin.versions)}\n")
+            return 0
+        if command not in COMMANDS:
+            raise InvalidEnvironment(f"unknown CNI_COMMAND: {command}", f"CNI_COMMAND must be one of {', '.join(COMMANDS)}")
+        data = _read_stdin(stdin)
+        if command == VERSION:
+            return _write(stdout, _version_reply(plugin, data))
+        args = _parse_env(command, environ)
+        conf = NetConf.from_bytes(data)
+        cni_version = conf.cni_version
+        check_supported(conf.cni_version, plugin.versions)
+        if not at_least(conf.cni_version, MIN_VERSION[command]):
+            raise IncompatibleCNIVersion(
+                f"config version does not allow {command}",
+                f'{command} needs cniVersion {MIN_VERSION[command]} or later; the config has "{conf.cni_version}"',
+            )
+        cni_args = CniArgs.parse(environ.get("CNI_ARGS", ""))
+        if plugin.cni_args is not None and command in (ADD, DEL, CHECK):
+            cni_args.check_known(plugin.cni_args)
+        if command in (ADD, CHECK):
+            _check_netns_differs(args["CNI_NETNS"], environ)
+        cmd = CmdArgs(
+            command=command,
+            container_id=args.get("CNI_CONTAINERID", ""),
+            netns=args.get("CNI_NETNS", ""),
+            ifname=args.get("CNI_IFNAME", ""),
+            cni_args=cni_args,
+            path=tuple(p for p in environ.get("CNI_PATH", "").split(os.pathsep) if p),
+            conf=conf,
+            environ=environ,
+        )
+        if command == ADD:
+            result = plugin.add(cmd)
+            return _write(stdout, result_to_json(result, conf.cni_version), indent=4)
+        handler = {DEL: plugin.delete, CHECK: plugin.check, STATUS: plugin.status, GC: plugin.gc}[command]
+        if handler is not None:
+            handler(cmd)
+        return 0
+    except CNIError as err:
+        _write(stdout, err.to_json(cni_version), indent=4)
+        return 1
+    except Exception as exc:  # the one broad catch: nothing unexpected reaches the caller as a traceback
+        import traceback
+
+        traceback.print_exc(file=stderr)
+        _write(stdout, {"cniVersion": cni_version, "code": 999, "msg": f"internal error: {exc}", "details": type(exc).__name__}, indent=4)
+        return 1
+
+
+def _read_stdin(stdin: BinaryIO | bytes | None) -> bytes:
+    if isinstance(stdin, bytes):
+        return stdin
+    try:
+        return (stdin or sys.stdin.buffer).read()
+    except OSError as exc:
+        raise IOFailure(f"read network config from stdin: {exc}") from None
+
+
+def _parse_env(command: str, environ: Mapping[str, str]) -> dict[str, str]:
+    missing = [v.name for v in ENV_TABLE if command in v.required_for and not environ.get(v.name)]
+    if missing:
+        raise InvalidEnvironment(f"required env variables [{','.join(missing)}] missing", f"{command} needs {', '.join(missing)} set")
+    values = {}
+    for var in ENV_TABLE:
+        value = environ.get(var.name, "")
+        if value and var.validate is not None:
+            var.validate(value)
+        values[var.name] = value
+    return values
+
+
+def _check_netns_differs(netns: str, environ: Mapping[str, str]) -> None:
+    """Refuse to configure the plugin's own namespace (the Go skel's guard, code 8)."""
+    if environ.get("CNI_NETNS_OVERRIDE"):
+        return
+    try:
+        target = os.stat(netns)
+        own = os.stat("/proc/self/ns/net")
+    except OSError:
+        return  # a missing path is reported by the code that opens it, with its own message
+    if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
+        raise InvalidNetNS(
+            f"CNI_NETNS {netns} is the plugin's own network namespace",
+            "pass the container's namespace, or set CNI_NETNS_OVERRIDE=1 if this is intended",
+        )
+
+
+def _version_reply(plugin: Plugin, data: bytes) -> dict[str, Any]:
+    asked = ""
+    try:
+        asked = json.loads(data).get("cniVersion", "") if data.strip() else ""
+    except (ValueError, AttributeError):
+        pass
+    version = asked if asked in plugin.versions else plugin.versions[-1]
+    return {"cniVersion": version, "supportedVersions": list(plugin.versions)}
+
+
+def _write(stdout: TextIO, obj: dict[str, Any], indent: int | None = None) -> int:
+    try:
+        stdout.write(json.dumps(obj, indent=indent) + "\n")
+        stdout.flush()
+    except (BrokenPipeError, ValueError, OSError):
+        return 1
+    return 0
+
+
+def main(plugin: Plugin) -> None:
+    """Executable entry: run and exit with its status."""
+    sys.exit(run(plugin))

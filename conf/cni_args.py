@@ -1,0 +1,57 @@
+"""``CNI_ARGS``: ``K=V;K2=V2`` pairs from the environment (deprecated by the spec, still used).
+
+As in the reference (``pkg/types/args.go``), a plugin names the keys it understands; any
+other key is an error unless ``IgnoreUnknown`` is ``1``/``true``. Runtimes send keys for
+other consumers (podman and containerd: ``IgnoreUnknown=1;K8S_POD_NAME=...``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cni_plugins.errors import InvalidEnvironment
+
+_TRUE = ("1", "true", "True", "TRUE")
+
+
+@dataclass(frozen=True, slots=True)
+class CniArgs:
+    pairs: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> CniArgs:
+        if not text:
+            return cls()
+        pairs = []
+        for item in text.split(";"):
+            if not item:
+                continue
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise InvalidEnvironment(
+                    f"CNI_ARGS: invalid pair {item!r}", 'CNI_ARGS must be "KEY=VALUE" pairs separated by ";"'
+                )
+            pairs.append((key, value))
+        return cls(tuple(pairs))
+
+    @property
+    def ignore_unknown(self) -> bool:
+        return self.get("IgnoreUnknown") in _TRUE
+
+    def get(self, key: str) -> str | None:
+        for k, v in reversed(self.pairs):
+            if k == key:
+                return v
+        return None
+
+    def check_known(self, known: frozenset[str]) -> None:
+        """Refuse keys this plugin does not understand, unless IgnoreUnknown is set."""
+        if self.ignore_unknown:
+            return
+        for key, _ in self.pairs:
+            if key != "IgnoreUnknown" and key not in known:
+                names = ", ".join(sorted(known)) or "none"
+                raise InvalidEnvironment(
+                    f"CNI_ARGS: unknown key {key!r}",
+                    f"this plugin understands: {names}; add IgnoreUnknown=1 to pass keys meant for other plugins",
+                )

@@ -1,0 +1,87 @@
+"""Typed readers for JSON config objects: every wrong value becomes an error naming its key path.
+
+Plugins read their own options with these (``bool_field(raw, "isGateway", False, "bridge")``),
+so a mistyped option is a code-7 error that says which key and what it should be, never a
+``KeyError`` or ``TypeError`` that surfaces as code 999.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from cni_plugins.errors import InvalidNetworkConfig
+
+T = TypeVar("T")
+
+
+def _where(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def bool_field(obj: dict[str, Any], key: str, default: bool, where: str = "") -> bool:
+    value = obj.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    # libcni accepts the strings "true"/"false" for its own flags; do the same everywhere.
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InvalidNetworkConfig(f"{_where(where, key)}: expected true or false, got {value!r}")
+
+
+def int_field(
+    obj: dict[str, Any], key: str, default: int, where: str = "", *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    value = obj.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise InvalidNetworkConfig(f"{_where(where, key)}: expected an integer, got {value!r}")
+    if minimum is not None and value < minimum or maximum is not None and value > maximum:
+        bounds = f"between {minimum} and {maximum}" if minimum is not None and maximum is not None else (
+            f"at least {minimum}" if minimum is not None else f"at most {maximum}"
+        )
+        raise InvalidNetworkConfig(f"{_where(where, key)}: {value} is out of range, must be {bounds}")
+    return value
+
+
+def str_field(obj: dict[str, Any], key: str, default: str = "", where: str = "", *, choices: tuple[str, ...] = ()) -> str:
+    value = obj.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise InvalidNetworkConfig(f"{_where(where, key)}: expected a string, got {value!r}")
+    if choices and value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise InvalidNetworkConfig(f"{_where(where, key)}: {value!r} is not one of {options}")
+    return value
+
+
+def dict_field(obj: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
+    value = obj.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidNetworkConfig(f"{_where(where, key)}: expected a JSON object, got {value!r}")
+    return value
+
+
+def list_field(obj: dict[str, Any], key: str, where: str = "") -> list[Any]:
+    value = obj.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidNetworkConfig(f"{_where(where, key)}: expected a JSON list, got {value!r}")
+    return value
+
+
+def str_list_field(obj: dict[str, Any], key: str, where: str = "") -> tuple[str, ...]:
+    items = list_field(obj, key, where)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise InvalidNetworkConfig(f"{_where(where, key)}[{i}]: expected a string, got {item!r}")
+    return tuple(items)

@@ -1,0 +1,198 @@
+"""The network config a plugin reads on stdin, parsed once into typed values.
+
+``NetConf`` holds the keys every plugin shares (``cniVersion``, ``name``, ``type``, ``ipam``,
+``dns``, ``prevResult``, ``runtimeConfig``, ``args``, ``cni.dev/valid-attachments``) and the
+raw object, from which each plugin parses its own options. Unknown keys are ignored:
+chaining and runtimes add keys we do not know about.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni_plugins.errors import DecodingFailure, InvalidNetworkConfig
+from cni_plugins.types import DNS, Result, expect_dict
+from cni_plugins.version import DEFAULT_CONFIG_VERSION, parse_version, result_from_json
+from conf.fields import int_field, list_field, str_field, str_list_field
+
+# libcni ValidateNetworkName / ValidateContainerID
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+
+PROTOCOLS = ("tcp", "udp", "sctp")
+
+
+def validate_network_name(name: str, where: str = "name") -> None:
+    if not name:
+        raise InvalidNetworkConfig("missing network name", f'set "{where}" in the network config')
+    if not NAME_RE.match(name) or len(name) > 255:
+        raise InvalidNetworkConfig(
+            f"{where}: invalid network name {name!r}",
+            "a network name starts with a letter or digit and holds only letters, digits, '_', '.' and '-'",
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PortMapping:
+    """One entry of the ``portMappings`` capability."""
+
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+    host_ip: str = ""
+
+    @classmethod
+    def from_json(cls, obj: object, where: str) -> PortMapping:
+        if not isinstance(obj, dict):
+            raise InvalidNetworkConfig(f"{where}: expected a JSON object, got {obj!r}")
+        protocol = str_field(obj, "protocol", "tcp", where).lower() or "tcp"
+        if protocol not in PROTOCOLS:
+            raise InvalidNetworkConfig(f"{where}.protocol: {protocol!r} is not one of tcp, udp, sctp")
+        host_ip = str_field(obj, "hostIP", "", where)
+        if host_ip:
+            import ipaddress
+
+            try:
+                ipaddress.ip_address(host_ip)
+            except ValueError:
+                raise InvalidNetworkConfig(f"{where}.hostIP: {host_ip!r} is not an IP address") from None
+        return cls(
+            host_port=int_field(obj, "hostPort", 0, where, minimum=1, maximum=65535),
+            container_port=int_field(obj, "containerPort", 0, where, minimum=1, maximum=65535),
+            protocol=protocol,
+            host_ip=host_ip,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"hostPort": self.host_port, "containerPort": self.container_port, "protocol": self.protocol}
+        if self.host_ip:
+            out["hostIP"] = self.host_ip
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeConfig:
+    """``runtimeConfig``: the capability args the runtime injected for this plugin."""
+
+    port_mappings: tuple[PortMapping, ...] = ()
+    ips: tuple[str, ...] = ()
+    mac: str = ""
+    ip_ranges: tuple[Any, ...] = ()  # host-local validates the range sets itself
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, obj: object) -> RuntimeConfig:
+        if obj is None:
+            return cls()
+        if not isinstance(obj, dict):
+            raise InvalidNetworkConfig(f"runtimeConfig: expected a JSON object, got {obj!r}")
+        where = "runtimeConfig"
+        return cls(
+            port_mappings=tuple(
+                PortMapping.from_json(pm, f"{where}.portMappings[{i}]")
+                for i, pm in enumerate(list_field(obj, "portMappings", where))
+            ),
+            ips=str_list_field(obj, "ips", where),
+            mac=str_field(obj, "mac", "", where),
+            ip_ranges=tuple(list_field(obj, "ipRanges", where)),
+            raw=obj,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PluginArgs:
+    """``args.cni``: the structured successor of CNI_ARGS (``ips``, ``mac``, ``labels``)."""
+
+    ips: tuple[str, ...] = ()
+    mac: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, obj: object) -> PluginArgs:
+        if obj is None:
+            return cls()
+        if not isinstance(obj, dict):
+            raise InvalidNetworkConfig(f"args: expected a JSON object, got {obj!r}")
+        cni = obj.get("cni") or {}
+        if not isinstance(cni, dict):
+            raise InvalidNetworkConfig(f"args.cni: expected a JSON object, got {cni!r}")
+        return cls(ips=str_list_field(cni, "ips", "args.cni"), mac=str_field(cni, "mac", "", "args.cni"), raw=obj)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attachment:
+    container_id: str
+    ifname: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetConf:
+    cni_version: str
+    name: str
+    type: str
+    ipam: dict[str, Any]
+    dns: DNS
+    prev_result: Result | None
+    runtime_config: RuntimeConfig
+    args: PluginArgs
+    valid_attachments: tuple[Attachment, ...] | None
+    raw: dict[str, Any]
+    data: bytes
+
+    @property
+    def ipam_type(self) -> str:
+        return str(self.ipam.get("type", "")) if self.ipam else ""
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NetConf:
+        """Parse stdin. Only decoding and the keys every verb needs are checked here."""
+        try:
+            raw = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DecodingFailure(f"decode network config from stdin: {exc}", "stdin must hold one JSON object") from None
+        if not isinstance(raw, dict):
+            raise DecodingFailure(f"decode network config from stdin: expected a JSON object, got {type(raw).__name__}")
+        version = raw.get("cniVersion") or DEFAULT_CONFIG_VERSION
+        parse_version(version)
+        name = raw.get("name", "")
+        if not isinstance(name, str):
+            raise DecodingFailure(f"name: expected a string, got {name!r}")
+        validate_network_name(name)
+        ptype = raw.get("type", "")
+        if not isinstance(ptype, str):
+            raise DecodingFailure(f"type: expected a string, got {ptype!r}")
+        ipam = raw.get("ipam")
+        if ipam is not None:
+            ipam = expect_dict(ipam, "ipam")
+            if not isinstance(ipam.get("type", ""), str):
+                raise DecodingFailure(f"ipam.type: expected a string, got {ipam.get('type')!r}")
+        prev = raw.get("prevResult")
+        return cls(
+            cni_version=version,
+            name=name,
+            type=ptype,
+            ipam=ipam or {},
+            dns=DNS.from_json(raw.get("dns"), "dns"),
+            prev_result=result_from_json(prev, "prevResult") if prev is not None else None,
+            runtime_config=RuntimeConfig.from_json(raw.get("runtimeConfig")),
+            args=PluginArgs.from_json(raw.get("args")),
+            valid_attachments=_attachments(raw.get("cni.dev/valid-attachments")),
+            raw=raw,
+            data=data,
+        )
+
+
+def _attachments(obj: object) -> tuple[Attachment, ...] | None:
+    if obj is None:
+        return None
+    if not isinstance(obj, list):
+        raise InvalidNetworkConfig(f"cni.dev/valid-attachments: expected a list, got {obj!r}")
+    out = []
+    for i, item in enumerate(obj):
+        where = f"cni.dev/valid-attachments[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidNetworkConfig(f"{where}: expected a JSON object, got {item!r}")
+        out.append(Attachment(container_id=str_field(item, "containerID", "", where), ifname=str_field(item, "ifname", "", where)))
+    return tuple(out)

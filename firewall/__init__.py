@@ -1,0 +1,1 @@
+"""nftables: pure rule builders and one runner that applies a batch atomically."""
