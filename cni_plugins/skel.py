@@ -149,9 +149,12 @@ def _serve(plugin: Plugin, environ: Mapping[str, str], stdin: BinaryIO | bytes |
                 f"config version does not allow {command}",
                 f'{command} needs cniVersion {MIN_VERSION[command]} or later; the config has "{conf.cni_version}"',
             )
-        cni_args = CniArgs.parse(environ.get("CNI_ARGS", ""))
-        if plugin.cni_args is not None and command in (ADD, DEL, CHECK):
-            cni_args.check_known(plugin.cni_args)
+        # Like the reference, only plugins that read CNI_ARGS parse (and can refuse) it.
+        cni_args = CniArgs()
+        if plugin.cni_args is not None:
+            cni_args = CniArgs.parse(environ.get("CNI_ARGS", ""))
+            if command in (ADD, DEL, CHECK):
+                cni_args.check_known(plugin.cni_args)
         if command in (ADD, CHECK):
             _check_netns_differs(args["CNI_NETNS"], environ)
         cmd = CmdArgs(

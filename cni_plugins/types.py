@@ -53,7 +53,7 @@ def _opt_int(obj: dict[str, Any], key: str, where: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise DecodingFailure(f"{where}.{key}: expected an integer, got {value!r}")
-    return value
+    return int(value)
 
 
 def _opt_str(obj: dict[str, Any], key: str, where: str) -> str:

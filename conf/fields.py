@@ -46,7 +46,7 @@ def int_field(
             f"at least {minimum}" if minimum is not None else f"at most {maximum}"
         )
         raise InvalidNetworkConfig(f"{_where(where, key)}: {value} is out of range, must be {bounds}")
-    return value
+    return int(value)
 
 
 def str_field(obj: dict[str, Any], key: str, default: str = "", where: str = "", *, choices: tuple[str, ...] = ()) -> str:
