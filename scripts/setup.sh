@@ -6,13 +6,13 @@
 #   bash scripts/setup.sh install  install only
 #
 # Installs: Debian packages (nftables and its Python binding, iproute2, the reference
-# plugins used as comparator), a virtualenv at $CNI_PY_VENV (default /opt/cni-py/venv)
+# plugins used as comparator), a virtualenv at $CNI_PY_VENV (default <checkout>/.venv)
 # made from /usr/bin/python3 with --system-site-packages (for python3-nftables), our
 # package into it, and our plugin executables into $CNI_PY_BIN (default /opt/cni/bin).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV=${CNI_PY_VENV:-/opt/cni-py/venv}
+VENV=${CNI_PY_VENV:-$ROOT/.venv}
 BIN=${CNI_PY_BIN:-/opt/cni/bin}
 MODE=${1:-install}
 
