@@ -29,6 +29,8 @@ from cni_plugins.types import IPAddress, IPInterface, IPNetwork
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
 IFF_ALLMULTI = 0x200
+IFA_F_NODAD = 0x02
+IFA_F_TENTATIVE = 0x40
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST = 0, 253, 254
 RT_TABLE_MAIN = 254
 DUMP_RETRIES = 5
@@ -99,6 +101,11 @@ class Addr:
     index: int
     address: IPInterface
     scope: int
+    flags: int = 0
+
+    @property
+    def tentative(self) -> bool:
+        return bool(self.flags & IFA_F_TENTATIVE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -263,7 +270,8 @@ class Netlink:
             addr = m.get_attr("IFA_ADDRESS") if m["family"] == socket.AF_INET6 else (m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS"))
             if addr is None:
                 continue
-            out.append(Addr(index=m["index"], address=ipaddress.ip_interface(f"{addr}/{m['prefixlen']}"), scope=m["scope"]))
+            flags = m.get_attr("IFA_FLAGS") or m["flags"]
+            out.append(Addr(index=m["index"], address=ipaddress.ip_interface(f"{addr}/{m['prefixlen']}"), scope=m["scope"], flags=flags))
         return out
 
     def add_address(self, index: int, address: IPInterface, *, scope: int | None = None, nodad: bool = False) -> None:
@@ -273,7 +281,7 @@ class Netlink:
         if scope is not None:
             attrs["scope"] = scope
         if nodad:
-            attrs["IFA_FLAGS"] = 0x02  # IFA_F_NODAD
+            attrs["IFA_FLAGS"] = IFA_F_NODAD
         attrs = {k: v for k, v in attrs.items() if v is not None}
         with translate_errors(self._ctx(f"add address {address} to link #{index}")):
             self._ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen, **attrs)

@@ -1,0 +1,86 @@
+"""Addresses and routes of a container interface, from a result (the reference's
+``ipam.ConfigureIface``): sysctls for IPv6, every address whose ``interface`` index names
+this interface, link up, wait for IPv6 DAD when needed, then the routes.
+"""
+
+from __future__ import annotations
+
+import time
+
+from cni_plugins import netns, sysctl
+from cni_plugins.errors import CNIError, InvalidNetworkConfig
+from cni_plugins.netlink import LinkExists, Netlink
+from cni_plugins.types import IPAddress, Result
+
+DAD_TIMEOUT_S = 10.0
+
+
+def ips_for(result: Result, ifname: str) -> list[int]:
+    """Indices of ``result.ips`` that belong on ``ifname`` (an IP without an index belongs to it)."""
+    out = []
+    for i, ip in enumerate(result.ips):
+        if ip.interface is None:
+            out.append(i)
+            continue
+        if not 0 <= ip.interface < len(result.interfaces):
+            raise InvalidNetworkConfig(f"ips[{i}].interface: index {ip.interface} out of range")
+        if result.interfaces[ip.interface].name == ifname:
+            out.append(i)
+    return out
+
+
+def first_gateway(result: Result, version: int) -> IPAddress | None:
+    return next((ip.gateway for ip in result.ips if ip.version == version and ip.gateway is not None), None)
+
+
+def configure_iface(nl: Netlink, ns: str | int, ifname: str, result: Result, *, up: bool = True) -> None:
+    """Configure ``ifname`` inside the namespace ``ns`` (``nl`` is bound to that namespace)."""
+    link = nl.require_link(ifname)
+    mine = [result.ips[i] for i in ips_for(result, ifname)]
+    if any(ip.version == 6 for ip in mine):
+        with netns.entered(ns):
+            for dev in ("lo", ifname):
+                try:
+                    sysctl.ensure(sysctl.iface_key(6, dev, "disable_ipv6"), "0")
+                except CNIError:
+                    pass  # IPv6 compiled out or disabled globally: adding the address will say so
+            try:
+                sysctl.ensure(sysctl.iface_key(6, ifname, "keep_addr_on_down"), "1")
+            except CNIError:
+                pass
+    for ip in mine:
+        try:
+            nl.add_address(link.index, ip.address)
+        except LinkExists:
+            pass  # already there (a retried ADD)
+    if up:
+        nl.set_link(link.index, state="up")
+    if any(ip.version == 6 and ip.gateway is not None for ip in mine):
+        settle_addresses(nl, link.index)
+    for route in result.routes:
+        gw = route.gw or first_gateway(result, route.dst.version)
+        try:
+            nl.add_route(
+                route.dst,
+                gw=gw,
+                oif=link.index,
+                table=route.table,
+                priority=route.priority or None,
+                mtu=route.mtu,
+                advmss=route.advmss,
+                scope=route.scope,
+            )
+        except LinkExists:
+            pass
+
+
+def settle_addresses(nl: Netlink, index: int, timeout: float = DAD_TIMEOUT_S) -> None:
+    """Wait until no IPv6 address on the link is tentative (DAD done)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = [a for a in nl.addresses(index=index) if a.address.version == 6 and a.tentative]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise CNIError(f"IPv6 duplicate address detection did not finish for {pending[0].address} in {timeout:.0f}s")
+        time.sleep(0.05)

@@ -1,0 +1,103 @@
+"""Links the main plugins create: veth pairs, bridges, macvlans. Over ``netlink.Netlink``.
+
+Kernel quirks and idempotence live here, as in the reference's ``pkg/ip``:
+* a veth pair is created *inside the container namespace* with its peer placed in the host
+  namespace in the same request, so the container-side name (``eth0``) can never collide
+  with a host link; a host-side name clash is retried with a new random name;
+* an existing link of the bridge's name is reused only if it is a bridge;
+* both ends are re-read after creation for the index and MAC the kernel assigned.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from cni_plugins import sysctl
+from cni_plugins.errors import CNIError, InvalidNetworkConfig
+from cni_plugins.netlink import Link, LinkExists, Netlink
+
+VETH_RETRIES = 10
+
+
+def random_veth_name() -> str:
+    return "veth" + os.urandom(4).hex()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VethPair:
+    host: Link  # as seen from the host namespace
+    container: Link  # as seen from the container namespace
+
+
+def setup_veth(
+    container: Netlink,
+    host: Netlink,
+    host_ns_fd: int,
+    ifname: str,
+    *,
+    mtu: int = 0,
+    mac: str = "",
+    host_name: str = "",
+    up: bool = True,
+) -> VethPair:
+    """Create ``ifname`` in the container with its peer in the host; both up unless ``up=False``
+    (then only the host end is up). ``host_name`` empty: a random ``veth<hex>`` name."""
+    if container.link(ifname) is not None:
+        raise LinkExists(f"container interface {ifname!r} already exists in {container.label}", "an interface name may be added once per container")
+    for attempt in range(VETH_RETRIES):
+        name = host_name or random_veth_name()
+        peer: dict[str, object] = {"ifname": name, "net_ns_fd": host_ns_fd}
+        attrs: dict[str, object] = {"peer": peer}
+        if mtu:
+            attrs["mtu"] = mtu
+            peer["mtu"] = mtu
+        if mac:
+            attrs["address"] = mac
+        try:
+            created = container.add_link(ifname, "veth", **attrs)
+            break
+        except LinkExists:
+            if host_name or container.link(ifname) is not None or attempt == VETH_RETRIES - 1:
+                raise
+    host_end = host.require_link(name)
+    host.set_link(host_end.index, state="up")
+    if up:
+        container.set_link(created.index, state="up")
+    return VethPair(host=host.require_link(name), container=container.require_link(ifname))
+
+
+def ensure_bridge(host: Netlink, name: str, *, mtu: int = 0, promisc: bool = False, vlan_filtering: bool = False) -> Link:
+    """The bridge ``name``, created if missing (a concurrent creator is fine), up.
+
+    ``mtu`` applies only when creating it, as in the reference. Call in the host namespace:
+    it also turns off IPv6 router advertisements on the bridge (a /proc/sys write).
+    """
+    link = host.link(name)
+    if link is None:
+        attrs: dict[str, object] = {}
+        if mtu:
+            attrs["mtu"] = mtu
+        if vlan_filtering:
+            attrs["br_vlan_filtering"] = 1
+        try:
+            link = host.add_link(name, "bridge", **attrs)
+        except LinkExists:
+            link = host.require_link(name)
+    if link.kind != "bridge":
+        raise InvalidNetworkConfig(f"{name!r} already exists but is not a bridge (it is a {link.kind or 'plain'} link)", 'pick another "bridge" name')
+    if vlan_filtering and not link.info.get("IFLA_BR_VLAN_FILTERING"):
+        host.set_link(link.index, kind="bridge", br_vlan_filtering=1)
+    if promisc and not link.promisc:
+        host.set_flags(link.index, promisc=True)
+    try:
+        sysctl.write(sysctl.iface_key(6, name, "accept_ra"), "0")
+    except CNIError:  # IPv6 disabled on this host: nothing to turn off
+        pass
+    if not link.is_up:
+        host.set_link(link.index, state="up")
+    return host.require_link(name)
+
+
+def attach_to_bridge(host: Netlink, port: Link, bridge: Link) -> None:
+    host.set_link(port.index, master=bridge.index)
