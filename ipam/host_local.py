@@ -1,0 +1,135 @@
+"""``host-local`` IPAM: addresses from configured ranges, reservations as files under dataDir.
+
+Wiring only: ``ipam.config`` reads the options, ``ipam.allocator`` decides, ``ipam.store``
+keeps the reservations in the reference's on-disk layout (so the reference plugin and this
+one can share a dataDir in both directions).
+
+Verbs: ADD allocates one address per range set; DEL releases what the container+interface
+holds (unknown: success); CHECK verifies a reservation exists (and that the prevResult's
+addresses in our ranges are the ones held); GC releases reservations of attachments not in
+``cni.dev/valid-attachments``; STATUS reports code 50 when dataDir cannot be used (the
+reference answers success without looking).
+"""
+
+from __future__ import annotations
+
+import os
+
+from cni_plugins import log, skel
+from cni_plugins.errors import CNIError, IOFailure, PluginNotAvailable
+from cni_plugins.skel import CmdArgs, Plugin
+from cni_plugins.types import DNS, Result
+from ipam import allocator
+from ipam.config import IPAMConf, parse_data_dir
+from ipam.store import FileStore, Key, validate_component
+
+
+def _key(args: CmdArgs) -> Key:
+    validate_component(args.container_id, "container ID")
+    validate_component(args.ifname, "interface name")
+    return Key(args.container_id, args.ifname)
+
+
+def cmd_add(args: CmdArgs) -> Result:
+    conf = IPAMConf.from_netconf(args.conf, args.cni_args)
+    key = _key(args)
+    dns = parse_resolv_conf(conf.resolv_conf) if conf.resolv_conf else DNS()
+    with FileStore(conf.data_dir, conf.name) as store:
+        ips = allocator.allocate_all(store, conf.range_sets, key, conf.requested)
+    return Result(ips=ips, routes=conf.routes, dns=dns)
+
+
+def cmd_del(args: CmdArgs) -> None:
+    conf = IPAMConf.from_netconf(args.conf, args.cni_args)
+    key = _key(args)
+    store = FileStore(conf.data_dir, conf.name)
+    if not store.exists():
+        return  # nothing was ever allocated on this network: nothing to release
+    with store:
+        released = allocator.release(store, key)
+    log.debug(f"released {', '.join(map(str, released)) or 'nothing'} for {key.container_id}/{key.ifname}")
+
+
+def cmd_check(args: CmdArgs) -> None:
+    conf = IPAMConf.from_netconf(args.conf, args.cni_args)
+    key = _key(args)
+    store = FileStore(conf.data_dir, conf.name)
+    held: tuple[object, ...] = ()
+    if store.exists():
+        with store:
+            held = allocator.holds(store, key)
+    if not held:
+        raise CNIError(f"host-local: Failed to find address added by container {key.container_id}", f"no reservation for interface {key.ifname} in {store.dir}")
+    prev = args.conf.prev_result
+    for ipc in prev.ips if prev is not None else ():
+        ip = ipc.address.ip
+        if any(rs.contains(ip) for rs in conf.range_sets) and ip not in held:
+            raise CNIError(f"host-local: {ip} in prevResult is not reserved for container {key.container_id}", f"{key.ifname} holds {', '.join(map(str, held))}")
+
+
+def cmd_gc(args: CmdArgs) -> None:
+    conf = IPAMConf.from_netconf(args.conf, args.cni_args)
+    valid = args.conf.valid_attachments
+    if valid is None:
+        log.note("GC without cni.dev/valid-attachments: nothing released")
+        return
+    store = FileStore(conf.data_dir, conf.name)
+    if not store.exists():
+        return
+    with store:
+        stale = allocator.gc(store, frozenset(Key(a.container_id, a.ifname) for a in valid))
+    if stale:
+        log.note(f"GC released {', '.join(map(str, stale))} on network {conf.name}")
+
+
+def cmd_status(args: CmdArgs) -> None:
+    """Code 50 when dataDir (or, before the first ADD, its nearest existing parent) is not a
+    writable directory. Reads only: nothing is created."""
+    data_dir = os.path.join(parse_data_dir(args.conf.ipam), args.conf.name)
+    probe = data_dir
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise PluginNotAvailable(f"host-local: dataDir {data_dir} is not usable: {probe} is not a writable directory", "fix ipam.dataDir or its permissions")
+
+
+def parse_resolv_conf(path: str) -> DNS:
+    """``nameserver``, ``domain``, ``search`` and ``options`` lines, as the reference reads them."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        raise IOFailure(f"ipam.resolvConf: read {path}: {exc.strerror}", "give a readable resolv.conf-style file") from None
+    nameservers: list[str] = []
+    search: list[str] = []
+    options: list[str] = []
+    domain = ""
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 2 or fields[0].startswith(("#", ";")):
+            continue
+        if fields[0] == "nameserver":
+            nameservers.append(fields[1])
+        elif fields[0] == "domain":
+            domain = fields[1]
+        elif fields[0] == "search":
+            search += fields[1:]
+        elif fields[0] == "options":
+            options += fields[1:]
+    return DNS(nameservers=tuple(nameservers), domain=domain, search=tuple(search), options=tuple(options))
+
+
+PLUGIN = Plugin(
+    name="host-local",
+    add=cmd_add,
+    delete=cmd_del,
+    check=cmd_check,
+    status=cmd_status,
+    gc=cmd_gc,
+    cni_args=frozenset({"IP"}),
+    about="CNI host-local IPAM plugin (cni-py)",
+)
+
+
+def main() -> None:
+    skel.main(PLUGIN)
