@@ -6,11 +6,12 @@ this interface, link up, wait for IPv6 DAD when needed, then the routes.
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 from cni_plugins import netns, sysctl
 from cni_plugins.errors import CNIError, InvalidNetworkConfig
-from cni_plugins.netlink import LinkExists, Netlink
-from cni_plugins.types import IPAddress, Result
+from cni_plugins.netlink import RT_TABLE_MAIN, LinkExists, Netlink, RouteEntry
+from cni_plugins.types import IPAddress, IPConfig, Result, Route
 
 DAD_TIMEOUT_S = 10.0
 
@@ -84,3 +85,30 @@ def settle_addresses(nl: Netlink, index: int, timeout: float = DAD_TIMEOUT_S) ->
         if time.monotonic() > deadline:
             raise CNIError(f"IPv6 duplicate address detection did not finish for {pending[0].address} in {timeout:.0f}s")
         time.sleep(0.05)
+
+
+def validate_ips(nl: Netlink, ifname: str, ips: Sequence[IPConfig]) -> None:
+    """CHECK: every address of ``ips`` is on ``ifname`` (same prefix), and a route to its subnet exists."""
+    link = nl.link(ifname)
+    if link is None:
+        raise CNIError(f"interface {ifname} not found in {nl.label}", "the interface from prevResult is gone; DEL and ADD again")
+    present = {a.address for a in nl.addresses(index=link.index)}
+    routes = {r.dst for r in nl.routes()}
+    for ip in ips:
+        if ip.address not in present:
+            raise CNIError(f"address {ip.address} is missing on {ifname} in {nl.label}", "it was in prevResult; something removed it")
+        if ip.address.network not in routes:
+            raise CNIError(f"no route to {ip.address.network} for {ifname} in {nl.label}", "the subnet route from ADD is gone")
+
+
+def validate_routes(nl: Netlink, routes: Sequence[Route]) -> None:
+    """CHECK: every route of a result is in the routing table (same destination, and gateway if given)."""
+    tables: dict[int, list[RouteEntry]] = {}
+    for route in routes:
+        table = route.table or RT_TABLE_MAIN
+        if table not in tables:
+            tables[table] = nl.routes(table=table)
+        found = [r for r in tables[table] if r.dst == route.dst and (route.gw is None or r.gw == route.gw)]
+        if not found:
+            via = f" via {route.gw}" if route.gw else ""
+            raise CNIError(f"expected route {route.dst}{via} not found in {nl.label}", "it was in prevResult; something removed it")

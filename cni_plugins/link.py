@@ -101,3 +101,60 @@ def ensure_bridge(host: Netlink, name: str, *, mtu: int = 0, promisc: bool = Fal
 
 def attach_to_bridge(host: Netlink, port: Link, bridge: Link) -> None:
     host.set_link(port.index, master=bridge.index)
+
+
+MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8}
+IFF_LOOPBACK = 0x8
+
+
+def default_route_link(nl: Netlink) -> Link | None:
+    """The link of the first default route in the main table (IPv4 first), as the reference picks it."""
+    for route in nl.routes():
+        if route.dst.prefixlen == 0 and route.oif is not None:
+            return nl.link_by_index(route.oif)
+    return None
+
+
+def create_macvlan(
+    parent_ns: Netlink,
+    container: Netlink,
+    container_fd: int,
+    ifname: str,
+    master: Link,
+    *,
+    mode: str,
+    mtu: int = 0,
+    mac: str = "",
+    bcqueuelen: int | None = None,
+) -> Link:
+    """A macvlan on ``master`` (a link of ``parent_ns``) named ``ifname`` in the container, down.
+
+    It is created under a random name, born directly in the container namespace, then
+    renamed: creating it as ``eth0`` could collide with a host link of that name (the
+    reference's workaround for the same kernel behaviour). If the rename fails it is deleted.
+    """
+    if container.link(ifname) is not None:
+        raise LinkExists(f"container interface {ifname!r} already exists in {container.label}", "an interface name may be added once per container")
+    if master.flags & IFF_LOOPBACK:
+        raise InvalidNetworkConfig(f"master {master.name!r} is a loopback interface; a macvlan needs an Ethernet master", 'set "master" to an Ethernet interface')
+    attrs: dict[str, object] = {"link": master.index, "macvlan_mode": MACVLAN_MODES[mode]}
+    if parent_ns is not container:
+        attrs["net_ns_fd"] = container_fd
+    if mtu:
+        attrs["mtu"] = mtu
+    if mac:
+        attrs["address"] = mac
+    if bcqueuelen is not None:
+        attrs["macvlan_bc_queue_len"] = bcqueuelen
+    tmp_name = "mv" + os.urandom(5).hex()
+    try:
+        parent_ns.create_link(tmp_name, "macvlan", **attrs)
+    except CNIError as err:
+        raise err.with_context(f"create macvlan on master {master.name!r}") from None
+    created = container.require_link(tmp_name)
+    try:
+        container.set_link(created.index, ifname=ifname)
+    except CNIError as err:
+        container.delete_link_if_exists(tmp_name)
+        raise err.with_context(f"rename macvlan to {ifname!r}") from None
+    return container.require_link(ifname)

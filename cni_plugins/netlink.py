@@ -119,6 +119,17 @@ class RouteEntry:
     src: IPAddress | None
 
 
+def _teach_pyroute2() -> None:
+    """Attributes newer than pyroute2 0.9's tables, so they can be sent and decoded:
+    macvlan's broadcast queue length (Linux 5.11, ``ip link ... bcqueuelen``). Runs before
+    the first socket is made, i.e. before pyroute2 compiles its attribute tables."""
+    from pyroute2.netlink.rtnl.ifinfmsg import macvx_data
+
+    names = [name for name, _ in macvx_data.nla_map]
+    if "IFLA_MACVLAN_BC_QUEUE_LEN" not in names and len(names) == 7:
+        macvx_data.nla_map = (*macvx_data.nla_map, ("IFLA_MACVLAN_BC_QUEUE_LEN", "uint32"), ("IFLA_MACVLAN_BC_QUEUE_LEN_USED", "uint8"))
+
+
 def _link_from_msg(msg: Any) -> Link:
     info = msg.get_attr("IFLA_LINKINFO")
     kind = ""
@@ -158,6 +169,7 @@ class Netlink:
         """Open in the current namespace (``None``) or in ``ns`` (a path or an fd)."""
         from pyroute2 import IPRoute
 
+        _teach_pyroute2()
         if ns is None:
             return cls(IPRoute(), label or "host")
         with netns.entered(ns):
@@ -207,9 +219,13 @@ class Netlink:
 
     def add_link(self, name: str, kind: str, **attrs: Any) -> Link:
         """Create a link (``kind`` as in ``ip link add type``) and return it as the kernel made it."""
+        self.create_link(name, kind, **attrs)
+        return self.require_link(name)
+
+    def create_link(self, name: str, kind: str, **attrs: Any) -> None:
+        """Create a link without reading it back: with ``net_ns_fd`` it is born in another namespace."""
         with translate_errors(self._ctx(f"create {kind} {name}")):
             self._ipr.link("add", ifname=name, kind=kind, **attrs)
-        return self.require_link(name)
 
     def set_link(self, index: int, **attrs: Any) -> None:
         """``ip link set``: state='up'|'down', mtu, address, master, ifname, net_ns_fd, txqlen ..."""
