@@ -1,0 +1,210 @@
+"""FileStore in tmp_path: the reference's layout, the attachment index (hint + stamp), crash
+leftovers, path safety, and a multi-process race."""
+
+from __future__ import annotations
+
+import ipaddress
+import multiprocessing
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from cni_plugins.errors import CNIError
+from ipam import allocator
+from ipam.config import parse_range_set
+from ipam.store import CLOCK_REALTIME_COARSE, INDEX_DIR, STAMP_FILE, FileStore, Key, iter_index_names, parse_owner
+
+IP = ipaddress.ip_address
+RS = (parse_range_set([{"subnet": "10.1.0.0/24"}], "ipam.ranges[0]"),)
+
+
+def add(data_dir: Path, cid: str, ifname: str = "eth0", net: str = "net1") -> str:
+    with FileStore(str(data_dir), net) as store:
+        (ipc,) = allocator.allocate_all(store, RS, Key(cid, ifname), (None,))
+    return str(ipc.address.ip)
+
+
+def delete(data_dir: Path, cid: str, ifname: str = "eth0", net: str = "net1") -> tuple[str, ...]:
+    with FileStore(str(data_dir), net) as store:
+        return tuple(map(str, allocator.release(store, Key(cid, ifname))))
+
+
+def stamp(data_dir: Path, net: str = "net1") -> bytes:
+    return (data_dir / net / INDEX_DIR / STAMP_FILE).read_bytes()
+
+
+def test_reference_layout(tmp_path: Path) -> None:
+    assert add(tmp_path, "c1") == "10.1.0.2"
+    net = tmp_path / "net1"
+    assert stat.S_IMODE(net.stat().st_mode) == 0o755 & ~_umask()
+    ip_file = net / "10.1.0.2"
+    assert ip_file.read_bytes() == b"c1\r\neth0"  # exactly: no trailing newline
+    assert stat.S_IMODE(ip_file.stat().st_mode) == 0o600
+    assert ip_file.stat().st_nlink == 1  # the temporary link is gone
+    assert (net / "last_reserved_ip.0").read_bytes() == b"10.1.0.2"
+    assert (net / "lock").exists()
+    assert sorted(p.name for p in net.iterdir()) == [INDEX_DIR, "10.1.0.2", "last_reserved_ip.0", "lock"]
+    assert list(iter_index_names(str(net))) == ["c1:eth0"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_index_content_can_never_match_the_references_release_rule(tmp_path: Path) -> None:
+    for i in range(3):
+        add(tmp_path, f"c{i}")
+    add(tmp_path, "c0", "eth1")
+    for path in (tmp_path / "net1" / INDEX_DIR).iterdir():
+        trimmed = path.read_bytes().strip()
+        for cid, ifname in (("c0", "eth0"), ("c0", "eth1"), ("c1", "eth0"), ("c2", "eth0")):
+            assert trimmed not in (f"{cid}\r\n{ifname}".encode(), cid.encode()), path
+        assert b"\r" not in trimmed
+
+
+def test_release_reads_only_the_index_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(20):
+        add(tmp_path, f"c{i}")
+    scans: list[str] = []
+    real_scan = FileStore._scan
+    monkeypatch.setattr(FileStore, "_scan", lambda self: scans.append(self.dir) or real_scan(self))
+    assert delete(tmp_path, "c7") == ("10.1.0.9",)
+    assert delete(tmp_path, "c7") == ()  # idempotent, still no scan
+    assert add(tmp_path, "new") == "10.1.0.22"
+    with FileStore(str(tmp_path), "net1") as store:
+        assert allocator.holds(store, Key("c3", "eth0")) == (IP("10.1.0.5"),)
+    assert scans == []
+    assert not (tmp_path / "net1" / "10.1.0.9").exists()
+
+
+def test_foreign_reservation_triggers_a_rebuild_and_is_released(tmp_path: Path) -> None:
+    add(tmp_path, "ours")
+    net = tmp_path / "net1"
+    # What the reference plugin does: O_EXCL create, write, last_reserved_ip in place.
+    (net / "10.1.0.3").write_bytes(b"theirs\r\neth0")
+    (net / "last_reserved_ip.0").write_bytes(b"10.1.0.3")
+    assert add(tmp_path, "ours2") == "10.1.0.4"
+    with pytest.raises(CNIError, match="10.1.0.3 has been allocated to theirs"):
+        add(tmp_path, "theirs")
+    assert delete(tmp_path, "theirs") == ("10.1.0.3",)
+    assert "theirs:eth0" not in iter_index_names(str(net))
+
+
+def test_stale_index_entry_is_ignored(tmp_path: Path) -> None:
+    add(tmp_path, "c1")
+    net = tmp_path / "net1"
+    os.unlink(net / "10.1.0.2")  # released by someone else (e.g. the reference's DEL)
+    (net / "10.1.0.2").write_bytes(b"other\r\neth0")  # and re-used
+    assert delete(tmp_path, "c1") == ()
+    assert (net / "10.1.0.2").read_bytes() == b"other\r\neth0"
+    assert delete(tmp_path, "other") == ("10.1.0.2",)
+
+
+def test_lost_or_corrupt_index_is_rebuilt(tmp_path: Path) -> None:
+    add(tmp_path, "c1")
+    add(tmp_path, "c2")
+    idx = tmp_path / "net1" / INDEX_DIR
+    os.unlink(idx / "c1:eth0")  # lost (changes the index dir's mtime)
+    (idx / "c2:eth0").write_bytes(b"garbage")  # corrupt in place (does not)
+    assert delete(tmp_path, "c1") == ("10.1.0.2",)
+    assert delete(tmp_path, "c2") == ("10.1.0.3",)
+
+
+def test_crash_leaves_a_dirty_stamp_and_the_next_call_rebuilds(tmp_path: Path) -> None:
+    add(tmp_path, "c1")
+    store = FileStore(str(tmp_path), "net1")
+    store.__enter__()
+    assert stamp(tmp_path) == b"dirty\n"
+    store.reserve(Key("crashed", "eth0"), IP("10.1.0.50"))  # then the process dies: no __exit__
+    os.close(store._lock_fd)
+    os.close(store._stamp_fd)
+    assert delete(tmp_path, "crashed") == ("10.1.0.50",)
+    leftovers = [n for n in os.listdir(tmp_path / "net1" / INDEX_DIR) if n.startswith(".tmp.")]
+    assert leftovers == []
+
+
+def test_stamp_recorded_and_clock_has_moved_past_it(tmp_path: Path) -> None:
+    add(tmp_path, "c1")
+    header, values = stamp(tmp_path).split(b"\n", 1)
+    assert header == b"cni-py host-local stamp v1"
+    nums = [int(x) for x in values.split()]
+    assert len(nums) == 6
+    assert time.clock_gettime_ns(CLOCK_REALTIME_COARSE) > max(nums[1], nums[2], nums[4], nums[5])
+
+
+def test_empty_reservation_file_is_taken_back(tmp_path: Path) -> None:
+    add(tmp_path, "c1")
+    net = tmp_path / "net1"
+    (net / "10.1.0.3").write_bytes(b"")  # an old writer crashed between create and write
+    (net / "last_reserved_ip.0").write_bytes(b"10.1.0.2")
+    assert add(tmp_path, "c2") == "10.1.0.3"
+    assert (net / "10.1.0.3").read_bytes() == b"c2\r\neth0"
+
+
+def test_legacy_id_only_files_are_released_by_id(tmp_path: Path) -> None:
+    add(tmp_path, "c1")
+    (tmp_path / "net1" / "10.1.0.9").write_bytes(b"  old-ctr \n")
+    assert delete(tmp_path, "old-ctr", "eth3") == ("10.1.0.9",)
+
+
+def test_gc_on_disk_keeps_bookkeeping_files(tmp_path: Path) -> None:
+    for cid in ("a", "b", "c"):
+        add(tmp_path, cid)
+    net = tmp_path / "net1"
+    (net / "10.1.0.40").write_bytes(b"")
+    (net / "not-an-ip").write_bytes(b"zz")
+    with FileStore(str(tmp_path), "net1") as store:
+        stale = allocator.gc(store, frozenset({Key("b", "eth0")}))
+    assert sorted(map(str, stale)) == ["10.1.0.2", "10.1.0.4", "10.1.0.40"]
+    assert sorted(p.name for p in net.iterdir()) == [INDEX_DIR, "10.1.0.3", "last_reserved_ip.0", "lock", "not-an-ip"]
+    assert list(iter_index_names(str(net))) == ["b:eth0"]
+    assert delete(tmp_path, "b") == ("10.1.0.3",)
+
+
+@pytest.mark.parametrize("net", ["..", ".", "a/b", ""])
+def test_network_names_that_escape_are_refused(tmp_path: Path, net: str) -> None:
+    with pytest.raises(CNIError) as info:
+        FileStore(str(tmp_path / "d"), net)
+    assert info.value.code == 7
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    "content,owner",
+    [
+        (b"c1\r\neth0", Key("c1", "eth0")),
+        (b" c1\r\neth0\n", Key("c1", "eth0")),
+        (b"c1", Key("c1", "")),
+        (b"c1\r\n", Key("c1", "")),
+        (b"", None),
+        (b"\x00\x01", None),
+        (b"../x\r\neth0", None),
+        (b"c1\r\neth 0", None),
+    ],
+)
+def test_parse_owner(content: bytes, owner: Key | None) -> None:
+    assert parse_owner(content) == owner
+
+
+def _worker(data_dir: str, wid: int, n: int, out: "multiprocessing.Queue[list[str]]") -> None:
+    out.put([add(Path(data_dir), f"w{wid}-{i}") for i in range(n)])
+
+
+def test_concurrent_processes_never_share_an_address(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue[list[str]] = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(str(tmp_path), w, 15, queue)) for w in range(4)]
+    for p in procs:
+        p.start()
+    got = [ip for _ in procs for ip in queue.get(timeout=60)]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert len(got) == 60 and len(set(got)) == 60
+    files = [n for n in os.listdir(tmp_path / "net1") if n[0].isdigit()]
+    assert sorted(files) == sorted(got)
