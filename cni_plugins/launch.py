@@ -1,17 +1,127 @@
-"""What an installed plugin executable runs.
+"""What an installed plugin executable runs, kept to the cheapest possible imports.
 
-The executables written by ``cni-plugins install`` are tiny scripts run by
-``python -I -S`` (isolated from the caller's PYTHON* variables, user site and .pth
-files, ~8 ms to start) that put our package on ``sys.path`` and call ``launch(type)``.
+The executables written by ``cni-plugins install`` are tiny scripts run by ``python -I -S``
+(isolated from the caller's PYTHON* variables, user site-packages and .pth files) that put
+our package on ``sys.path`` and call ``launch()``. Three paths, cheapest first:
+
+1. VERSION is answered here, from the versions written into the launcher at install time:
+   no JSON module, no dataclasses, nothing else imported.
+2. If a warm helper (``cni_plugins.helper``) listens on the launcher's socket, the call is
+   handed to it with the caller's stdin/stdout/stderr, network and mount namespaces and
+   working directory as file descriptors; the helper forks a child that runs the very same
+   ``skel.run`` with this environment. Only ``_socket`` is imported for that.
+3. Otherwise the plugin runs in this process (and, in ``auto`` mode, a helper is started in
+   the background for the next calls).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
+PROTOCOL = b"cni-py-helper/1"
 
-def launch(plugin_type: str) -> None:
+
+def launch(plugin_type: str, versions: tuple[str, ...] = (), helper: str = "", auto_start: bool = False) -> None:
+    command = os.environ.get("CNI_COMMAND", "")
+    if command == "VERSION" and versions:
+        sys.exit(_version(versions))
+    if helper and command:
+        rc = _via_helper(plugin_type, helper)
+        if rc is not None:
+            sys.exit(rc)
+        if auto_start:
+            _start_helper(helper)
     from cni_plugins import registry, skel
 
-    module = registry.load(plugin_type)
-    sys.exit(skel.run(module.PLUGIN))
+    sys.exit(skel.run(registry.load(plugin_type).PLUGIN))
+
+
+def _version(versions: tuple[str, ...]) -> int:
+    """``{"cniVersion": <asked, if supported, else newest>, "supportedVersions": [...]}``."""
+    try:
+        data = sys.stdin.buffer.read(65536).decode("utf-8", "replace")
+    except OSError:
+        data = ""
+    asked = versions[-1]
+    at = data.find('"cniVersion"')
+    if at >= 0:
+        rest = data[at + len('"cniVersion"'):].lstrip()
+        if rest.startswith(":"):
+            rest = rest[1:].lstrip()
+            if rest.startswith('"'):
+                value = rest[1:].split('"', 1)[0]
+                if value in versions:  # only ever echo one of our own constants
+                    asked = value
+    listed = ", ".join(f'"{v}"' for v in versions)
+    try:
+        sys.stdout.write(f'{{"cniVersion": "{asked}", "supportedVersions": [{listed}]}}\n')
+        sys.stdout.flush()
+    except OSError:
+        return 1
+    return 0
+
+
+def _via_helper(plugin_type: str, path: str) -> int | None:
+    """Run the call in the helper; None when no helper took it (nothing was started then)."""
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    opened: list[int] = []
+    try:
+        try:
+            sock.connect(path)
+        except OSError:
+            return None
+        for ns_path in ("/proc/thread-self/ns/net", "/proc/thread-self/ns/mnt"):
+            opened.append(os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC))
+        opened.append(os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        umask = os.umask(0o022)
+        os.umask(umask)
+        env = [f"{k}={v}".encode("utf-8", "surrogateescape") for k, v in os.environ.items() if "\0" not in k + v]
+        payload = b"\0".join([PROTOCOL, plugin_type.encode(), str(umask).encode(), *env])
+        fds = [0, 1, 2, *opened]
+        ancillary = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
+        try:
+            sock.sendmsg([payload], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, ancillary)])
+            accepted = sock.recv(16)
+        except OSError:
+            return None
+        if accepted != b"A":
+            return None  # the helper refused or went away before starting anything: run here
+        try:
+            reply = sock.recv(16)
+        except OSError:
+            reply = b""
+        if not reply.isdigit():
+            # The child died mid-call: report it as the error JSON (it printed nothing else).
+            sys.stdout.write('{"code": 999, "msg": "cni-py helper: the plugin process died before finishing", "details": "see the helper log or stderr"}\n')
+            return 1
+        return int(reply)
+    finally:
+        for fd in opened:
+            os.close(fd)
+        sock.close()
+
+
+def _start_helper(path: str) -> None:
+    """Start a helper in the background for the next calls (it exits when idle)."""
+    args = [sys.executable, "-IS", "-c", f"import sys; sys.path[:0] = {sys.path[:2]!r}; sys.path += {sys.path[2:]!r}; "
+            f"from cni_plugins.helper import main; main(['--socket', {path!r}, '--daemon'])"]
+    try:
+        pid = os.fork()
+    except OSError:
+        return
+    if pid == 0:  # child: detach and exec the helper; never return into the plugin
+        try:
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.execv(sys.executable, args)
+        finally:
+            os._exit(0)
+    try:
+        os.waitpid(pid, 0)  # the helper double-forks, so this returns at once
+    except OSError:
+        pass

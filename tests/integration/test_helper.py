@@ -1,0 +1,148 @@
+"""The warm helper: same results as a direct exec, the caller's namespaces and streams,
+root-only access, auto-start and idle exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.integration.nsutil import path, poll, run_plugin, sh
+
+LO = {"cniVersion": "1.0.0", "name": "helpernet", "type": "loopback"}
+
+
+def install(target: Path, *args: str) -> None:
+    subprocess.run([sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(target), *args], check=True, capture_output=True)
+
+
+def helper_pid(sock: Path) -> int | None:
+    try:
+        pid = int((sock.parent / (sock.name + ".lock")).read_text().split()[0])
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@pytest.fixture
+def helper_bin(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """Launchers that use a helper on a private socket, and that helper, started and stopped here."""
+    sock = tmp_path / "run" / "helper.sock"
+    bin_dir = tmp_path / "bin"
+    install(bin_dir, "--helper", "on", "--helper-socket", str(sock))
+    proc = subprocess.Popen([sys.executable, "-m", "cni_plugins.install", "helper", "--socket", str(sock), "--idle", "0"])
+    assert poll(lambda: sock.exists(), timeout=20), "helper did not start"
+    try:
+        yield bin_dir, sock
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_same_answers_as_direct_exec(helper_bin, cni_bin, host_ns, container_ns) -> None:  # type: ignore[no-untyped-def]
+    bin_dir, sock = helper_bin
+    pid = helper_pid(sock)
+    via = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo", host_ns=host_ns)
+    direct = run_plugin(cni_bin, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo", host_ns=host_ns)
+    assert via.rc == direct.rc == 0 and via.json == direct.json
+    for conf in (b"{nope", json.dumps({**LO, "cniVersion": "7.0.0"}).encode()):
+        a = run_plugin(bin_dir, "loopback", "ADD", conf, netns=path(container_ns), ifname="lo", host_ns=host_ns)
+        b = run_plugin(cni_bin, "loopback", "ADD", conf, netns=path(container_ns), ifname="lo", host_ns=host_ns)
+        assert (a.rc, a.json) == (b.rc, b.json) and a.rc == 1
+    assert helper_pid(sock) == pid  # the same helper served every call (it did not die)
+
+
+def test_child_runs_in_the_callers_namespace(helper_bin, host_ns) -> None:  # type: ignore[no-untyped-def]
+    bin_dir, _ = helper_bin
+    # Called from inside host_ns with host_ns itself as the target: only a child that joined the
+    # caller's namespace can see that they are the same and refuse with code 8.
+    res = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(host_ns), ifname="lo", host_ns=host_ns)
+    assert res.rc == 1 and res.json["code"] == 8 and "own network namespace" in res.json["msg"]
+
+
+def test_callers_environment_and_stderr_are_used(helper_bin, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bin_dir, _ = helper_bin
+    res = run_plugin(bin_dir, "loopback", "FROB", LO, netns=path(container_ns), ifname="lo")
+    assert res.rc == 1 and "FROB" in res.json["msg"]  # CNI_COMMAND came from this caller's env
+    res = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo", env={"CNI_COMMAND": ""})
+    assert res.rc == 0 and "CNI loopback plugin" in res.stderr  # the about text reached our stderr
+
+
+def test_many_concurrent_calls(helper_bin, namespaces) -> None:  # type: ignore[no-untyped-def]
+    bin_dir, sock = helper_bin
+    ctrs = [namespaces.make(f"h{i}") for i in range(12)]
+    for c in ctrs:
+        sh("ip", "link", "set", "lo", "down", ns=c)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda c: run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(c), ifname="lo"), ctrs))
+    assert all(r.rc == 0 for r in results), [r.stdout for r in results if r.rc]
+    assert all("UP" in json.loads(sh("ip", "-j", "link", "show", "lo", ns=c).stdout)[0]["flags"] for c in ctrs)
+
+
+def test_socket_is_root_only_and_non_root_peers_are_refused(helper_bin) -> None:  # type: ignore[no-untyped-def]
+    _, sock = helper_bin
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700 and stat.S_IMODE(sock.stat().st_mode) == 0o600
+    # A second helper on a socket whose permissions we open on purpose: it must still refuse a
+    # non-root peer by its credentials (SO_PEERCRED), without starting a child.
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="cnitest-helper-", dir="/tmp"))
+    open_sock = base / "run" / "helper.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "cni_plugins.install", "helper", "--socket", str(open_sock), "--idle", "0"])
+    try:
+        assert poll(lambda: open_sock.exists(), timeout=20)
+        os.chmod(base, 0o755)
+        os.chmod(open_sock.parent, 0o755)
+        os.chmod(open_sock, 0o666)
+        client = (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.connect(sys.argv[1])\n"
+            "fds = [0, 1, 2, 0, 0, 0]\n"
+            "s.sendmsg([b'cni-py-helper/1\\0loopback\\x0018\\0CNI_COMMAND=ADD'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes().join(f.to_bytes(4, 'little') for f in fds))])\n"
+            "print(repr(s.recv(16)))\n"
+        )
+        res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", client, str(open_sock)], capture_output=True, text=True, timeout=20)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip() == "b''"  # closed without starting a child
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_auto_start_and_idle_exit(tmp_path, container_ns) -> None:  # type: ignore[no-untyped-def]
+    sock = tmp_path / "auto" / "helper.sock"
+    bin_dir = tmp_path / "bin"
+    install(bin_dir, "--helper", "auto", "--helper-socket", str(sock))
+    try:
+        first = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo")
+        assert first.rc == 0  # served in-process, and a helper was started for later calls
+        assert poll(lambda: helper_pid(sock) is not None and sock.exists(), timeout=20)
+        second = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo")
+        assert second.json == first.json
+    finally:
+        subprocess.run([sys.executable, "-m", "cni_plugins.install", "helper", "--stop", "--socket", str(sock)], check=True)
+    assert helper_pid(sock) is None and not sock.exists()
+
+
+def test_idle_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sock = tmp_path / "idle" / "helper.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "cni_plugins.install", "helper", "--socket", str(sock), "--idle", "1"])
+    try:
+        assert poll(lambda: sock.exists(), timeout=20)
+        assert proc.wait(timeout=15) == 0
+        assert not sock.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
