@@ -115,3 +115,42 @@ def from_json(obj: object) -> CNIError:
     if not isinstance(obj, dict) or not isinstance(obj.get("code"), int):
         return InternalError(f"plugin printed an error without a numeric code: {obj!r}")
     return DelegateError(obj["code"], str(obj.get("msg", "")), str(obj.get("details", "") or ""))
+
+
+class ErrorList:
+    """Best-effort teardown (DEL, GC): run every step, keep going past failures, then raise one
+    error listing them all (netavark's error list). A single failure keeps its own code."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.errors: list[CNIError] = []
+
+    def add(self, step: str, err: CNIError) -> None:
+        self.errors.append(err.with_context(step))
+
+    def step(self, name: str) -> _Step:
+        """``with errors.step("release IPAM"): ...``: a CNIError inside is recorded, not raised."""
+        return _Step(self, name)
+
+    def raise_if_any(self) -> None:
+        if not self.errors:
+            return
+        if len(self.errors) == 1:
+            raise self.errors[0].with_context(self.what)
+        first = self.errors[0]
+        msg = f"{self.what}: {len(self.errors)} steps failed: " + "; ".join(e.msg for e in self.errors)
+        raise DelegateError(first.error_code(), msg, "; ".join(e.details for e in self.errors if e.details))
+
+
+class _Step:
+    def __init__(self, errors: ErrorList, name: str) -> None:
+        self.errors, self.name = errors, name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, CNIError):
+            self.errors.add(self.name, exc)
+            return True
+        return False

@@ -85,3 +85,14 @@ def str_list_field(obj: dict[str, Any], key: str, where: str = "") -> tuple[str,
         if not isinstance(item, str):
             raise InvalidNetworkConfig(f"{_where(where, key)}[{i}]: expected a string, got {item!r}")
     return tuple(items)
+
+
+def parse_mac(value: str, where: str) -> str:
+    """A 6-byte Ethernet address (``c2:11:22:33:44:55``, ``-`` separators accepted) in the
+    kernel's lower-case colon form; '' stays ''. The error names where the value came from."""
+    if not value:
+        return ""
+    parts = value.replace("-", ":").split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
+        raise InvalidNetworkConfig(f"{where}: {value!r} is not a MAC address", "write it as six hex bytes, e.g. c2:11:22:33:44:55")
+    return ":".join(parts).lower()
