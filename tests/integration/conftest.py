@@ -15,9 +15,10 @@ from tests.integration.nsutil import Namespaces, PluginRun, path, run_plugin
 
 @pytest.fixture(scope="session")
 def cni_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Our plugins, installed by the real installer into a fresh CNI bin dir."""
+    """Our plugins, installed by the real installer into a fresh CNI bin dir (no warm helper:
+    every call runs in its own process; tests/integration/test_helper.py covers the helper)."""
     target = tmp_path_factory.mktemp("cnibin")
-    subprocess.run([sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(target)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(target), "--helper", "off"], check=True, capture_output=True)
     return target
 
 
