@@ -1,0 +1,252 @@
+"""``macvlan``: a macvlan link on a host ("master") interface, placed in the container.
+
+As the reference (``plugins/main/macvlan``): the master defaults to the interface of the
+default route (looked up in the container when ``linkInContainer``); the link is born in
+the container under a temporary name and renamed to CNI_IFNAME; ``arp_notify`` and
+``ndisc_notify`` are set; IPAM is optional (no ``ipam``, or ``ipam: {}``: the link is only
+brought up). The result is ``interfaces = [macvlan]`` with every IP at index 0, and the
+config's ``dns`` replaces whatever IPAM returned, as the reference does.
+
+Note (Linux, not this plugin): the host cannot reach its own macvlan children through the
+master; containers on one master reach each other in ``bridge`` mode only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+from cni_plugins import invoke, log, netns, skel, sysctl
+from cni_plugins.errors import CNIError, ErrorList, InvalidNetworkConfig
+from cni_plugins.netns import NetNSGone
+from cni_plugins.skel import CmdArgs, Plugin
+from cni_plugins.types import DNS, Interface, Result
+from conf.fields import bool_field, int_field, parse_mac, str_field
+
+if TYPE_CHECKING:
+    from cni_plugins.netlink import Link, Netlink
+
+MODES = ("bridge", "private", "vepa", "passthru")
+U32_MAX = 2**32 - 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MacvlanConf:
+    master: str  # '' = the interface of the default route, found at ADD/CHECK time
+    mode: str
+    mtu: int  # 0 = the kernel's choice (the master's MTU)
+    mac: str
+    link_in_container: bool
+    bcqueuelen: int | None
+    ipam_type: str  # '' = L2 only
+    dns: DNS
+
+    @classmethod
+    def from_json(cls, args: CmdArgs) -> MacvlanConf:
+        """Options from stdin; the MAC from, in rising priority, ``mac``, CNI_ARGS ``MAC``,
+        ``args.cni.mac`` and ``runtimeConfig.mac``. Touches no kernel state (DEL needs none)."""
+        raw = args.conf.raw
+        mac_sources = (
+            ("mac", str_field(raw, "mac")),
+            ("CNI_ARGS MAC", args.cni_args.get("MAC") or ""),
+            ("args.cni.mac", args.conf.args.mac),
+            ("runtimeConfig.mac", args.conf.runtime_config.mac),
+        )
+        where, mac = next(((w, m) for w, m in reversed(mac_sources) if m), ("mac", ""))
+        bcqueuelen = raw.get("bcqueuelen")
+        return cls(
+            master=str_field(raw, "master"),
+            mode=str_field(raw, "mode", "bridge", choices=MODES) or "bridge",
+            mtu=int_field(raw, "mtu", 0, minimum=0),
+            mac=parse_mac(mac, where),
+            link_in_container=bool_field(raw, "linkInContainer", False),
+            bcqueuelen=None if bcqueuelen is None else int_field(raw, "bcqueuelen", 0, minimum=0, maximum=U32_MAX),
+            ipam_type=args.conf.ipam_type,
+            dns=args.conf.dns,
+        )
+
+
+@contextlib.contextmanager
+def step(what: str) -> Iterator[None]:
+    """Say which ADD/CHECK step failed."""
+    try:
+        yield
+    except CNIError as err:
+        raise err.with_context(what) from None
+
+
+def cmd_add(args: CmdArgs) -> Result:
+    conf = MacvlanConf.from_json(args)
+    with _namespaces(args) as (host, ctr, ctr_fd), contextlib.ExitStack() as undo:
+        parent = ctr if conf.link_in_container else host
+        master = find_master(conf, parent)
+        if conf.mtu > master.mtu:
+            raise InvalidNetworkConfig(f"mtu: {conf.mtu} is out of range, must be within [0, {master.mtu}] (the MTU of master {master.name!r})")
+        from cni_plugins.link import create_macvlan
+
+        with step("create macvlan"):
+            link = create_macvlan(parent, ctr, ctr_fd, args.ifname, master, mode=conf.mode, mtu=conf.mtu, mac=conf.mac, bcqueuelen=conf.bcqueuelen)
+        undo.callback(_delete_quietly, ctr, args.ifname)
+        if conf.bcqueuelen is not None and link.info.get("IFLA_MACVLAN_BC_QUEUE_LEN") is None:
+            raise InvalidNetworkConfig("bcqueuelen: this kernel does not support a macvlan broadcast queue length", "it needs Linux 5.11 or later; remove the option")
+        result = Result(interfaces=(Interface(name=args.ifname, mac=link.mac, sandbox=args.netns),))
+        if conf.ipam_type:
+            with step(f"IPAM {conf.ipam_type} ADD"):
+                ipam = invoke.delegate_add(conf.ipam_type, args.stdin, args.environ, args.path)
+            undo.callback(_release_quietly, args, conf.ipam_type)
+            if not ipam.ips:
+                raise CNIError(f"IPAM plugin {conf.ipam_type} returned no IP configuration", "check the ipam section: it must yield at least one address")
+            ips = tuple(dataclasses.replace(ip, interface=0) for ip in ipam.ips)
+            result = result.replace(ips=ips, routes=ipam.routes)
+            with netns.entered(ctr_fd, label=args.netns):
+                _set_notify_sysctls(args.ifname)
+            from cni_plugins.addr import configure_iface
+
+            with step(f"configure {args.ifname}"):
+                configure_iface(ctr, ctr_fd, args.ifname, result)
+        else:
+            with step(f"set {args.ifname} up"):
+                ctr.set_link(link.index, state="up")
+        undo.pop_all()
+    return result.replace(dns=conf.dns)
+
+
+def cmd_del(args: CmdArgs) -> None:
+    """IPAM DEL first, then the link; a missing netns, link or reservation is success."""
+    conf = MacvlanConf.from_json(args)
+    errors = ErrorList("macvlan DEL")
+    if conf.ipam_type:
+        with errors.step(f"IPAM {conf.ipam_type} DEL"):
+            invoke.delegate(conf.ipam_type, "DEL", args.stdin, args.environ, args.path)
+    if args.netns:
+        from cni_plugins.netlink import Netlink
+
+        with errors.step(f"delete {args.ifname} in {args.netns}"):
+            try:
+                with Netlink.open(args.netns) as ctr:
+                    ctr.delete_link_if_exists(args.ifname)
+            except NetNSGone:
+                pass
+    errors.raise_if_any()
+
+
+def cmd_check(args: CmdArgs) -> None:
+    conf = MacvlanConf.from_json(args)
+    if conf.ipam_type:
+        with step(f"IPAM {conf.ipam_type} CHECK"):
+            invoke.delegate(conf.ipam_type, "CHECK", args.stdin, args.environ, args.path)
+    prev = args.conf.prev_result
+    if prev is None:
+        raise InvalidNetworkConfig("macvlan CHECK: required prevResult missing", "the runtime passes the cached ADD result as prevResult")
+    index = next((i for i, x in enumerate(prev.interfaces) if x.name == args.ifname and x.sandbox == args.netns), None)
+    if index is None:
+        raise CNIError(f"prevResult has no interface {args.ifname!r} in sandbox {args.netns}", "CHECK must use the ADD result of this container")
+    expected = prev.interfaces[index]
+    with _namespaces(args) as (host, ctr, _fd):
+        master = find_master(conf, ctr if conf.link_in_container else host)
+        link = ctr.link(args.ifname)
+        if link is None:
+            raise CNIError(f"container interface {args.ifname} not found in {args.netns}")
+        validate_macvlan(link, expected, conf.mode, master)
+        from cni_plugins.addr import ips_for, validate_ips, validate_routes
+
+        validate_ips(ctr, args.ifname, [prev.ips[i] for i in ips_for(prev, args.ifname)])
+        validate_routes(ctr, prev.routes)
+
+
+def validate_macvlan(link: Link, expected: Interface, mode: str, master: Link) -> None:
+    name = link.name
+    if link.kind != "macvlan":
+        raise CNIError(f"container interface {name} is not a macvlan (it is {link.kind or 'a plain link'})")
+    actual_mode = link.info.get("IFLA_MACVLAN_MODE")
+    if actual_mode != mode:
+        raise CNIError(f"container macvlan {name} is in mode {actual_mode}, the config says {mode}")
+    if expected.mac and expected.mac.lower() != link.mac.lower():
+        raise CNIError(f"interface {name} MAC {link.mac} does not match {expected.mac} in prevResult")
+    if link.link is not None and link.link != master.index:
+        raise CNIError(f"container macvlan {name} is not on master {master.name!r}")
+
+
+def cmd_status(args: CmdArgs) -> None:
+    ipam_type = args.conf.ipam_type
+    if ipam_type:
+        invoke.delegate(ipam_type, "STATUS", args.stdin, args.environ, args.path)
+
+
+def cmd_gc(args: CmdArgs) -> None:
+    ipam_type = args.conf.ipam_type
+    if ipam_type:
+        invoke.delegate(ipam_type, "GC", args.stdin, args.environ, args.path)
+
+
+def find_master(conf: MacvlanConf, nl: Netlink) -> Link:
+    """The master link, by name or (no ``master``) as the default route's interface."""
+    from cni_plugins.link import default_route_link
+
+    if not conf.master:
+        link = default_route_link(nl)
+        if link is None:
+            raise InvalidNetworkConfig(f"master: not set, and {nl.label} has no default route to take it from", 'set "master" to the interface the macvlans should sit on')
+        return link
+    link = nl.link(conf.master)
+    if link is None:
+        raise InvalidNetworkConfig(
+            f"master: interface {conf.master!r} not found in {nl.label}",
+            'set "master" to an existing interface (with "linkInContainer": true it is looked up in the container)',
+        )
+    return link
+
+
+@contextlib.contextmanager
+def _namespaces(args: CmdArgs) -> Iterator[tuple[Netlink, Netlink, int]]:
+    """Netlink in this (host) namespace and in the container, plus an fd of the container netns."""
+    from cni_plugins.netlink import Netlink
+
+    fd = netns.open_netns(args.netns)
+    try:
+        with Netlink.open(None) as host, Netlink.open(fd, label=args.netns) as ctr:
+            yield host, ctr, fd
+    finally:
+        os.close(fd)
+
+
+def _set_notify_sysctls(ifname: str) -> None:
+    """Announce the new address and MAC (gratuitous ARP / unsolicited NA), as the reference does."""
+    for family, leaf in ((4, "arp_notify"), (6, "ndisc_notify")):
+        try:
+            sysctl.write(sysctl.iface_key(family, ifname, leaf), "1")
+        except CNIError:
+            pass  # IPv6 disabled in the container: nothing to announce
+
+
+def _delete_quietly(nl: Netlink, ifname: str) -> None:
+    try:
+        nl.delete_link_if_exists(ifname)
+    except CNIError as err:
+        log.warning(f"rollback: delete {ifname}: {err.msg}")
+
+
+def _release_quietly(args: CmdArgs, ipam_type: str) -> None:
+    try:
+        invoke.delegate(ipam_type, "DEL", args.stdin, args.environ, args.path)
+    except CNIError as err:
+        log.warning(f"rollback: IPAM {ipam_type} DEL: {err.msg}")
+
+
+PLUGIN = Plugin(
+    name="macvlan",
+    add=cmd_add,
+    delete=cmd_del,
+    check=cmd_check,
+    status=cmd_status,
+    gc=cmd_gc,
+    cni_args=frozenset({"MAC"}),
+    about="CNI macvlan plugin (cni-py)",
+)
+
+
+def main() -> None:
+    skel.main(PLUGIN)
