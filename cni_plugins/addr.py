@@ -5,13 +5,14 @@ this interface, link up, wait for IPv6 DAD when needed, then the routes.
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Sequence
 
 from cni_plugins import netns, sysctl
 from cni_plugins.errors import CNIError, InvalidNetworkConfig
-from cni_plugins.netlink import RT_TABLE_MAIN, LinkExists, Netlink, RouteEntry
-from cni_plugins.types import IPAddress, IPConfig, Result, Route
+from cni_plugins.netlink import RT_TABLE_MAIN, Link, LinkExists, Netlink, RouteEntry
+from cni_plugins.types import IPAddress, IPConfig, IPInterface, Result, Route
 
 DAD_TIMEOUT_S = 10.0
 
@@ -112,3 +113,27 @@ def validate_routes(nl: Netlink, routes: Sequence[Route]) -> None:
         if not found:
             via = f" via {route.gw}" if route.gw else ""
             raise CNIError(f"expected route {route.dst}{via} not found in {nl.label}", "it was in prevResult; something removed it")
+
+
+def ensure_gateway_addr(nl: Netlink, link: Link, address: IPInterface, *, force: bool = False) -> None:
+    """Put ``address`` (a gateway with the containers' prefix length) on ``link``, as the
+    reference's ensureAddr: already there, nothing to do. A different IPv4 address, or an
+    IPv6 one whose subnet overlaps, is replaced when ``force`` and is an error otherwise
+    (non-overlapping IPv6 addresses coexist). After adding, the link's MAC is set to itself so
+    that a bridge keeps it as ports come and go."""
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    for have in nl.addresses(index=link.index, family=family):
+        if have.address == address:
+            return
+        if address.version == 4 or address.ip in have.address.network or have.address.ip in address.network:
+            if not force:
+                raise InvalidNetworkConfig(
+                    f"{link.name!r} already has an IP address different from {address} ({have.address})",
+                    'set "forceAddress": true to replace it, or use another bridge',
+                )
+            nl.del_address(link.index, have.address)
+    try:
+        nl.add_address(link.index, address)
+    except LinkExists:
+        pass  # added concurrently by another ADD on the same bridge
+    nl.set_link(link.index, address=link.mac)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cni_plugins import sysctl
 from cni_plugins.errors import CNIError, InvalidNetworkConfig
-from cni_plugins.netlink import Link, LinkExists, Netlink
+from cni_plugins.netlink import Link, LinkExists, LinkNotFound, Netlink
 
 VETH_RETRIES = 10
 
@@ -158,3 +158,38 @@ def create_macvlan(
         container.delete_link_if_exists(tmp_name)
         raise err.with_context(f"rename macvlan to {ifname!r}") from None
     return container.require_link(ifname)
+
+
+DEFAULT_VLAN = 1
+
+
+def configure_bridge_port(
+    host: Netlink,
+    port: Link,
+    *,
+    hairpin: bool = False,
+    isolated: bool = False,
+    vlan: int = 0,
+    trunk: tuple[int, ...] = (),
+    preserve_default_vlan: bool = True,
+) -> None:
+    """Options of ``port``, already attached to a bridge, as the reference's setupVeth does:
+    hairpin (set either way), the ``isolated`` flag when asked, then VLANs (the bridge must
+    filter VLANs): VLAN 1 is removed unless preserved; ``vlan`` (or VLAN 1 for a trunk
+    without one) becomes the untagged PVID; ``trunk`` VIDs are added tagged."""
+    attrs: dict[str, object] = {"mode": int(hairpin)}  # IFLA_BRPORT_MODE: hairpin
+    if isolated:
+        attrs["isolated"] = 1
+    host.set_bridge_port(port.index, **attrs)
+    if not (vlan or trunk):
+        return
+    if not preserve_default_vlan:
+        try:
+            host.bridge_vlan("del", port.index, DEFAULT_VLAN)
+        except LinkNotFound:
+            pass  # no default VLAN on this port
+    native = vlan or DEFAULT_VLAN
+    host.bridge_vlan("add", port.index, native, pvid=True, untagged=True)
+    for vid in trunk:
+        if vid != native:
+            host.bridge_vlan("add", port.index, vid)

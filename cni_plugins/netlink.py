@@ -19,7 +19,7 @@ import errno
 import ipaddress
 import socket
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from cni_plugins import netns
@@ -48,6 +48,11 @@ class LinkExists(CNIError):
     code = 999
 
 
+class NotSupported(InternalError):
+    """The kernel refused an operation it does not implement (EOPNOTSUPP): a missing feature
+    (e.g. bridge VLAN filtering compiled out). Callers name the option that needs it."""
+
+
 @contextmanager
 def translate_errors(context: str) -> Iterator[None]:
     """Map pyroute2/OS errors raised in the block to CNIError subclasses with ``context``."""
@@ -64,6 +69,8 @@ def translate_errors(context: str) -> Iterator[None]:
             raise LinkExists(text) from None
         if code in (errno.EBUSY, errno.EAGAIN):
             raise TryAgainLater(text) from None
+        if code == errno.EOPNOTSUPP:
+            raise NotSupported(text, f"errno {code}") from None
         raise InternalError(text, f"errno {code}") from None
     except OSError as exc:
         raise InternalError(f"{context}: {exc.strerror or exc}", f"errno {exc.errno}") from None
@@ -82,6 +89,7 @@ class Link:
     link: int | None  # IFLA_LINK: the veth peer's / macvlan master's index (maybe in another ns)
     txqlen: int
     info: dict[str, Any]  # IFLA_INFO_DATA as pyroute2 decodes it (macvlan mode, bridge options...)
+    port: dict[str, Any] = field(default_factory=dict)  # IFLA_INFO_SLAVE_DATA: bridge port options (IFLA_BRPORT_MODE ...)
 
     @property
     def is_up(self) -> bool:
@@ -134,6 +142,7 @@ def _link_from_msg(msg: Any) -> Link:
     info = msg.get_attr("IFLA_LINKINFO")
     kind = ""
     data: dict[str, Any] = {}
+    port: dict[str, Any] = {}
     if info is not None:
         kind = info.get_attr("IFLA_INFO_KIND") or ""
         idata = info.get_attr("IFLA_INFO_DATA")
@@ -142,6 +151,12 @@ def _link_from_msg(msg: Any) -> Link:
                 data = {name: value for name, value in idata["attrs"]}
             except (KeyError, TypeError, ValueError):
                 data = {}
+        sdata = info.get_attr("IFLA_INFO_SLAVE_DATA")
+        if sdata is not None and hasattr(sdata, "get"):
+            try:
+                port = {name: value for name, value in sdata["attrs"]}
+            except (KeyError, TypeError, ValueError):
+                port = {}
     return Link(
         index=msg["index"],
         name=msg.get_attr("IFLA_IFNAME") or "",
@@ -154,6 +169,7 @@ def _link_from_msg(msg: Any) -> Link:
         link=msg.get_attr("IFLA_LINK"),
         txqlen=msg.get_attr("IFLA_TXQLEN") or 0,
         info=data,
+        port=port,
     )
 
 
@@ -258,6 +274,15 @@ class Netlink:
         """Bridge port options via IFLA_PROTINFO (``hairpin``/``mode``, ``isolated`` ...)."""
         with translate_errors(self._ctx(f"set bridge port options {sorted(attrs)} on link #{index}")):
             self._ipr.brport("set", index=index, **attrs)
+
+    def bridge_vlan(self, command: str, index: int, vid: int, *, pvid: bool = False, untagged: bool = False) -> None:
+        """``bridge vlan add|del dev <index> vid <vid> [pvid] [untagged] master`` (needs VLAN filtering)."""
+        info: dict[str, Any] = {"vid": vid}
+        flags = [f for f, on in (("pvid", pvid), ("untagged", untagged)) if on]
+        if flags:
+            info["flags"] = flags
+        with translate_errors(self._ctx(f"{command} bridge vlan {vid} on link #{index}")):
+            self._ipr.vlan_filter(command, index=index, vlan_info=info)
 
     def wait_oper_up(self, index: int, delays_ms: tuple[int, ...] = (0, 50, 500, 1000, 1000)) -> bool:
         """Poll until the link is operationally up (the reference's retry schedule)."""

@@ -43,3 +43,12 @@ def ensure(key: str, value: str) -> None:
 def iface_key(family: int, ifname: str, leaf: str) -> str:
     """The path of a per-interface sysctl; interface names may contain dots, so no dotted form."""
     return f"net/ipv{family}/conf/{ifname}/{leaf}"
+
+
+FORWARDING = {4: "net/ipv4/ip_forward", 6: "net/ipv6/conf/all/forwarding"}
+
+
+def enable_forwarding(version: int) -> None:
+    """Turn on IPv4 or IPv6 forwarding in the calling thread's namespace (only if off: writing
+    ``forwarding`` resets per-interface settings)."""
+    ensure(FORWARDING[version], "1")
