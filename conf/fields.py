@@ -7,6 +7,7 @@ so a mistyped option is a code-7 error that says which key and what it should be
 
 from __future__ import annotations
 
+import os
 from typing import Any, TypeVar
 
 from cni_plugins.errors import InvalidNetworkConfig
@@ -96,3 +97,18 @@ def parse_mac(value: str, where: str) -> str:
     if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
         raise InvalidNetworkConfig(f"{where}: {value!r} is not a MAC address", "write it as six hex bytes, e.g. c2:11:22:33:44:55")
     return ":".join(parts).lower()
+
+
+def abs_path_field(obj: dict[str, Any], key: str, default: str, where: str = "") -> str:
+    """A directory we write under (``dataDir``): absolute, no NUL, no ``..``; normalised."""
+    text = str_field(obj, key, "", where)
+    if not text:
+        return default
+    name = _where(where, key)
+    if "\0" in text:
+        raise InvalidNetworkConfig(f"{name}: contains a NUL character", "give an absolute directory path")
+    if not text.startswith("/"):
+        raise InvalidNetworkConfig(f"{name}: {text!r} is not an absolute path", f"give an absolute directory path such as {default}")
+    if ".." in text.split("/"):
+        raise InvalidNetworkConfig(f"{name}: {text!r} has a '..' component", "give the directory without '..' components")
+    return "/" + os.path.normpath(text).lstrip("/")
