@@ -18,9 +18,11 @@ The index is *complete* when the stamp matches the directories: any reservation 
 removed by someone else (the reference plugin, a person) changes the directory's mtime, and
 the next call rebuilds the index from a full scan. A call writes "dirty" into the stamp before
 changing anything and the new stamp only at the end, so a crash in between also leads to a
-rebuild. Before unlocking, a call waits until the coarse clock has passed the recorded mtime
-(at most one tick, ~4 ms), so a change made by the next lock holder can never carry the same
-timestamp.
+rebuild. A change made by the next lock holder must never carry the timestamp we recorded:
+on file systems with fine-grained (multigrain, Linux 6.13+) timestamps that holds once we
+have read them; otherwise a call waits before unlocking until the coarse clock has passed
+the recorded time (at most one tick, ~4 ms). Index entries are rewritten in place: the stamp
+says "dirty" while a call runs, so a torn entry is rebuilt, never trusted.
 
 Index files never match what the reference's ``ReleaseByID`` looks for (their content has a
 line break that is not ``\\r\\n`` and a header), so its recursive walk leaves them alone.
@@ -260,6 +262,8 @@ class FileStore:
             self._stamp_fd = self._lock_fd = -1
 
     def _flush(self) -> None:
+        if self._pending_last:
+            os.stat(self.dir)  # read the timestamps first: on multigrain file systems the change below gets a fine-grained one
         for range_id, ip in self._pending_last.items():
             tmp = self._write_tmp(str(ip).encode(), LAST_RESERVED_MODE, sync=False)
             os.replace(tmp, os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{range_id}"))
@@ -295,7 +299,12 @@ class FileStore:
     def _write_valid_stamp(self) -> None:
         stats = self._dir_stats()
         self._write_stamp(STAMP_HEADER + " ".join(str(x) for x in stats).encode() + b"\n")
-        newest = max(stats[1], stats[2], stats[4], stats[5])
+        stamps = (stats[1], stats[2], stats[4], stats[5])
+        if any(t > time.clock_gettime_ns(CLOCK_REALTIME_COARSE) for t in stamps):
+            # Fine-grained timestamps (multigrain, Linux 6.13+): we have just queried them, so
+            # the next change to either directory gets a later timestamp. No wait needed.
+            return
+        newest = max(stamps)
         deadline = time.monotonic() + MAX_TICK_WAIT
         while time.clock_gettime_ns(CLOCK_REALTIME_COARSE) <= newest:
             if time.monotonic() > deadline:  # the clock went backwards: do not trust the stamp
@@ -335,8 +344,12 @@ class FileStore:
             _unlink(path)
             return
         content = (INDEX_HEADER + "".join(f"{ip}\n" for ip in sorted(ips, key=_sort_key))).encode()
-        tmp = self._write_tmp(content, 0o600, sync=False)
-        os.replace(tmp, path)
+        # In place: the stamp says "dirty" until the call ends, so a torn entry is rebuilt.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
 
     def _scan(self) -> dict[IPAddress, Key | None]:
         owners: dict[IPAddress, Key | None] = {}
