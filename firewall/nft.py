@@ -55,6 +55,10 @@ class NftBackend(Protocol):
     def list_map(self, family: str, table: str, name: str) -> list[Any]:
         """The elements of one set or map (``[]`` when missing). Not for hot paths."""
 
+    def list_chain(self, family: str, table: str, chain: str) -> list[Command] | None:
+        """The rules of one chain (each ``{"rule": {...}}`` with its handle), or None when the
+        table or chain does not exist. For small chains (a host's FORWARD), not for ours."""
+
 
 class LibNftables:
     """nftables through its Python binding (Debian's python3-nftables)."""
@@ -94,6 +98,12 @@ class LibNftables:
                     return list(item[kind].get("elem", []))
         return []
 
+    def list_chain(self, family: str, table: str, chain: str) -> list[Command] | None:
+        items = self._list({"chain": {"family": family, "table": table, "name": chain}})
+        if not any("chain" in i for i in items):
+            return None
+        return [i for i in items if "rule" in i]
+
 
 # ---------------------------------------------------------------- the fake
 
@@ -129,6 +139,7 @@ class FakeNft:
     def __init__(self) -> None:
         self.tables: dict[tuple[str, str], _Table] = {}
         self.batches: list[list[Command]] = []
+        self.handles = 0
 
     def run(self, commands: list[Command], *, what: str) -> None:
         if not commands:
@@ -189,6 +200,8 @@ class FakeNft:
                 raise NftError("no chain", kind=ENOENT)
             if verb in ("add", "insert"):
                 rules = t.chains[obj["chain"]]
+                self.handles += 1
+                obj = {**obj, "handle": obj.get("handle", self.handles)}
                 rules.insert(0 if verb == "insert" else len(rules), obj)
             elif verb == "delete":
                 rules = t.chains[obj["chain"]]
@@ -243,6 +256,12 @@ class FakeNft:
     def list_map(self, family: str, table: str, name: str) -> list[Any]:
         t = self.tables.get((family, table))
         return list(t.sets.get(name, {}).values()) if t else []
+
+    def list_chain(self, family: str, table: str, chain: str) -> list[Command] | None:
+        t = self.tables.get((family, table))
+        if t is None or chain not in t.chains:
+            return None
+        return [{"rule": r} for r in t.chains[chain]]
 
     def elements(self, family: str, table: str, name: str) -> dict[str, Any]:
         t = self.tables.get((family, table))
