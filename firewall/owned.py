@@ -21,7 +21,7 @@ Every element also carries ``Owner.comment``, for people reading ``nft list`` an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from cni_plugins import log
@@ -50,9 +50,25 @@ class Entry:
 
 
 class EntryTaken(CNIError):
-    """Exclusive claim refused: another attachment owns the key."""
+    """Exclusive claim refused: another attachment owns the key (``key``, held by ``holder``:
+    that owner's comment), so callers can name both in their own words."""
 
     code = 999
+    key: Any = None
+    holder: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Group:
+    """Entries of one owners map, claimed or released together with other groups in one
+    transaction. ``exclusive``: refuse keys another owner holds instead of taking them over.
+    ``owner``: these entries belong to someone other than the caller (e.g. a shared
+    per-bridge entry with a synthetic owner)."""
+
+    maps: OwnedMaps
+    entries: tuple[Entry, ...]
+    exclusive: bool = False
+    owner: Owner | None = None
 
 
 def _elem(key: Any, comment: str, data: Any = None) -> Any:
@@ -117,26 +133,39 @@ def claim(
     Default: the newest claim wins (a key held by someone else is taken over).
     ``exclusive``: refuse with ``EntryTaken`` naming the current owner instead.
     """
+    claim_groups(nft, owner, [Group(maps=maps, entries=tuple(entries), exclusive=exclusive)], setup=setup, what=what)
+
+
+def claim_groups(nft: NftBackend, owner: Owner, groups: Iterable[Group], *, setup: Iterable[Command] = (), what: str) -> None:
+    """``claim`` for entries of several owners maps (and tables): still one transaction."""
     setup = list(setup)
+    pending = [g for g in groups if g.entries]
     for _ in range(RETRIES):
+        batch = setup + [c for g in pending for c in add_commands(g.maps, g.owner or owner, g.entries, exclusive=g.exclusive)]
         try:
-            nft.run(setup + add_commands(maps, owner, entries, exclusive=exclusive), what=what)
+            nft.run(batch, what=what)
             return
         except NftError as exc:
             if exc.kind != EEXIST:
                 raise
         # Rare path: some key is held (by another owner, or by us with other data). Look.
-        held = _holders(nft, maps, entries)
-        if exclusive:
-            others = {k: c for k, (m, c) in held.items() if m != owner.mark}
-            if others:
-                key, comment = next(iter(others.items()))
-                raise EntryTaken(
-                    f"{what}: {key} is already taken by another attachment ({comment})",
-                    "remove that container's mapping first, or drop the exclusive option to let the newest mapping win",
-                )
-            exclusive = False  # all ours already: converge like a normal claim
-        setup = setup + _delete_present(nft, maps, entries)
+        settled = []
+        for g in pending:
+            if g.exclusive:
+                mark = (g.owner or owner).mark
+                others = {k: c for k, (m, c) in _holders(nft, g.maps, list(g.entries)).items() if m != mark}
+                if others:
+                    key, comment = next(iter(others.items()))
+                    err = EntryTaken(
+                        f"{what}: {key} is already taken by another attachment ({comment})",
+                        "remove that container's mapping first, or drop the exclusive option to let the newest mapping win",
+                    )
+                    err.key, err.holder = _json_key(key), comment
+                    raise err
+                g = replace(g, exclusive=False)  # all ours already: converge like a normal claim
+            settled.append(g)
+            setup = setup + _delete_present(nft, g.maps, list(g.entries))
+        pending = settled
     raise TryAgainLater(f"{what}: entries kept changing under us; retry")
 
 
@@ -160,6 +189,47 @@ def release(nft: NftBackend, maps: OwnedMaps, owner: Owner, entries: list[Entry]
                 nft.run(_delete_present(nft, maps, [e]), what=what)
             else:
                 log.debug(f"{what}: {e.key} belongs to another attachment now; left in place")
+
+
+def release_groups(nft: NftBackend, owner: Owner, groups: Iterable[Group], *, what: str) -> None:
+    """``release`` for entries of several owners maps: one transaction when all are ours."""
+    groups = [g for g in groups if g.entries]
+    batch = [c for g in groups for e in g.entries for c in release_commands(g.maps, g.owner or owner, e)]
+    if not batch:
+        return
+    try:
+        nft.run(batch, what=what)
+        return
+    except NftError:
+        pass
+    for g in groups:  # some key is someone else's now, or absent: settle entry by entry
+        release(nft, g.maps, g.owner or owner, list(g.entries), what=what)
+
+
+def problems(nft: NftBackend, maps: OwnedMaps, owner: Owner, entries: Iterable[Entry]) -> list[tuple[Entry, str]]:
+    """CHECK: entries not held by ``owner`` or whose data differs, each with what is wrong.
+    Lists the maps: not for hot paths."""
+    entries = list(entries)
+    if not entries:
+        return []
+    owners = {_canon(_plain_key(el)): _data(el) for el in nft.list_map(maps.family, maps.table, maps.owners)}
+    data: dict[str, dict[str, Any]] = {}
+    for name in sorted({n for e in entries for n in e.data}):
+        data[name] = {_canon(_plain_key(el)): _data(el) for el in nft.list_map(maps.family, maps.table, name)}
+    out = []
+    for e in entries:
+        k = _canon(e.key)
+        if k not in owners:
+            out.append((e, "missing"))
+        elif owners[k] != owner.mark:
+            out.append((e, "held by another attachment"))
+        else:
+            for name, value in e.data.items():
+                if k not in data[name]:
+                    out.append((e, f"missing from {name}"))
+                elif value is not None and data[name][k] != value:
+                    out.append((e, f"{name} holds {data[name][k]!r}, expected {value!r}"))
+    return out
 
 
 def release_all_of(nft: NftBackend, maps: OwnedMaps, owner: Owner, data_maps: tuple[str, ...], *, what: str) -> None:
@@ -186,6 +256,12 @@ def _canon(key: Any) -> str:
     import json
 
     return json.dumps(key, sort_keys=True)
+
+
+def _json_key(canon: str) -> Any:
+    import json
+
+    return json.loads(canon)
 
 
 def _holders(nft: NftBackend, maps: OwnedMaps, entries: list[Entry]) -> dict[str, tuple[int | None, str]]:
