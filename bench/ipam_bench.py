@@ -68,6 +68,7 @@ def prefill(data_dir: Path, count: int) -> None:
         os.close(fd)
     if last is not None:
         (net / "last_reserved_ip.0").write_text(str(last))
+    os.sync()  # as on a node where these were made over time: no pending writeback skews the first call
 
 
 def measure(binary: str, data_dir: Path, runs: int, count: int) -> dict[str, float]:
