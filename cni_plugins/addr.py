@@ -136,4 +136,6 @@ def ensure_gateway_addr(nl: Netlink, link: Link, address: IPInterface, *, force:
         nl.add_address(link.index, address)
     except LinkExists:
         pass  # added concurrently by another ADD on the same bridge
-    nl.set_link(link.index, address=link.mac)
+    current = nl.link_by_index(link.index)  # a bridge's MAC follows its ports until pinned
+    if current is not None and current.mac and current.mac != "00:00:00:00:00:00":
+        nl.set_link(link.index, address=current.mac)
