@@ -1,0 +1,411 @@
+"""``bridge``: containers on a Linux bridge in the host namespace, one veth pair each.
+
+The reference's options, names and defaults (``plugins/main/bridge``). ADD is a recipe of
+named steps, each undone if a later one fails: bridge, veth (+ port options), MAC spoof
+check, IPAM, container addresses, gateway on the bridge and forwarding, masquerade, port
+state. The result is ``interfaces = [bridge, host veth, container veth]`` (plus the
+``<bridge>.<vlan>`` gateway link with ``vlan`` + ``isGateway``), every IP at index 2.
+
+Masquerade is always served by nftables (``firewall.masq``; ``ipMasqBackend: iptables``
+gets a note), the MAC spoof check by ``firewall.spoofchk``; both are per-container map
+elements in tables of our own, found by owner (network, container ID, ifname) on DEL.
+The bridge, its gateway address and the shared base chains stay when containers leave,
+as in the reference (deleting an idle bridge races with a concurrent ADD).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import os
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from cni_plugins import invoke, log, netns, skel, sysctl
+from cni_plugins.errors import CNIError, ErrorList, InvalidNetworkConfig, UnsupportedField
+from cni_plugins.netns import NetNSGone
+from cni_plugins.skel import CmdArgs, Plugin
+from cni_plugins.types import Interface, IPInterface, Result, Route
+from conf.bridge import BridgeConf
+
+if TYPE_CHECKING:
+    from cni_plugins.netlink import Link, Netlink
+    from firewall.model import Owner
+    from firewall.nft import NftBackend
+
+DEFAULT_ROUTE = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
+
+
+@contextlib.contextmanager
+def step(what: str) -> Iterator[None]:
+    """Name the step that failed in the error."""
+    try:
+        yield
+    except CNIError as err:
+        raise err.with_context(what) from None
+
+
+def cmd_add(args: CmdArgs) -> Result:
+    from cni_plugins.addr import configure_iface
+    from cni_plugins.link import attach_to_bridge, configure_bridge_port, setup_veth
+
+    conf = BridgeConf.from_json(args.conf, args.cni_args)
+    conf.validate_for_add()
+    if conf.ip_masq and conf.ip_masq_backend == "iptables":
+        log.note("ipMasqBackend: iptables asked for; masquerade is served by nftables (table inet cni_py_masq)")
+    with _namespaces(args) as (host, ctr, ctr_fd, host_fd), contextlib.ExitStack() as undo:
+        with step("bridge"):
+            br = setup_bridge(host, conf)
+        with step("veth"):
+            pair = setup_veth(ctr, host, host_fd, args.ifname, mtu=conf.mtu, mac=conf.mac, up=False)  # up once DAD is set
+            undo.callback(_quietly, "delete veth", ctr.delete_link_if_exists, args.ifname)
+            _no_router_ads(pair.host.name)
+        with step("bridge port"):
+            attach_to_bridge(host, pair.host, br)
+            configure_bridge_port(host, pair.host, hairpin=conf.hairpin, isolated=conf.port_isolation, vlan=conf.vlan, trunk=conf.trunk, preserve_default_vlan=conf.preserve_default_vlan)
+        owner, nft = _owner(args, conf), _Lazy()
+        if conf.macspoofchk:
+            from firewall.spoofchk import setup_spoofcheck, teardown_spoofcheck
+
+            with step("macspoofchk"):
+                setup_spoofcheck(nft.get(), owner, pair.host.name, pair.container.mac)
+            undo.callback(_quietly, "mac spoof check", teardown_spoofcheck, nft.get(), owner, pair.host.name, pair.container.mac)
+        result = Result(interfaces=(Interface(name=br.name), Interface(name=pair.host.name), Interface(name=args.ifname, mac=pair.container.mac, sandbox=args.netns)))
+        if conf.ipam_type:
+            with step(f"IPAM {conf.ipam_type} ADD"):
+                ipam = invoke.delegate_add(conf.ipam_type, args.stdin, args.environ, args.path)
+            undo.callback(_quietly, "IPAM DEL", invoke.delegate, conf.ipam_type, "DEL", args.stdin, args.environ, args.path)
+            if not ipam.ips:
+                raise CNIError(f"IPAM {conf.ipam_type} ADD: IPAM plugin returned missing IP config", "its ranges must yield at least one address")
+            result, gateways = with_gateways(result, ipam, conf)
+            with step(f"configure {args.ifname}"), netns.entered(ctr_fd, label=args.netns):
+                _container_sysctls(args.ifname, conf.enable_dad)
+            with step(f"configure {args.ifname}"):
+                configure_iface(ctr, ctr_fd, args.ifname, result)
+            with step("gateway"):
+                result = set_gateways(host, br, conf, gateways, result)
+            if conf.ip_masq:
+                from firewall.masq import setup_masq, teardown_masq
+
+                addresses = [ip.address for ip in result.ips]
+                with step("ipMasq"):
+                    setup_masq(nft.get(), owner, addresses)
+                undo.callback(_quietly, "masquerade", teardown_masq, nft.get(), owner, addresses)
+        elif not conf.disable_container_interface:
+            with step(f"set {args.ifname} up"):
+                ctr.set_link(pair.container.index, state="up")
+        if not conf.disable_container_interface:
+            with step("port state"):
+                wait_port_up(host, pair.host)
+        interfaces = list(result.interfaces)
+        interfaces[0] = dataclasses.replace(interfaces[0], mac=host.require_link(br.name).mac)
+        interfaces[1] = dataclasses.replace(interfaces[1], mac=host.require_link(pair.host.name).mac)
+        undo.pop_all()
+    return result.replace(interfaces=tuple(interfaces), dns=conf.dns if conf.dns is not None else result.dns)
+
+
+def setup_bridge(host: Netlink, conf: BridgeConf) -> Link:
+    from cni_plugins.link import ensure_bridge
+    from cni_plugins.netlink import NotSupported
+
+    try:
+        return ensure_bridge(host, conf.bridge, mtu=conf.mtu, promisc=conf.promisc, vlan_filtering=conf.vlan_filtering)
+    except NotSupported as err:
+        if not conf.vlan_filtering:
+            raise
+        option = f"vlan: {conf.vlan}" if conf.vlan else f"vlanTrunk: {list(conf.trunk)}"
+        raise UnsupportedField(
+            f"{option}: this kernel cannot filter VLANs on a bridge ({err.msg})",
+            "VLANs need a kernel with CONFIG_BRIDGE_VLAN_FILTERING; remove vlan/vlanTrunk to use an untagged port",
+        ) from None
+
+
+def with_gateways(base: Result, ipam: Result, conf: BridgeConf) -> tuple[Result, list[IPInterface]]:
+    """IPs at index 2 with gateways (IPAM's, else network+1 when isGateway), a default route per
+    family for isDefaultGateway unless IPAM gave one with a gateway, and the bridge addresses."""
+    ips, routes, gateways = [], list(ipam.routes), []
+    for ip in ipam.ips:
+        gw = ip.gateway if ip.gateway is not None or not conf.is_gateway else ip.address.network.network_address + 1
+        ips.append(dataclasses.replace(ip, interface=2, gateway=gw))
+        if conf.is_default_gateway and not any(r.dst == DEFAULT_ROUTE[ip.version] and r.gw is not None for r in routes):
+            routes.append(Route(dst=DEFAULT_ROUTE[ip.version], gw=gw))
+        if conf.is_gateway and gw is not None:
+            gateways.append(ipaddress.ip_interface(f"{gw}/{ip.address.network.prefixlen}"))
+    return base.replace(ips=tuple(ips), routes=tuple(routes), dns=ipam.dns), gateways
+
+
+def set_gateways(host: Netlink, br: Link, conf: BridgeConf, gateways: list[IPInterface], result: Result) -> Result:
+    """Gateway addresses on the bridge (or ``<bridge>.<vlan>``), forwarding for their families."""
+    from cni_plugins.addr import ensure_gateway_addr
+
+    if not gateways:
+        return result
+    target = br
+    if conf.vlan:
+        target = ensure_vlan_gateway(host, br, conf)
+        result = result.replace(interfaces=(*result.interfaces, Interface(name=target.name, mac=target.mac)))
+    for gw in gateways:
+        ensure_gateway_addr(host, target, gw, force=conf.force_address)
+    for version in sorted({gw.version for gw in gateways}):
+        sysctl.enable_forwarding(version)
+    return result
+
+
+def ensure_vlan_gateway(host: Netlink, br: Link, conf: BridgeConf) -> Link:
+    """The reference's gateway for a VLAN: a veth ``<bridge>.<vlan>`` in the host namespace whose
+    peer is an access port of the bridge in that VLAN (no 8021q link is involved)."""
+    from cni_plugins.link import attach_to_bridge, configure_bridge_port, setup_veth
+
+    name = conf.vlan_gateway
+    link = host.link(name)
+    if link is None:
+        fd = netns.current_netns_fd()
+        try:
+            pair = setup_veth(host, host, fd, name, mtu=br.mtu)
+        finally:
+            os.close(fd)
+        attach_to_bridge(host, pair.host, br)
+        configure_bridge_port(host, pair.host, vlan=conf.vlan, preserve_default_vlan=conf.preserve_default_vlan)
+        link = pair.container
+    return link
+
+
+def wait_port_up(host: Netlink, port: Link) -> None:
+    if not host.wait_oper_up(port.index):
+        now = host.link_by_index(port.index)
+        raise CNIError(f"bridge port in error state: {now.operstate if now else 'gone'}", f"host veth {port.name} did not come up")
+
+
+def cmd_del(args: CmdArgs) -> None:
+    """Container link, IPAM, spoof check, masquerade; each step runs even if another failed."""
+    conf = BridgeConf.from_json(args.conf, args.cni_args)
+    errors = ErrorList("bridge DEL")
+    seen: tuple[list[IPInterface] | None, str, str] = (None, "", "")
+    if args.netns:
+        with errors.step(f"delete {args.ifname} in {args.netns}"):
+            seen = _delete_container_link(args)
+    if conf.ipam_type:
+        with errors.step(f"IPAM {conf.ipam_type} DEL"):
+            invoke.delegate(conf.ipam_type, "DEL", args.stdin, args.environ, args.path)
+    addresses, port, mac = seen
+    prev = args.conf.prev_result
+    if prev is not None:
+        from cni_plugins.addr import ips_for
+
+        addresses = [prev.ips[i].address for i in ips_for(prev, args.ifname)] or addresses
+        port = port or (prev.interfaces[1].name if len(prev.interfaces) > 2 and not prev.interfaces[1].sandbox else "")
+        mac = mac or next((i.mac for i in prev.interfaces if i.name == args.ifname and i.sandbox), "")
+    if conf.macspoofchk or conf.ip_masq:
+        nft, owner = _Lazy().get(), _owner(args, conf)
+        if conf.macspoofchk:
+            from firewall.spoofchk import teardown_spoofcheck
+
+            with errors.step("mac spoof check"):
+                teardown_spoofcheck(nft, owner, port or None, mac or None)
+        if conf.ip_masq:
+            from firewall.masq import teardown_masq
+
+            with errors.step("masquerade"):
+                teardown_masq(nft, owner, addresses)
+    errors.raise_if_any()
+
+
+def _delete_container_link(args: CmdArgs) -> tuple[list[IPInterface] | None, str, str]:
+    """Delete the container's veth (the pair goes with it); what it showed: global addresses,
+    the host peer's name and the MAC. Missing namespace or link: nothing to do."""
+    from cni_plugins.netlink import Netlink
+
+    try:
+        with Netlink.open(args.netns) as ctr, Netlink.open(None) as host:
+            link = ctr.link(args.ifname)
+            if link is None:
+                return None, "", ""
+            addresses = [a.address for a in ctr.addresses(index=link.index) if a.scope == 0]
+            peer = host.link_by_index(link.link) if link.link else None
+            ctr.delete_link_if_exists(args.ifname)
+            return addresses or None, peer.name if peer is not None and peer.kind == "veth" else "", link.mac
+    except NetNSGone:
+        return None, "", ""
+
+
+def cmd_check(args: CmdArgs) -> None:
+    conf = BridgeConf.from_json(args.conf, args.cni_args)
+    if conf.ipam_type:
+        with step(f"IPAM {conf.ipam_type} CHECK"):
+            invoke.delegate(conf.ipam_type, "CHECK", args.stdin, args.environ, args.path)
+    prev = args.conf.prev_result
+    if prev is None:
+        raise InvalidNetworkConfig("bridge CHECK: required prevResult missing", "the runtime passes the cached ADD result as prevResult")
+    problems = check_links(args, conf, prev)
+    if problems:
+        raise CNIError(f"bridge CHECK: {'; '.join(problems)}", "DEL and ADD the container again to repair it")
+
+
+def check_links(args: CmdArgs, conf: BridgeConf, prev: Result) -> list[str]:
+    """Bridge, container veth, its host peer on the bridge, addresses, routes, firewall state."""
+    from cni_plugins.addr import ips_for, validate_ips, validate_routes
+
+    want_br = next((i for i in prev.interfaces if i.name == conf.bridge and not i.sandbox), None)
+    want_ctr = next((i for i in prev.interfaces if i.name == args.ifname and i.sandbox == args.netns), None)
+    if want_br is None or want_ctr is None:
+        return [f"prevResult lacks the bridge {conf.bridge!r} or interface {args.ifname!r} in sandbox {args.netns}"]
+    problems: list[str] = []
+    with _namespaces(args) as (host, ctr, _fd, _host_fd):
+        br, link = host.link(conf.bridge), ctr.link(args.ifname)
+        if br is None or br.kind != "bridge":
+            return [f"bridge {conf.bridge} not found (or not a bridge) in the host namespace"]
+        if link is None or link.kind != "veth":
+            return [f"container interface {args.ifname} not found (or not a veth) in {args.netns}"]
+        if want_br.mac and want_br.mac != br.mac:
+            problems.append(f"bridge {br.name} MAC is {br.mac}, prevResult says {want_br.mac}")
+        if br.promisc != conf.promisc:
+            problems.append(f"bridge {br.name} promiscuous mode is {br.promisc}, the config says {conf.promisc}")
+        if want_ctr.mac and want_ctr.mac != link.mac:
+            problems.append(f"interface {args.ifname} MAC is {link.mac}, prevResult says {want_ctr.mac}")
+        port = host.link_by_index(link.link) if link.link else None
+        if port is None or port.kind != "veth" or port.link != link.index or port.master != br.index or port.name not in {i.name for i in prev.interfaces}:
+            problems.append(f"no veth of prevResult peered with {args.ifname} is a port of bridge {br.name}")
+        else:
+            want_port = next(i for i in prev.interfaces if i.name == port.name)
+            if want_port.mac and want_port.mac != port.mac:
+                problems.append(f"host veth {port.name} MAC is {port.mac}, prevResult says {want_port.mac}")
+            if bool(port.port.get("IFLA_BRPORT_MODE")) != conf.hairpin:
+                problems.append(f"host veth {port.name} hairpin is {bool(port.port.get('IFLA_BRPORT_MODE'))}, the config says {conf.hairpin}")
+            if conf.port_isolation and not port.port.get("IFLA_BRPORT_ISOLATED"):
+                problems.append(f"host veth {port.name} is not an isolated port")
+        _collect(problems, validate_ips, ctr, args.ifname, [prev.ips[i] for i in ips_for(prev, args.ifname)])
+        _collect(problems, validate_routes, ctr, prev.routes)
+        problems += _check_firewall(args, conf, prev, port)
+    return problems
+
+
+def _check_firewall(args: CmdArgs, conf: BridgeConf, prev: Result, port: Link | None) -> list[str]:
+    if not (conf.ip_masq and prev.ips) and not (conf.macspoofchk and port is not None):
+        return []
+    nft, owner, problems = _Lazy().get(), _owner(args, conf), []
+    if conf.ip_masq and prev.ips:
+        from firewall.masq import validate_masq
+
+        problems += validate_masq(nft, owner, [ip.address for ip in prev.ips])
+    if conf.macspoofchk and port is not None:
+        from firewall.spoofchk import validate_spoofcheck
+
+        want = next((i.mac for i in prev.interfaces if i.name == args.ifname and i.sandbox), "")
+        problems += validate_spoofcheck(nft, owner, port.name, want)
+    return problems
+
+
+def cmd_status(args: CmdArgs) -> None:
+    if args.conf.ipam_type:
+        invoke.delegate(args.conf.ipam_type, "STATUS", args.stdin, args.environ, args.path)
+
+
+def cmd_gc(args: CmdArgs) -> None:
+    """Forward GC to IPAM; drop masquerade and spoof-check entries of attachments not in
+    ``cni.dev/valid-attachments`` (nothing of ours is touched when the list is absent)."""
+    from firewall.model import Owner
+
+    errors = ErrorList("bridge GC")
+    if args.conf.ipam_type:
+        with errors.step(f"IPAM {args.conf.ipam_type} GC"):
+            invoke.delegate(args.conf.ipam_type, "GC", args.stdin, args.environ, args.path)
+    valid = args.conf.valid_attachments
+    if valid is not None:
+        from firewall.masq import gc_masq
+        from firewall.spoofchk import gc_spoofcheck
+
+        owners = [Owner(network=args.conf.name, container_id=a.container_id, ifname=a.ifname) for a in valid]
+        nft = _Lazy().get()
+        with errors.step("masquerade GC"):
+            gc_masq(nft, args.conf.name, owners)
+        with errors.step("mac spoof check GC"):
+            gc_spoofcheck(nft, args.conf.name, owners)
+    errors.raise_if_any()
+
+
+# ---------------------------------------------------------------- small pieces
+
+
+class _Lazy:
+    """One nftables context, made on first use in the calling (host) namespace."""
+
+    def __init__(self) -> None:
+        self._nft: NftBackend | None = None
+
+    def get(self) -> NftBackend:
+        if self._nft is None:
+            from firewall.nft import LibNftables
+
+            self._nft = LibNftables()
+        return self._nft
+
+
+def _owner(args: CmdArgs, conf: BridgeConf) -> Owner:
+    from firewall.model import Owner
+
+    return Owner(network=conf.network, container_id=args.container_id, ifname=args.ifname)
+
+
+@contextlib.contextmanager
+def _namespaces(args: CmdArgs) -> Iterator[tuple[Netlink, Netlink, int, int]]:
+    """Netlink in this (host) namespace and in the container, and fds of both namespaces."""
+    from cni_plugins.netlink import Netlink
+
+    fd = netns.open_netns(args.netns)
+    host_fd = netns.current_netns_fd()
+    try:
+        with Netlink.open(None) as host, Netlink.open(fd, label=args.netns) as ctr:
+            yield host, ctr, fd, host_fd
+    finally:
+        os.close(fd)
+        os.close(host_fd)
+
+
+def _container_sysctls(ifname: str, enable_dad: bool) -> None:
+    """DAD off by default (fast start; hairpin echoes would fail it), on with enhanced DAD
+    when ``enabledad``; ``arp_notify`` announces the new address. Call in the container."""
+    settings = [("enhanced_dad", "1"), ("accept_dad", "1")] if enable_dad else [("accept_dad", "0")]
+    keys = [(sysctl.iface_key(6, ifname, leaf), value) for leaf, value in settings] + [(sysctl.iface_key(4, ifname, "arp_notify"), "1")]
+    for key, value in keys:
+        try:
+            sysctl.write(key, value)
+        except CNIError:
+            pass  # IPv6 disabled in the container: nothing to set (the reference ignores these too)
+
+
+def _no_router_ads(host_veth: str) -> None:
+    try:
+        sysctl.write(sysctl.iface_key(6, host_veth, "accept_ra"), "0")
+    except CNIError:
+        pass
+
+
+def _collect(problems: list[str], validate: Callable[..., None], *fn_args: Any) -> None:
+    try:
+        validate(*fn_args)
+    except CNIError as err:
+        problems.append(err.msg)
+
+
+def _quietly(what: str, fn: Any, *fn_args: Any) -> None:
+    """Run an undo step; its failure is logged, the ADD error stays the one reported."""
+    try:
+        fn(*fn_args)
+    except CNIError as err:
+        log.warning(f"rollback: {what}: {err.msg}")
+
+
+PLUGIN = Plugin(
+    name="bridge",
+    add=cmd_add,
+    delete=cmd_del,
+    check=cmd_check,
+    status=cmd_status,
+    gc=cmd_gc,
+    cni_args=frozenset({"MAC"}),
+    about="CNI bridge plugin (cni-py)",
+)
+
+
+def main() -> None:
+    skel.main(PLUGIN)
