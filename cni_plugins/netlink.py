@@ -31,8 +31,9 @@ IFF_PROMISC = 0x100
 IFF_ALLMULTI = 0x200
 IFA_F_NODAD = 0x02
 IFA_F_TENTATIVE = 0x40
-RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST = 0, 253, 254
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST, RT_SCOPE_NOWHERE = 0, 253, 254, 255
 RT_TABLE_MAIN = 254
+RTPROT_BOOT = 3
 DUMP_RETRIES = 5
 
 
@@ -372,7 +373,10 @@ class Netlink:
         advmss: int | None = None,
         replace: bool = False,
     ) -> None:
+        """``ip route add``; protocol ``boot`` as the reference's netlink library sends it
+        (pyroute2 would say ``static``), so ``ip route`` shows the same routes for both."""
         attrs: dict[str, Any] = {"dst": str(dst.network_address), "dst_len": dst.prefixlen, "family": socket.AF_INET if dst.version == 4 else socket.AF_INET6}
+        attrs["proto"] = RTPROT_BOOT
         if gw is not None:
             attrs["gateway"] = str(gw)
         if oif is not None:
@@ -396,8 +400,11 @@ class Netlink:
         with translate_errors(self._ctx(f"add route {dst}{via}")):
             self._ipr.route("replace" if replace else "add", **attrs)
 
-    def del_route(self, dst: IPNetwork, *, gw: IPAddress | None = None, oif: int | None = None, table: int | None = None) -> None:
+    def del_route(self, dst: IPNetwork, *, gw: IPAddress | None = None, oif: int | None = None, table: int | None = None, scope: int = RT_SCOPE_NOWHERE) -> None:
+        """Delete a route; ``scope`` NOWHERE matches any scope (pyroute2 would send universe,
+        which misses the kernel's link-scope connected routes)."""
         attrs: dict[str, Any] = {"dst": str(dst.network_address), "dst_len": dst.prefixlen, "family": socket.AF_INET if dst.version == 4 else socket.AF_INET6}
+        attrs["scope"] = scope
         if gw is not None:
             attrs["gateway"] = str(gw)
         if oif is not None:
