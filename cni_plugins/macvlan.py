@@ -94,9 +94,9 @@ def cmd_add(args: CmdArgs) -> Result:
             raise InvalidNetworkConfig("bcqueuelen: this kernel does not support a macvlan broadcast queue length", "it needs Linux 5.11 or later; remove the option")
         result = Result(interfaces=(Interface(name=args.ifname, mac=link.mac, sandbox=args.netns),))
         if conf.ipam_type:
+            undo.callback(_release_quietly, args, conf.ipam_type)  # also for a failed ADD, as the spec asks
             with step(f"IPAM {conf.ipam_type} ADD"):
                 ipam = invoke.delegate_add(conf.ipam_type, args.stdin, args.environ, args.path)
-            undo.callback(_release_quietly, args, conf.ipam_type)
             if not ipam.ips:
                 raise CNIError(f"IPAM plugin {conf.ipam_type} returned no IP configuration", "check the ipam section: it must yield at least one address")
             ips = tuple(dataclasses.replace(ip, interface=0) for ip in ipam.ips)
