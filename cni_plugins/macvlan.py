@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 from cni_plugins import invoke, log, netns, skel, sysctl
-from cni_plugins.errors import CNIError, ErrorList, InvalidNetworkConfig
+from cni_plugins.errors import CNIError, ErrorList, IncompatibleCNIVersion, InvalidNetworkConfig
 from cni_plugins.netns import NetNSGone
 from cni_plugins.skel import CmdArgs, Plugin
 from cni_plugins.types import DNS, Interface, Result
+from cni_plugins.version import at_least
 from conf.fields import bool_field, int_field, parse_mac, str_field
 
 if TYPE_CHECKING:
@@ -80,6 +81,11 @@ def step(what: str) -> Iterator[None]:
 
 def cmd_add(args: CmdArgs) -> Result:
     conf = MacvlanConf.from_json(args)
+    if not conf.ipam_type and not at_least(args.conf.cni_version, "0.3.0"):
+        raise IncompatibleCNIVersion(  # refuse before creating anything: the result could not be printed
+            f"cniVersion {args.conf.cni_version} results must carry an IP address, and without IPAM there is none",
+            'use cniVersion 0.3.0 or later for an L2-only macvlan, or configure "ipam"',
+        )
     with _namespaces(args) as (host, ctr, ctr_fd), contextlib.ExitStack() as undo:
         parent = ctr if conf.link_in_container else host
         master = find_master(conf, parent)

@@ -295,3 +295,28 @@ def test_status_and_gc_delegate_to_ipam(plugin, host_ns, namespaces, tmp_path) -
     c["ipam"]["dataDir"] = str(blocked)
     bad = plugin("macvlan", "STATUS", c)
     assert bad.rc == 1 and bad.json["code"] == 50
+
+
+def test_l2_only_with_a_pre_0_3_version_is_refused_before_anything_is_made(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    make_master(host_ns)
+    bad = plugin("macvlan", "ADD", conf(tmp_path, "0.2.0", ipam=None), netns=container_ns)
+    assert bad.rc == 1 and bad.json["code"] == 1 and "0.3.0" in bad.json["details"]
+    assert set(links(container_ns)) == {"lo"}
+
+
+@pytest.mark.skipif(not Path("/usr/lib/cni/macvlan").exists(), reason="reference macvlan not installed")
+@pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0"])
+def test_result_and_link_match_the_reference(plugin, namespaces, tmp_path, version) -> None:  # type: ignore[no-untyped-def]
+    from tests.integration.nsutil import run_plugin
+
+    seen = {}
+    for who in ("reference", "ours"):
+        host, ctr = namespaces.make("h"), namespaces.make("c")
+        make_master(host)
+        c = conf(tmp_path / who, version, mode="vepa", mtu=1400, mac="c2:00:00:00:00:0a", dns={"search": ["example"]})
+        bin_dir = Path("/usr/lib/cni") if who == "reference" else plugin.cni_bin
+        out = run_plugin(bin_dir, "macvlan", "ADD", c, netns=path(ctr), host_ns=host).ok()
+        out["interfaces"][0]["sandbox"] = "SANDBOX"
+        info = macvlan_info(ctr)
+        seen[who] = (out, info["mode"], info["mtu"], info["mac"], sorted(a for a in addrs(ctr, "eth0") if not a.startswith("fe80")), sh("ip", "route", ns=ctr).stdout)
+    assert seen["ours"] == seen["reference"]
