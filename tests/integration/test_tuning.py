@@ -250,3 +250,20 @@ def test_backup_interoperates_with_reference(plugin, host_ns, ctr, tmp_path, add
     after = link(ctr)
     assert (after["address"], after["mtu"]) == (before["address"], before["mtu"]) and "PROMISC" not in after["flags"] and "ALLMULTI" not in after["flags"]
     assert os.listdir(tmp_path / "tuning") == []
+
+
+def test_chained_after_ptp(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A conflist as a runtime runs it: ptp, then tuning with prevResult; DEL in reverse."""
+    ptp = {"cniVersion": "1.0.0", "name": "chain", "type": "ptp", "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"), "subnet": "10.95.0.0/24"}}
+    first = plugin("ptp", "ADD", ptp, netns=container_ns).ok()
+    original = link(container_ns)
+    tuning = {"cniVersion": "1.0.0", "name": "chain", "type": "tuning", "dataDir": str(tmp_path / "tuning"), "mac": "c2:00:00:00:00:0b", "mtu": 1300, "prevResult": first}
+    final = plugin("tuning", "ADD", tuning, netns=container_ns).ok()
+    assert final["interfaces"][1]["mac"] == "c2:00:00:00:00:0b" and final["interfaces"][0] == first["interfaces"][0]
+    assert final["ips"] == first["ips"] and link(container_ns)["mtu"] == 1300
+    plugin("ptp", "CHECK", {**ptp, "prevResult": final}, netns=container_ns).ok()
+    plugin("tuning", "CHECK", {**tuning, "prevResult": final}, netns=container_ns).ok()
+    plugin("tuning", "DEL", {**tuning, "prevResult": final}, netns=container_ns).ok()
+    assert (link(container_ns)["address"], link(container_ns)["mtu"]) == (original["address"], original["mtu"])
+    plugin("ptp", "DEL", {**ptp, "prevResult": final}, netns=container_ns).ok()
+    assert "eth0" not in links(container_ns)
