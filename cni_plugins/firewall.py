@@ -1,0 +1,203 @@
+"""``firewall`` (chained): let forwarded traffic to and from the container through, and apply
+the ``ingressPolicy`` between bridges, on nftables (layout and reasoning: ``firewall.forward``).
+
+Reference-compatible options: ``backend`` (``iptables``, ``firewalld`` or empty, as podman
+writes it: always served by nftables, with a note on stderr when something else was asked
+for), ``iptablesAdminChainName`` (default ``CNI-ADMIN``: a chain of yours, consulted first,
+in our table and in iptables' filter table), ``firewalldZone`` (accepted, unused),
+``ingressPolicy`` (``open``, ``same-bridge``, ``isolated``). Ours: ``iptablesAcceptMark``
+(default 0x10000000), the mark that tells iptables' FORWARD chain a packet was accepted here.
+
+Spec versions 0.4.0 and later only, as the reference.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cni_plugins import log, skel
+from cni_plugins.errors import CNIError, ErrorList, InvalidNetworkConfig
+from cni_plugins.skel import CmdArgs, Plugin
+from cni_plugins.types import IPAddress, Result
+from conf.fields import str_field
+from conf.netconf import NetConf
+from firewall import forward
+from firewall.model import Owner
+from firewall.nft import Command, NftBackend
+from firewall.owned import claim_groups, problems, release_all_of, release_groups
+
+POLICIES = ("", forward.OPEN, forward.SAME_BRIDGE, forward.ISOLATED)
+CHAIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,27}$")
+RESERVED_CHAINS = ("ACCEPT", "DROP", "RETURN", "QUEUE", "FORWARD", "INPUT", "OUTPUT", forward.IPT_CHAIN, "forward", "isolation")
+VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FirewallConf:
+    backend: str = ""
+    admin_chain: str = forward.DEFAULT_ADMIN_CHAIN
+    ingress_policy: str = forward.OPEN
+    accept_mark: int = forward.DEFAULT_MARK
+    addresses: tuple[IPAddress, ...] = ()
+    bridge: str = ""  # prevResult's first interface (the bridge, for the bridge plugin)
+
+    @classmethod
+    def from_netconf(cls, conf: NetConf) -> FirewallConf:
+        raw = conf.raw
+        admin = str_field(raw, "iptablesAdminChainName", "") or forward.DEFAULT_ADMIN_CHAIN
+        if not CHAIN_RE.match(admin) or admin in RESERVED_CHAINS:
+            raise InvalidNetworkConfig(
+                f"iptablesAdminChainName: {admin!r} cannot name a chain of yours",
+                f"use up to 28 letters, digits, '_', '.', '+' or '-' (not starting with '-'), other than {', '.join(RESERVED_CHAINS)}",
+            )
+        policy = str_field(raw, "ingressPolicy", "") or forward.OPEN
+        if policy not in POLICIES:
+            raise InvalidNetworkConfig(f"ingressPolicy: unknown ingress policy {policy!r}", "use open, same-bridge or isolated")
+        str_field(raw, "firewalldZone", "")
+        prev = conf.prev_result
+        return cls(
+            backend=str_field(raw, "backend", ""),
+            admin_chain=admin,
+            ingress_policy=policy,
+            accept_mark=_mark(raw.get("iptablesAcceptMark")),
+            addresses=tuple(ip.address.ip for ip in prev.ips) if prev else (),
+            bridge=prev.interfaces[0].name if prev and prev.interfaces else "",
+        )
+
+
+def _mark(value: object) -> int:
+    if value is None:
+        return forward.DEFAULT_MARK
+    try:
+        mark = int(value, 0) if isinstance(value, str) else value if isinstance(value, int) and not isinstance(value, bool) else -1
+    except ValueError:
+        mark = -1
+    if not 0 < mark <= 0xFFFFFFFF:
+        raise InvalidNetworkConfig(f"iptablesAcceptMark: {value!r} is not a mark", "give a nonzero 32-bit value, e.g. \"0x10000000\" (one bit no other tool uses)")
+    return mark
+
+
+def _owner(args: CmdArgs) -> Owner:
+    return Owner(network=args.conf.name, container_id=args.container_id, ifname=args.ifname)
+
+
+def _nft() -> NftBackend:
+    from firewall.nft import LibNftables
+
+    return LibNftables()  # in the current (host) namespace
+
+
+def _notes(conf: FirewallConf) -> None:
+    if conf.backend == "firewalld":
+        log.note("backend firewalld asked for; served by nftables (table inet cni_py_firewall); firewalldZone is not used")
+    elif conf.backend not in ("", "iptables", "nftables"):
+        log.note(f"unknown backend {conf.backend!r}; served by nftables (table inet cni_py_firewall)")
+    for proc, tool in (("/proc/net/ip_tables_names", "iptables"), ("/proc/net/ip6_tables_names", "ip6tables")):
+        try:
+            with open(proc, encoding="ascii") as fh:
+                legacy = "filter" in fh.read().split()
+        except OSError:
+            legacy = False
+        if legacy:
+            log.note(f"{tool}-legacy has a filter table here: our accepts cannot override a drop in it; use {tool}-nft or accept the containers' traffic there yourself")
+    if conf.ingress_policy == forward.ISOLATED and _read("/proc/sys/net/bridge/bridge-nf-call-iptables") != "1":
+        log.note("ingressPolicy isolated: traffic between containers of one bridge is filtered only with br_netfilter loaded and net.bridge.bridge-nf-call-iptables=1 (as with the reference and Docker's icc=false)")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def _iptables_states(nft: NftBackend) -> list[forward.IptablesState]:
+    """One per family whose iptables-nft filter table has a FORWARD chain (two small listings)."""
+    out = []
+    for fam in forward.IPT_FAMILIES:
+        rules = nft.list_chain(fam, forward.IPT_TABLE, "FORWARD")
+        if rules is not None:
+            ours = nft.list_chain(fam, forward.IPT_TABLE, forward.IPT_CHAIN)
+            out.append(forward.IptablesState(family=fam, forward=[r["rule"] for r in rules], cni_forward=None if ours is None else [r["rule"] for r in ours]))
+    return out
+
+
+def cmd_add(args: CmdArgs) -> Result:
+    prev = args.conf.prev_result
+    if prev is None:
+        raise InvalidNetworkConfig("firewall: missing prevResult from earlier plugin", "chain firewall after a main plugin (bridge, ptp, ...)")
+    conf = FirewallConf.from_netconf(args.conf)
+    if conf.ingress_policy != forward.OPEN and not conf.bridge:
+        raise InvalidNetworkConfig(
+            f"interface needs to be set for ingress policy {conf.ingress_policy!r}", 'chain "firewall" after "bridge": its first interface is the bridge'
+        )
+    _notes(conf)
+    nft = _nft()
+    setup: list[Command] = forward.base_commands(conf.admin_chain, conf.accept_mark)
+    for state in _iptables_states(nft):
+        setup += forward.iptables_commands(state, conf.admin_chain, conf.accept_mark)
+    extra, bridge_group = forward.bridge_commands_and_group(conf.bridge, conf.ingress_policy)
+    groups = forward.accept_groups(conf.addresses) + ([bridge_group] if bridge_group else [])
+    claim_groups(nft, _owner(args), groups, setup=setup + extra, what=f"firewall for {args.container_id}/{args.ifname}")
+    return prev
+
+
+def cmd_del(args: CmdArgs) -> None:
+    """Remove this attachment's elements (found by owner when prevResult is missing). Per-bridge
+    entries and the constant chains stay, as the reference leaves its chains."""
+    conf = FirewallConf(addresses=tuple(ip.address.ip for ip in args.conf.prev_result.ips) if args.conf.prev_result else ())
+    owner, what = _owner(args), f"remove firewall entries of {args.container_id}/{args.ifname}"
+    nft, errors = _nft(), ErrorList("firewall DEL")
+    if args.conf.prev_result is None:
+        for v in (4, 6):
+            with errors.step(f"remove IPv{v} accept entries"):
+                release_all_of(nft, forward.ACCEPT[v], owner, (forward.ACCEPT_SET[v],), what=what)
+    else:
+        with errors.step("remove accept entries"):
+            release_groups(nft, owner, forward.accept_groups(conf.addresses), what=what)
+    errors.raise_if_any()
+
+
+def cmd_check(args: CmdArgs) -> None:
+    if args.conf.prev_result is None:
+        raise InvalidNetworkConfig("firewall CHECK: missing prevResult from earlier plugin", "CHECK needs the result of ADD as prevResult")
+    conf = FirewallConf.from_netconf(args.conf)
+    nft, owner, found = _nft(), _owner(args), []
+    for chain in ("forward", "isolation", conf.admin_chain):
+        if nft.list_chain(forward.FAMILY, forward.TABLE, chain) is None:
+            found.append(f"chain {chain} is missing from table {forward.FAMILY} {forward.TABLE}")
+    for group in forward.accept_groups(conf.addresses):
+        found += [f"accept entry for {e.key}: {why}" for e, why in problems(nft, group.maps, owner, group.entries)]
+    _, bridge_group = forward.bridge_commands_and_group(conf.bridge, conf.ingress_policy)
+    if bridge_group is not None:
+        found += [f"{conf.ingress_policy} entry for bridge {conf.bridge}: {why}" for e, why in problems(nft, bridge_group.maps, forward.bridge_owner(conf.bridge), bridge_group.entries)]
+    for state in _iptables_states(nft):
+        found += forward.iptables_problems(state, conf.admin_chain, conf.accept_mark)
+    if found:
+        raise CNIError(f"firewall CHECK of {args.container_id}/{args.ifname}: {'; '.join(found)}", "run ADD again to restore the rules")
+
+
+def cmd_gc(args: CmdArgs) -> None:
+    """Drop accept entries of this network whose owner is not in ``cni.dev/valid-attachments``."""
+    from firewall.model import network_prefix
+    from firewall.owned import gc
+
+    valid = args.conf.valid_attachments
+    if valid is None:
+        return
+    keep = {Owner(network=args.conf.name, container_id=a.container_id, ifname=a.ifname).prefix for a in valid}
+    nft, errors = _nft(), ErrorList("firewall GC")
+    for v in (4, 6):
+        with errors.step(f"GC of IPv{v} accept entries"):
+            gc(nft, forward.ACCEPT[v], (forward.ACCEPT_SET[v],), keep, network_prefix(args.conf.name), what=f"gc firewall entries of {args.conf.name}")
+    errors.raise_if_any()
+
+
+PLUGIN = Plugin(name="firewall", add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, versions=VERSIONS, about="CNI firewall plugin (cni-py, nftables)")
+
+
+def main() -> None:
+    skel.main(PLUGIN)
+
