@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import os
+import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from cni_plugins import invoke, log, netns, skel, sysctl
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from firewall.model import Owner
     from firewall.nft import NftBackend
 
+PORT_UP_RETRIES_MS = (0, 50, 500, 1000, 1000)
 DEFAULT_ROUTE = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
 
@@ -96,10 +98,10 @@ def cmd_add(args: CmdArgs) -> Result:
                 ctr.set_link(pair.container.index, state="up")
         if not conf.disable_container_interface:
             with step("port state"):
-                wait_port_up(host, pair.host)
-        interfaces = list(result.interfaces)
+                port = wait_port_up(host, pair.host)
+        interfaces = list(result.interfaces)  # MACs as they are now: a bridge takes its ports' until pinned
         interfaces[0] = dataclasses.replace(interfaces[0], mac=host.require_link(br.name).mac)
-        interfaces[1] = dataclasses.replace(interfaces[1], mac=host.require_link(pair.host.name).mac)
+        interfaces[1] = dataclasses.replace(interfaces[1], mac=(port if not conf.disable_container_interface else host.require_link(pair.host.name)).mac)
         undo.pop_all()
     return result.replace(interfaces=tuple(interfaces), dns=conf.dns if conf.dns is not None else result.dns)
 
@@ -170,10 +172,15 @@ def ensure_vlan_gateway(host: Netlink, br: Link, conf: BridgeConf) -> Link:
     return link
 
 
-def wait_port_up(host: Netlink, port: Link) -> None:
-    if not host.wait_oper_up(port.index):
+def wait_port_up(host: Netlink, port: Link) -> Link:
+    """The host veth once it is operationally up (the reference's retry schedule), as read then."""
+    now: Link | None = None
+    for delay_ms in PORT_UP_RETRIES_MS:
+        time.sleep(delay_ms / 1000)
         now = host.link_by_index(port.index)
-        raise CNIError(f"bridge port in error state: {now.operstate if now else 'gone'}", f"host veth {port.name} did not come up")
+        if now is not None and now.operstate == "UP":
+            return now
+    raise CNIError(f"bridge port in error state: {now.operstate if now else 'gone'}", f"host veth {port.name} did not come up")
 
 
 def cmd_del(args: CmdArgs) -> None:
