@@ -429,3 +429,23 @@ def test_reference_and_ours_on_one_bridge_reach_each_other(plugin, host_ns, name
     assert reserved(tmp_path) == set() and host_veths(host_ns) == []
     assert poll(lambda: "cnitbr0" in links(host_ns))
     assert ip_json("addr", "show", "dev", "cnitbr0", ns=host_ns)[0]["addr_info"]
+
+
+def test_parallel_adds_on_a_new_bridge(cni_bin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Eight ADDs racing to create the bridge, its gateway address and the nft tables all succeed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.integration.nsutil import run_plugin
+
+    conf = bconf(tmp_path, isGateway=True, ipMasq=True, macspoofchk=True)
+    ctrs = [namespaces.make(f"p{i}") for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        runs = list(pool.map(lambda c: run_plugin(cni_bin, "bridge", "ADD", conf, netns=path(c), container_id=c, host_ns=host_ns), ctrs))
+    results = [r.ok() for r in runs]
+    assert len({r["ips"][0]["address"] for r in results}) == 8 and len(host_veths(host_ns)) == 8
+    assert len(nft_elements(host_ns)["cni_py_masq/masq4"]) == 8 and len(nft_elements(host_ns)["cni_py_macspoof/allowed"]) == 8
+    assert all(ping(c, GW) for c in ctrs)
+    with ThreadPoolExecutor(8) as pool:
+        dels = list(pool.map(lambda cr: run_plugin(cni_bin, "bridge", "DEL", with_prev(conf, cr[1]), netns=path(cr[0]), container_id=cr[0], host_ns=host_ns), zip(ctrs, results)))
+    assert all(d.rc == 0 for d in dels), [d.stdout for d in dels if d.rc]
+    assert_clean(host_ns, tmp_path)
