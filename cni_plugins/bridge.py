@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from cni_plugins import invoke, log, netns, skel, sysctl
-from cni_plugins.errors import CNIError, ErrorList, InvalidNetworkConfig, UnsupportedField
+from cni_plugins.errors import CNIError, ErrorList, InternalError, InvalidNetworkConfig, UnsupportedField
 from cni_plugins.netns import NetNSGone
 from cni_plugins.skel import CmdArgs, Plugin
 from cni_plugins.types import Interface, IPInterface, Result, Route
@@ -78,7 +78,7 @@ def cmd_add(args: CmdArgs) -> Result:
                 ipam = invoke.delegate_add(conf.ipam_type, args.stdin, args.environ, args.path)
             undo.callback(_quietly, "IPAM DEL", invoke.delegate, conf.ipam_type, "DEL", args.stdin, args.environ, args.path)
             if not ipam.ips:
-                raise CNIError(f"IPAM {conf.ipam_type} ADD: IPAM plugin returned missing IP config", "its ranges must yield at least one address")
+                raise InternalError(f"IPAM {conf.ipam_type} ADD: IPAM plugin returned missing IP config", "its ranges must yield at least one address")
             result, gateways = with_gateways(result, ipam, conf)
             with step(f"configure {args.ifname}"), netns.entered(ctr_fd, label=args.netns):
                 _container_sysctls(args.ifname, conf.enable_dad)
@@ -96,12 +96,11 @@ def cmd_add(args: CmdArgs) -> Result:
         elif not conf.disable_container_interface:
             with step(f"set {args.ifname} up"):
                 ctr.set_link(pair.container.index, state="up")
-        if not conf.disable_container_interface:
-            with step("port state"):
-                port = wait_port_up(host, pair.host)
+        with step("port state"):
+            port = host.require_link(pair.host.name) if conf.disable_container_interface else wait_port_up(host, pair.host)
         interfaces = list(result.interfaces)  # MACs as they are now: a bridge takes its ports' until pinned
         interfaces[0] = dataclasses.replace(interfaces[0], mac=host.require_link(br.name).mac)
-        interfaces[1] = dataclasses.replace(interfaces[1], mac=(port if not conf.disable_container_interface else host.require_link(pair.host.name)).mac)
+        interfaces[1] = dataclasses.replace(interfaces[1], mac=port.mac)
         undo.pop_all()
     return result.replace(interfaces=tuple(interfaces), dns=conf.dns if conf.dns is not None else result.dns)
 
@@ -180,7 +179,7 @@ def wait_port_up(host: Netlink, port: Link) -> Link:
         now = host.link_by_index(port.index)
         if now is not None and now.operstate == "UP":
             return now
-    raise CNIError(f"bridge port in error state: {now.operstate if now else 'gone'}", f"host veth {port.name} did not come up")
+    raise InternalError(f"bridge port in error state: {now.operstate if now else 'gone'}", f"host veth {port.name} did not come up")
 
 
 def cmd_del(args: CmdArgs) -> None:
@@ -245,7 +244,7 @@ def cmd_check(args: CmdArgs) -> None:
         raise InvalidNetworkConfig("bridge CHECK: required prevResult missing", "the runtime passes the cached ADD result as prevResult")
     problems = check_links(args, conf, prev)
     if problems:
-        raise CNIError(f"bridge CHECK: {'; '.join(problems)}", "DEL and ADD the container again to repair it")
+        raise InternalError(f"bridge CHECK: {'; '.join(problems)}", "DEL and ADD the container again to repair it")
 
 
 def check_links(args: CmdArgs, conf: BridgeConf, prev: Result) -> list[str]:
