@@ -320,3 +320,14 @@ def test_result_and_link_match_the_reference(plugin, namespaces, tmp_path, versi
         info = macvlan_info(ctr)
         seen[who] = (out, info["mode"], info["mtu"], info["mac"], sorted(a for a in addrs(ctr, "eth0") if not a.startswith("fe80")), sh("ip", "route", ns=ctr).stdout)
     assert seen["ours"] == seen["reference"]
+
+
+def test_host_link_with_the_container_name_does_not_collide(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The link is born under a temporary name in the container and renamed there, so a host
+    link already called eth0 is no obstacle and is left alone."""
+    make_master(host_ns)
+    sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer", ns=host_ns)
+    plugin("macvlan", "ADD", conf(tmp_path), netns=container_ns).ok()
+    assert macvlan_info(container_ns)["mode"] == "bridge"
+    assert links(host_ns)["eth0"]["linkinfo"]["info_kind"] == "veth"
+    assert not [n for n in links(host_ns) if n.startswith("mv")]
