@@ -16,6 +16,7 @@ from typing import Iterable
 
 SEARCH = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 FAMILIES = {4: "ipv4", 6: "ipv6"}
+PARALLEL = 16
 
 
 def find_tool() -> str | None:
@@ -37,15 +38,23 @@ def delete_udp_flows(ports: Iterable[int], versions: Iterable[int]) -> list[str]
     import subprocess
 
     problems = []
-    for v in versions:
-        for port in ports:
-            argv = [tool, "-D", "-f", FAMILIES[v], "-p", "udp", "--orig-port-dst", str(int(port))]
+    argvs = [[tool, "-D", "-f", FAMILIES[v], "-p", "udp", "--orig-port-dst", str(int(port))] for v in versions for port in ports]
+    for start in range(0, len(argvs), PARALLEL):  # one exec costs ~10-30 ms: run them side by side
+        running = []
+        for argv in argvs[start : start + PARALLEL]:
             try:
-                proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-            except (OSError, subprocess.TimeoutExpired) as exc:
+                running.append((argv, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})))
+            except OSError as exc:
                 problems.append(f"{' '.join(argv)}: {exc}")
+        for argv, proc in running:
+            try:
+                _, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                problems.append(f"{' '.join(argv)}: timed out")
                 continue
             # exit 1 with "0 flow entries have been deleted" just means there was nothing to remove
-            if proc.returncode != 0 and "0 flow entries" not in proc.stderr:
-                problems.append(f"{' '.join(argv)}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
+            if proc.returncode != 0 and "0 flow entries" not in err:
+                problems.append(f"{' '.join(argv)}: {err.strip() or f'exit {proc.returncode}'}")
     return problems
