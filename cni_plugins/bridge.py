@@ -61,7 +61,7 @@ def cmd_add(args: CmdArgs) -> Result:
         with step("veth"):
             pair = setup_veth(ctr, host, host_fd, args.ifname, mtu=conf.mtu, mac=conf.mac, up=False)  # up once DAD is set
             undo.callback(_quietly, "delete veth", ctr.delete_link_if_exists, args.ifname)
-            _no_router_ads(pair.host.name)
+            _write_sysctls([(sysctl.iface_key(6, pair.host.name, "accept_ra"), "0")])  # we own its routes
         with step("bridge port"):
             attach_to_bridge(host, pair.host, br)
             configure_bridge_port(host, pair.host, hairpin=conf.hairpin, isolated=conf.port_isolation, vlan=conf.vlan, trunk=conf.trunk, preserve_default_vlan=conf.preserve_default_vlan)
@@ -81,7 +81,7 @@ def cmd_add(args: CmdArgs) -> Result:
                 raise InternalError(f"IPAM {conf.ipam_type} ADD: IPAM plugin returned missing IP config", "its ranges must yield at least one address")
             result, gateways = with_gateways(result, ipam, conf)
             with step(f"configure {args.ifname}"), netns.entered(ctr_fd, label=args.netns):
-                _container_sysctls(args.ifname, conf.enable_dad)
+                _write_sysctls(_container_sysctls(args.ifname, conf.enable_dad))
             with step(f"configure {args.ifname}"):
                 configure_iface(ctr, ctr_fd, args.ifname, result)
             with step("gateway"):
@@ -367,23 +367,20 @@ def _namespaces(args: CmdArgs) -> Iterator[tuple[Netlink, Netlink, int, int]]:
         os.close(host_fd)
 
 
-def _container_sysctls(ifname: str, enable_dad: bool) -> None:
+def _container_sysctls(ifname: str, enable_dad: bool) -> list[tuple[str, str]]:
     """DAD off by default (fast start; hairpin echoes would fail it), on with enhanced DAD
-    when ``enabledad``; ``arp_notify`` announces the new address. Call in the container."""
+    when ``enabledad``; ``arp_notify`` announces the new address."""
     settings = [("enhanced_dad", "1"), ("accept_dad", "1")] if enable_dad else [("accept_dad", "0")]
-    keys = [(sysctl.iface_key(6, ifname, leaf), value) for leaf, value in settings] + [(sysctl.iface_key(4, ifname, "arp_notify"), "1")]
-    for key, value in keys:
+    return [(sysctl.iface_key(6, ifname, leaf), value) for leaf, value in settings] + [(sysctl.iface_key(4, ifname, "arp_notify"), "1")]
+
+
+def _write_sysctls(settings: list[tuple[str, str]]) -> None:
+    """In the calling thread's namespace; a missing key (IPv6 disabled) is skipped, as the reference does."""
+    for key, value in settings:
         try:
             sysctl.write(key, value)
         except CNIError:
-            pass  # IPv6 disabled in the container: nothing to set (the reference ignores these too)
-
-
-def _no_router_ads(host_veth: str) -> None:
-    try:
-        sysctl.write(sysctl.iface_key(6, host_veth, "accept_ra"), "0")
-    except CNIError:
-        pass
+            pass
 
 
 def _collect(problems: list[str], validate: Callable[..., None], *fn_args: Any) -> None:
