@@ -160,6 +160,12 @@ def main() -> int:
             f"{label:34s} {ms(adds[0]):>11s} {ms(adds[-1]):>11s} {ms(statistics.mean(adds[:10])):>11s} "
             f"{ms(statistics.mean(adds[-10:])):>13s} {ms(r['del_last']):>11s}  {r['ruleset_lines']}  (run {r['total_s']:.0f} s)"
         )
+    tenth = max(1, n // 10)
+    print(f"\nmedian ADD per block of {tenth} containers (trend, less noisy than single calls):")
+    for label, r in results.items():
+        adds = r["adds"]
+        blocks = [statistics.median(adds[i : i + tenth]) for i in range(0, len(adds), tenth)]
+        print(f"{label:34s} " + " ".join(f"{b * 1000:6.1f}" for b in blocks))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
