@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Set up cni-py on a Debian 12 machine (as root), then run the demo or the test suite.
 #
-#   bash scripts/setup.sh demo     install everything, run the demo on real namespaces
+#   bash scripts/setup.sh demo     install everything, run the demo scenario on real namespaces
 #   bash scripts/setup.sh test     install everything, run the whole test suite
 #   bash scripts/setup.sh install  install only
 #
 # Installs: Debian packages (nftables and its Python binding, iproute2, the reference
-# plugins used as comparator), a virtualenv at $CNI_PY_VENV (default <checkout>/.venv)
-# made from /usr/bin/python3 with --system-site-packages (for python3-nftables), our
-# package into it, and our plugin executables into $CNI_PY_BIN (default /opt/cni/bin).
+# plugins used as comparator; for the runtime tests podman, containerd, runc, busybox-static
+# for the test image, Go and Debian's libcni sources for the libcni harness), a virtualenv at
+# $CNI_PY_VENV (default <checkout>/.venv) made from /usr/bin/python3 with
+# --system-site-packages (for python3-nftables), our package into it, and our plugin
+# executables into $CNI_PY_BIN (default /opt/cni/bin).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,6 +21,7 @@ MODE=${1:-install}
 APT_PACKAGES=(
   python3 python3-venv python3-pip python3-nftables nftables iproute2 iptables conntrack
   iputils-ping procps containernetworking-plugins
+  podman containerd runc busybox-static golang-go golang-github-appc-cni-dev
 )
 
 log() { printf '\n==> %s\n' "$*" >&2; }
@@ -51,6 +54,7 @@ install_plugins() {
   "$VENV/bin/cni-plugins" install --dir "$BIN" >/dev/null
   ln -sf "$VENV/bin/cnitool" /usr/local/bin/cnitool
   ln -sf "$VENV/bin/cni-plugins" /usr/local/bin/cni-plugins
+  ln -sf "$VENV/bin/cni-scenario" /usr/local/bin/cni-scenario
 }
 
 install_apt
@@ -60,8 +64,8 @@ install_plugins
 case "$MODE" in
   install) ;;
   demo)
-    log "demo"
-    exec "$VENV/bin/python" -m cni_plugins.runtime.demo --cni-path "$BIN"
+    log "demo: conf/scenarios/bridge-portmap.yaml"
+    exec "$VENV/bin/cni-scenario" --cni-path "$BIN" "$ROOT/conf/scenarios/bridge-portmap.yaml"
     ;;
   test)
     log "tests"
