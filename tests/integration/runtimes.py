@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import pytest
 
+from cni_plugins.runtime.scenario import nft_comment
 from tests.integration.nsutil import poll
 
 REQUIRED = os.environ.get("CNI_PY_REQUIRE_INTEGRATION") == "1"
@@ -163,6 +164,10 @@ class Sandbox:
             lines.append(f"mount --bind {empty} {target}")
         return "\n".join(lines)
 
+    def shadow(self, path: str) -> Path:
+        """The directory of this test that the sandbox sees at ``path`` (one of SHADOWED)."""
+        return self.work / "shadow" / str(SHADOWED.index(path))
+
     # ------------------------------------------------------------ running things inside
 
     def argv(self, *argv: str) -> list[str]:
@@ -208,24 +213,28 @@ class Sandbox:
 
     # ------------------------------------------------------------ what the plugins left
 
-    def leftovers(self, network_dirs: Sequence[str] = ()) -> dict[str, list[str]]:
+    def leftovers(self, container_ids: Sequence[str] = ()) -> dict[str, list[str]]:
         """Per-container state in the sandbox host: veths/macvlans, IP reservations, cached
-        results, elements of our nftables maps and sets, netns bind mounts."""
+        results, netns bind mounts, and the entries of our nftables sets and maps that belong
+        to ``container_ids`` (per-attachment entries name their owner ``id:<container ID>`` in
+        their comment; per-table and per-bridge entries are not per container)."""
         links = json.loads(self.run("ip", "-j", "-d", "link", "show").stdout or "[]")
         stray = [
             l["ifname"] for l in links if (l.get("linkinfo") or {}).get("info_kind") in ("veth", "macvlan", "ipvlan") and not l["ifname"].startswith("uplink0")
         ]
         reserved = []
-        for d in network_dirs or [p.name for p in self._list("/var/lib/cni/networks")]:
+        for d in [p.name for p in self._list("/var/lib/cni/networks")]:
             reserved += [f"{d}/{n}" for n in self._names(f"/var/lib/cni/networks/{d}") if n[0].isdigit() or ":" in n]
         cached = self._names("/var/lib/cni/results")
         nft = json.loads(self.run("nft", "-j", "list", "ruleset").stdout or '{"nftables": []}')["nftables"]
+        owners = [f"id:{cid[:12]}" for cid in container_ids]
         elements = []
         for item in nft:
             for kind in ("set", "map"):
-                obj = item.get(kind)
-                if obj and obj.get("table", "").startswith("cni_py") and obj.get("elem"):
-                    elements.append(f"{obj['table']}/{obj['name']}: {len(obj['elem'])}")
+                obj = item.get(kind) or {}
+                theirs = [e for e in obj.get("elem") or [] if any(o in nft_comment(e) for o in owners)]
+                if theirs:
+                    elements.append(f"{obj['table']}/{obj['name']}: {len(theirs)}")
         netns = self._names("/run/netns")
         return {"links": stray, "reserved": reserved, "cached": cached, "nft": elements, "netns": netns}
 
@@ -371,10 +380,10 @@ def oci_layout_tar(rootfs: Path, dest: Path, name: str = CTR_IMAGE) -> Path:
 # ------------------------------------------------------------ plugins for a runtime
 
 
-def install_plugins(sb: Sandbox, helper: str) -> tuple[Path, Path | None, Path | None]:
+def install_plugins(sb: Sandbox, helper: str, bin_dir: Path | None = None) -> tuple[Path, Path | None, Path | None]:
     """Our plugins in a bin dir by the real installer; with ``helper == "on"`` a warm helper is
     started inside the sandbox on a private socket. Returns (bin dir, socket, fork-count file)."""
-    bin_dir = sb.work / "cnibin"
+    bin_dir = bin_dir or sb.work / "cnibin"
     args = ["--helper", "off"]
     sock = count = None
     if helper == "on":
@@ -387,6 +396,14 @@ def install_plugins(sb: Sandbox, helper: str) -> tuple[Path, Path | None, Path |
         sb.popen(sys.executable, "-c", COUNTING_HELPER, str(count), str(sock), env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])}, log=sb.work / "helper.log")
         assert poll(sock.exists, timeout=30), f"the helper did not start: {(sb.work / 'helper.log').read_text()}"
     return bin_dir, sock, count
+
+
+def assert_helper_served(forks: Path, expected: int) -> None:
+    """The warm helper served the calls: all of them while it ran; it stops by design when our
+    code changes on disk (someone editing the tree), and the launchers then run in-process."""
+    served = len(forks.read_text())
+    still_serving = (forks.parent / "helper" / "helper.sock").exists()
+    assert served >= (expected if still_serving else 1), f"the warm helper served {served} calls"
 
 
 # ------------------------------------------------------------ podman
