@@ -1,8 +1,8 @@
 """podman 4.3 (CNI backend, runc) with our plugins as its plugin directory, inside a sandbox
 that stands for the host (tests/integration/runtimes.py): the conflist ``podman network
 create`` writes, ``podman run`` on it, neighbours and the gateway, ``-p HOST:CONTAINER`` from
-the host's loopback and another host address, ``--ip``, a second network connected (eth1) and
-disconnected, ``podman stop`` (DEL from podman's cleanup process) and ``start``, and
+the host's loopback and another host address, ``--ip`` and ``--mac-address`` (CNI_ARGS IP= and
+MAC=), a second network connected (eth1) and disconnected, ``podman stop`` (DEL from podman's cleanup process) and ``start``, and
 ``podman rm -f`` leaving no link, reservation, cached result, nftables entry or netns behind.
 Run with plain launchers and with the warm helper (whose forks are counted)."""
 
@@ -30,7 +30,7 @@ from tests.integration.runtimes import (  # noqa: F401
 
 NET1, SUBNET1, GW1 = "cnipy1", "10.89.7.0/24", "10.89.7.1"
 NET2, SUBNET2, GW2 = "cnipy2", "10.89.8.0/24", "10.89.8.1"
-STATIC_IP = "10.89.7.50"
+STATIC_IP, MAC = "10.89.7.50", "02:42:0a:59:07:32"
 HTTPD = "mkdir -p /w && echo {name} > /w/index.html && exec httpd -f -p 80 -h /w"
 
 
@@ -99,10 +99,11 @@ def test_podman_lifecycle_on_our_plugins(podman: tuple[Podman, Path | None]) -> 
 
     # run: one container publishes a port, one asks for a fixed address (CNI_ARGS IP=)
     web_id = pm.run_container("web", "--network", NET1, "-p", "8080:80", IMAGE, "sh", "-c", HTTPD.format(name="web"))
-    cli_id = pm.run_container("cli", "--network", NET1, "--ip", STATIC_IP, IMAGE, "sh", "-c", HTTPD.format(name="cli"))
+    cli_id = pm.run_container("cli", "--network", NET1, "--ip", STATIC_IP, "--mac-address", MAC, IMAGE, "sh", "-c", HTTPD.format(name="cli"))
     web_ip = pm.address("web", NET1)
     assert pm.address("cli", NET1) == STATIC_IP
     assert in_container(pm, "cli")["eth0"] == [f"{STATIC_IP}/24"]
+    assert json.loads(sb.in_netns_of(pm.pid("cli"), "ip", "-j", "link", "show", "eth0").stdout)[0]["address"] == MAC  # CNI_ARGS MAC=
     assert reservations(pm, NET1) == {web_ip: web_id, STATIC_IP: cli_id}
     assert sb.leftovers([web_id])["nft"] and sb.leftovers([cli_id])["nft"], "per-container nftables entries are seen"
 
