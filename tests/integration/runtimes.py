@@ -18,23 +18,19 @@ machine's cgroup hierarchy; tests put their containers under ``/cnipy-<tag>`` an
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import pytest
 
-from cni_plugins.runtime.scenario import nft_comment
+from cni_plugins.runtime.scenario_file import nft_comment
 from tests.integration.nsutil import poll
 
 REQUIRED = os.environ.get("CNI_PY_REQUIRE_INTEGRATION") == "1"
@@ -309,74 +305,6 @@ def host_snapshot() -> dict[str, Any]:
     return {"files": files, "links": links, "nft": nft, "cgroups": cgroups}
 
 
-# ------------------------------------------------------------ images
-
-
-def busybox_rootfs_tar(dest: Path) -> Path:
-    """A rootfs tar of Debian's static busybox with its applets as symlinks, and /www."""
-    if not Path(BUSYBOX).exists():
-        need(BUSYBOX)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for d in ("bin", "etc", "tmp", "proc", "sys", "dev", "www", "root"):
-            ti = tarfile.TarInfo(d)
-            ti.type, ti.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
-            tf.addfile(ti)
-        tf.add(BUSYBOX, "bin/busybox")
-        applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
-        for applet in applets:
-            if applet == "busybox":
-                continue
-            ti = tarfile.TarInfo(f"bin/{applet}")
-            ti.type, ti.linkname, ti.mode = tarfile.SYMTYPE, "busybox", 0o777
-            tf.addfile(ti)
-        for name, text in (("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"), ("etc/group", "root:x:0:\n"), ("www/index.html", "hello from busybox\n")):
-            data = text.encode()
-            ti = tarfile.TarInfo(name)
-            ti.size, ti.mode = len(data), 0o644
-            tf.addfile(ti, io.BytesIO(data))
-    dest.write_bytes(buf.getvalue())
-    return dest
-
-
-def oci_layout_tar(rootfs: Path, dest: Path, name: str = CTR_IMAGE) -> Path:
-    """A one-layer OCI image layout tar (what ``ctr image import`` reads), named ``name``."""
-    layer = rootfs.read_bytes()
-
-    def digest(data: bytes) -> str:
-        return "sha256:" + hashlib.sha256(data).hexdigest()
-
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
-    config = json.dumps({"architecture": arch, "os": "linux", "config": {"Cmd": ["/bin/sh"]}, "rootfs": {"type": "layers", "diff_ids": [digest(layer)]}}).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(config), "size": len(config)},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(layer), "size": len(layer)}],
-        }
-    ).encode()
-    index = json.dumps(
-        {
-            "schemaVersion": 2,
-            "manifests": [
-                {
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "digest": digest(manifest),
-                    "size": len(manifest),
-                    "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1]},
-                }
-            ],
-        }
-    ).encode()
-    with tarfile.open(dest, "w") as tf:
-        for path, data in [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), *((f"blobs/sha256/{digest(d)[7:]}", d) for d in (layer, config, manifest)), ("index.json", index)]:
-            ti = tarfile.TarInfo(path)
-            ti.size, ti.mode = len(data), 0o644
-            tf.addfile(ti, io.BytesIO(data))
-    return dest
-
-
 # ------------------------------------------------------------ plugins for a runtime
 
 
@@ -530,96 +458,6 @@ class Containerd:
 # ------------------------------------------------------------ the libcni harness
 
 
-REFCNITOOL_GO = r'''
-// refcnitool: the reference cnitool's command line on Debian's libcni (golang-github-appc-cni-dev).
-// Written for cni-py's tests: what libcni does (conflist loading, the chain, prevResult, the
-// result cache) is libcni's own code; this file only maps the command line to its calls.
-package main
-
-import (
-	"context"
-	"crypto/sha512"
-	"encoding/json"
-	"fmt"
-	"os"
-	"path/filepath"
-	"strings"
-
-	"github.com/containernetworking/cni/libcni"
-)
-
-func main() {
-	if len(os.Args) != 4 {
-		die(fmt.Errorf("usage: refcnitool add|check|del NETWORK NETNS"))
-	}
-	netdir := os.Getenv("NETCONFPATH")
-	if netdir == "" {
-		netdir = "/etc/cni/net.d"
-	}
-	list, err := libcni.LoadConfList(netdir, os.Args[2])
-	if err != nil {
-		die(err)
-	}
-	var caps map[string]interface{}
-	if s := os.Getenv("CAP_ARGS"); s != "" {
-		if err := json.Unmarshal([]byte(s), &caps); err != nil {
-			die(err)
-		}
-	}
-	var args [][2]string
-	if s := os.Getenv("CNI_ARGS"); s != "" {
-		for _, pair := range strings.Split(s, ";") {
-			kv := strings.Split(pair, "=")
-			if len(kv) != 2 || kv[0] == "" || kv[1] == "" {
-				die(fmt.Errorf("invalid CNI_ARGS pair %q", pair))
-			}
-			args = append(args, [2]string{kv[0], kv[1]})
-		}
-	}
-	ifname := os.Getenv("CNI_IFNAME")
-	if ifname == "" {
-		ifname = "eth0"
-	}
-	netns, err := filepath.Abs(os.Args[3])
-	if err != nil {
-		die(err)
-	}
-	sum := sha512.Sum512([]byte(netns))
-	rt := &libcni.RuntimeConf{
-		ContainerID:    fmt.Sprintf("cnitool-%x", sum[:10]),
-		NetNS:          netns,
-		IfName:         ifname,
-		Args:           args,
-		CapabilityArgs: caps,
-	}
-	cni := libcni.NewCNIConfig(filepath.SplitList(os.Getenv("CNI_PATH")), nil)
-	ctx := context.TODO()
-	switch os.Args[1] {
-	case "add":
-		res, err := cni.AddNetworkList(ctx, list, rt)
-		if err != nil {
-			die(err)
-		}
-		if err := res.Print(); err != nil {
-			die(err)
-		}
-	case "check":
-		err = cni.CheckNetworkList(ctx, list, rt)
-	case "del":
-		err = cni.DelNetworkList(ctx, list, rt)
-	default:
-		err = fmt.Errorf("unknown command %q", os.Args[1])
-	}
-	if err != nil {
-		die(err)
-	}
-}
-
-func die(err error) {
-	fmt.Fprintln(os.Stderr, "refcnitool:", err)
-	os.Exit(1)
-}
-'''
 
 LIBCNI_SRC = Path("/usr/share/gocode/src/github.com/containernetworking/cni/libcni")
 
@@ -631,7 +469,7 @@ def build_refcnitool(work: Path) -> Path:
         need(str(LIBCNI_SRC))
     src = work / "gopath" / "src" / "refcnitool"
     src.mkdir(parents=True)
-    (src / "main.go").write_text(REFCNITOOL_GO)
+    shutil.copy(Path(__file__).with_name("refcnitool.go"), src / "main.go")
     out = work / "refcnitool"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

@@ -18,17 +18,16 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.integration.images import busybox_rootfs_tar, oci_layout_tar
 from tests.integration.runtimes import (  # noqa: F401
     CTR_IMAGE,
     HOST_ADDR,
     Containerd,
     Sandbox,
     assert_helper_served,
-    busybox_rootfs_tar,
     host_untouched,
     install_plugins,
     need,
-    oci_layout_tar,
     wait_for,
 )
 

@@ -15,13 +15,13 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.integration.images import busybox_rootfs_tar
 from tests.integration.runtimes import (  # noqa: F401
     HOST_ADDR,
     IMAGE,
     Podman,
     Sandbox,
     assert_helper_served,
-    busybox_rootfs_tar,
     host_untouched,
     install_plugins,
     need,
