@@ -10,12 +10,13 @@ Kernel quirks and idempotence live here, as in the reference's ``pkg/ip``:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 from cni_plugins import sysctl
 from cni_plugins.errors import CNIError, InvalidNetworkConfig
-from cni_plugins.netlink import Link, LinkExists, LinkNotFound, Netlink
+from cni_plugins.netlink import IFF_UP, Link, LinkExists, LinkNotFound, Netlink
 
 VETH_RETRIES = 10
 
@@ -43,8 +44,6 @@ def setup_veth(
 ) -> VethPair:
     """Create ``ifname`` in the container with its peer in the host; both up unless ``up=False``
     (then only the host end is up). ``host_name`` empty: a random ``veth<hex>`` name."""
-    if container.link(ifname) is not None:
-        raise LinkExists(f"container interface {ifname!r} already exists in {container.label}", "an interface name may be added once per container")
     for attempt in range(VETH_RETRIES):
         name = host_name or random_veth_name()
         peer: dict[str, object] = {"ifname": name, "net_ns_fd": host_ns_fd}
@@ -58,13 +57,17 @@ def setup_veth(
             created = container.add_link(ifname, "veth", **attrs)
             break
         except LinkExists:
-            if host_name or container.link(ifname) is not None or attempt == VETH_RETRIES - 1:
+            if container.link(ifname) is not None:  # looked at only now: the common path reads nothing before creating
+                raise LinkExists(f"container interface {ifname!r} already exists in {container.label}", "an interface name may be added once per container") from None
+            if host_name or attempt == VETH_RETRIES - 1:
                 raise
     host_end = host.require_link(name)
     host.set_link(host_end.index, state="up")
     if up:
         container.set_link(created.index, state="up")
-    return VethPair(host=host.require_link(name), container=container.require_link(ifname))
+        created = dataclasses.replace(created, flags=created.flags | IFF_UP)
+    # Not read again: only the flags changed (index, name, MAC and peer stay as created).
+    return VethPair(host=dataclasses.replace(host_end, flags=host_end.flags | IFF_UP), container=created)
 
 
 def ensure_bridge(host: Netlink, name: str, *, mtu: int = 0, promisc: bool = False, vlan_filtering: bool = False) -> Link:
@@ -74,6 +77,7 @@ def ensure_bridge(host: Netlink, name: str, *, mtu: int = 0, promisc: bool = Fal
     it also turns off IPv6 router advertisements on the bridge (a /proc/sys write).
     """
     link = host.link(name)
+    changed = link is None
     if link is None:
         attrs: dict[str, object] = {}
         if mtu:
@@ -88,15 +92,18 @@ def ensure_bridge(host: Netlink, name: str, *, mtu: int = 0, promisc: bool = Fal
         raise InvalidNetworkConfig(f"{name!r} already exists but is not a bridge (it is a {link.kind or 'plain'} link)", 'pick another "bridge" name')
     if vlan_filtering and not link.info.get("IFLA_BR_VLAN_FILTERING"):
         host.set_link(link.index, kind="bridge", br_vlan_filtering=1)
+        changed = True
     if promisc and not link.promisc:
         host.set_flags(link.index, promisc=True)
+        changed = True
     try:
         sysctl.write(sysctl.iface_key(6, name, "accept_ra"), "0")
     except CNIError:  # IPv6 disabled on this host: nothing to turn off
         pass
     if not link.is_up:
         host.set_link(link.index, state="up")
-    return host.require_link(name)
+        changed = True
+    return host.require_link(name) if changed else link
 
 
 def attach_to_bridge(host: Netlink, port: Link, bridge: Link) -> None:
