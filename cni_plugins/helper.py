@@ -5,7 +5,7 @@ Security: it listens only on a unix socket in a root-only directory (0700; socke
 and serves only peers whose SO_PEERCRED uid is 0. Anything else is refused before a
 child is made, and the caller then runs the plugin itself.
 
-Semantics: for each call the helper forks a child that takes over the caller's stdin,
+Semantics: each call is served by a worker (pre-forked, see ``serve``) that takes over the caller's stdin,
 stdout and stderr (passed as fds), joins the caller's mount and network namespaces and
 working directory, adopts its environment and umask, and runs exactly the ``skel.run``
 the executable would have run. The exit status goes back to the caller, which exits
@@ -39,18 +39,40 @@ CLONE_NEWNET = 0x40000000
 
 
 def _preload() -> None:
-    """Import everything a call may need, once, before any fork."""
+    """Import everything a call may need, once, before any fork, and build what is built on
+    first use (pyroute2 compiles its message tables when it first decodes one): a worker
+    then starts its call with nothing left to load (a module imported in a worker costs
+    ~1 ms, and every worker would pay it again)."""
+    import ctypes  # noqa: F401  (setns in children)
+    import importlib
+    import pkgutil
+
     from cni_plugins import registry
 
     for plugin_type in registry.available():
         registry.load(plugin_type)
-    import ctypes  # noqa: F401  (setns in children)
-
+    root = Path(__file__).resolve().parent.parent
+    for pkg in ("cni_plugins", "ipam", "firewall", "conf"):
+        for info in pkgutil.iter_modules([str(root / pkg)], prefix=f"{pkg}."):
+            if info.name not in ("cni_plugins.install", "cni_plugins.launch") and not info.ispkg:
+                try:
+                    importlib.import_module(info.name)
+                except Exception:  # an optional module that cannot load here: a call that needs it will say so
+                    pass
     import nftables  # noqa: F401
     import pyroute2  # noqa: F401
 
-    from cni_plugins import netlink  # noqa: F401
+    from cni_plugins import netlink
     from firewall import nft  # noqa: F401
+
+    try:
+        with netlink.Netlink.open(None, label="helper warm-up") as nl:  # reads only, in the helper's own namespace
+            nl.link("lo")
+            nl.link_by_index(1)
+            nl.addresses(family=socket.AF_INET)
+            nl.routes(socket.AF_INET)
+    except Exception:  # no rtnetlink here: workers compile the tables themselves
+        pass
 
 
 def _code_stamp(root: Path) -> float:
@@ -71,7 +93,14 @@ def _setns(fd: int, nstype: int) -> None:
 
 
 def _serve_child(conn: socket.socket, plugin_type: str, umask: int, env: dict[str, str], fds: list[int]) -> None:
-    """In the forked child: become the caller, run the plugin, report the status. Never returns."""
+    """In a worker that took a call: become the caller, run the plugin, report the status.
+    Never returns.
+
+    The caller's stdin/stdout/stderr are let go (replaced by /dev/null) *before* the status
+    is sent: the runtime sees EOF on its pipes as soon as the launcher exits, and what this
+    process does on its way out (closing netlink and nftables sockets, which can wait for a
+    kernel RCU grace period after a transaction that deleted something; unmapping its
+    memory) happens after the reply, not in the runtime's wait."""
     rc = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess needs to reap its children
@@ -94,12 +123,19 @@ def _serve_child(conn: socket.socket, plugin_type: str, umask: int, env: dict[st
 
         rc = skel.run(registry.load(plugin_type).PLUGIN)
         sys.stdout.flush()
+        sys.stderr.flush()
     except BaseException as exc:  # the child must always report and exit, whatever happened
         try:
             os.write(2, f"cni-py helper child: {exc!r}\n".encode())
         except OSError:
             pass
     finally:
+        try:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+        except OSError:
+            pass
         try:
             conn.send(str(rc).encode())
         except OSError:
@@ -119,7 +155,9 @@ def _parse(data: bytes) -> tuple[str, int, dict[str, str]]:
     return parts[1].decode(), int(parts[2]), env
 
 
-def _handle(conn: socket.socket) -> None:
+def _take_call(conn: socket.socket, notify: int) -> None:
+    """In a worker: check the peer, read the request; if it is to be served, serve it (never
+    returns). Returns when the call was refused: nothing was done, the worker stays clean."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     data, ancdata, _flags, _addr = conn.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(FDS_EXPECTED * 4))
@@ -127,29 +165,118 @@ def _handle(conn: socket.socket) -> None:
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.extend(struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) - len(payload) % 4]))
+    request: tuple[str, int, dict[str, str]] | None = None
     try:
-        if uid != 0:
-            return  # not root: no child; the caller runs the plugin itself (and fails there)
-        from cni_plugins import registry
+        if uid == 0 and len(fds) == FDS_EXPECTED:  # not root: nothing is done; the caller runs the plugin itself (and fails there)
+            from cni_plugins import registry
 
-        plugin_type, umask, env = _parse(data)
-        if len(fds) != FDS_EXPECTED or plugin_type not in registry.PLUGINS:
-            return
-        pid = os.fork()
-        if pid == 0:
-            conn.send(b"A")
-            _serve_child(conn, plugin_type, umask, env, fds)
+            request = _parse(data)
+            if request[0] not in registry.PLUGINS:
+                request = None
     except (ValueError, OSError):
-        return
-    finally:
+        request = None
+    if request is None:
         for fd in fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
+        return
+    plugin_type, umask, env = request
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # committed: a stopping helper must not cut the call
+    from cni_plugins import netlink
+    from firewall import nft
+
+    netlink.keep_open_until_exit()  # closing sockets waits for the kernel: do it on exit, after the reply
+    nft.keep_open_until_exit()
+    try:
+        os.write(notify, struct.pack("i", os.getpid()))  # the pool refills now, while this call runs
+        conn.send(b"A")
+    except OSError:
+        os._exit(1)  # the caller went away (it runs the plugin itself); this worker is spent
+    _serve_child(conn, plugin_type, umask, env, fds)
 
 
-def serve(sock_path: str, idle: float) -> int:
+WARM_PREV = {
+    "cniVersion": "1.0.0",
+    "interfaces": [{"name": "br"}, {"name": "veth"}, {"name": "eth0", "sandbox": "/proc/self/ns/net"}],
+    "ips": [{"address": "10.0.0.2/24", "gateway": "10.0.0.1", "interface": 2}],
+    "routes": [{"dst": "0.0.0.0/0"}],
+}
+
+
+def _warm_worker() -> None:
+    """Before a worker takes a call: walk the common paths once (config and result parsing,
+    the skel, a netlink and an nftables read in the helper's own namespace; nothing is
+    changed anywhere). A fresh fork shares every page with the pool manager, and the first
+    touch of each (Python writes reference counts) copies it: ~1,300 page copies, 5-10 ms,
+    would otherwise land inside the call."""
+    import io
+    import json
+
+    from cni_plugins import netlink, registry, skel
+    from conf.netconf import NetConf
+    from firewall.nft import LibNftables
+
+    conf = {"cniVersion": "1.0.0", "name": "warm", "type": "portmap", "prevResult": WARM_PREV, "runtimeConfig": {"portMappings": [{"hostPort": 1, "containerPort": 2, "protocol": "tcp"}]}}
+    data = json.dumps(conf).encode()
+    for plugin_type in ("bridge", "portmap", "firewall", "host-local"):
+        plugin = registry.load(plugin_type).PLUGIN
+        for command in ("VERSION", "ADD"):  # ADD without CNI_CONTAINERID: refused by the skel, before any action
+            skel.run(plugin, environ={"CNI_COMMAND": command}, stdin=data, stdout=io.StringIO(), stderr=io.StringIO())
+    NetConf.from_bytes(data)
+    with netlink.Netlink.open(None, label="warm-up") as nl:
+        nl.link("lo")
+        nl.link_by_index(1)
+        nl.addresses(index=1, family=socket.AF_INET)
+    LibNftables().list_chain("inet", "cni_py_warm_up", "none")
+
+
+def _worker(server: socket.socket, notify: int) -> None:
+    """A pre-forked worker: warm up, wait for one call, serve it, exit. Never returns."""
+    import gc
+
+    gc.disable()  # one call, then exit: collection is wasted work
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        _warm_worker()
+    except Exception:  # a warm-up is an optimisation only
+        pass
+    code = 0
+    try:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except (InterruptedError, ConnectionAbortedError, BlockingIOError):
+                continue
+            try:
+                _take_call(conn, notify)  # returns only for a refused call
+            except OSError:
+                pass
+            conn.close()
+    except BaseException:  # never fall back into the pool manager's code
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _spawn_worker(server: socket.socket, notify_r: int, notify_w: int) -> int:
+    pid = os.fork()
+    if pid == 0:
+        os.close(notify_r)
+        _worker(server, notify_w)
+    return pid
+
+
+def serve(sock_path: str, idle: float, workers: int = 0) -> int:
+    """Serve calls with a pool of pre-forked workers (``workers`` idle at all times; default
+    twice the CPUs, at least 4). Each worker accepts on the socket itself and serves exactly
+    one call (it joins the caller's namespaces, so it cannot be reused); the pool manager
+    forks a replacement as soon as a worker takes a call, so the fork of this large process
+    is never on a call's path."""
+    import gc
+
     directory = os.path.dirname(sock_path) or "."
     os.makedirs(directory, mode=0o700, exist_ok=True)
     lock_fd = os.open(sock_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -162,6 +289,8 @@ def serve(sock_path: str, idle: float) -> int:
     os.ftruncate(lock_fd, 0)
     os.write(lock_fd, f"{os.getpid()}\n".encode())
     _preload()
+    gc.collect()
+    gc.freeze()  # workers then never touch (copy) the preloaded objects' pages for collection
     root = Path(__file__).resolve().parent.parent
     stamp = _code_stamp(root)
     try:
@@ -177,30 +306,31 @@ def serve(sock_path: str, idle: float) -> int:
     os.chmod(sock_path, 0o600)
     bound_inode = os.stat(sock_path).st_ino
     server.listen(128)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    size = workers or max(4, 2 * (os.cpu_count() or 1))
+    notify_r, notify_w = os.pipe()
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    idle_workers: set[int] = set()
     last = time.monotonic()
     last_stamp_check = last
     try:
         while not stop["now"]:
-            ready, _, _ = select.select([server], [], [], 1.0)
+            while len(idle_workers) < size and not stop["now"]:
+                idle_workers.add(_spawn_worker(server, notify_r, notify_w))
+            ready, _, _ = select.select([notify_r], [], [], 1.0)
             now = time.monotonic()
-            if not ready:
-                if idle and now - last > idle:
-                    break
-                continue
-            if now - last_stamp_check > 2.0:
+            if ready:
+                data = os.read(notify_r, 4096)
+                for (pid,) in struct.iter_unpack("i", data[: len(data) - len(data) % 4]):
+                    idle_workers.discard(pid)  # busy now: it exits when done
+                last = now
+            _reap(idle_workers)
+            if not ready and idle and now - last > idle:
+                break
+            if ready and now - last_stamp_check > 2.0:
                 last_stamp_check = now
                 if _code_stamp(root) != stamp:
                     break  # our code changed: let callers run the new code
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            with conn:
-                _handle(conn)
-            last = now
     finally:
         try:
             if os.stat(sock_path).st_ino == bound_inode:  # still ours, not a newer helper's
@@ -208,7 +338,25 @@ def serve(sock_path: str, idle: float) -> int:
         except OSError:
             pass
         server.close()
+        for pid in idle_workers:  # idle ones only: a busy worker finishes its call
+            try:
+                os.kill(pid, signal.SIGTERM)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
     return 0
+
+
+def _reap(idle_workers: set[int]) -> None:
+    """Collect exited workers (busy ones that finished, or idle ones that died)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        idle_workers.discard(pid)
 
 
 def stop(sock_path: str, timeout: float = 5.0) -> int:

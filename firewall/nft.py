@@ -22,6 +22,19 @@ from cni_plugins.errors import CNIError
 
 Command = dict[str, Any]
 
+# Contexts kept open until the process exits (``keep_open_until_exit``): freeing a context
+# closes its netlink socket, which waits for a kernel RCU grace period (~15 ms) after a
+# transaction that deleted or replaced something. The warm helper's workers let go of the
+# caller first and exit afterwards, so the wait happens after the reply.
+_KEPT: list[Any] | None = None
+
+
+def keep_open_until_exit() -> None:
+    """From now on no context is freed before the process exits (for short-lived workers)."""
+    global _KEPT
+    if _KEPT is None:
+        _KEPT = []
+
 EEXIST, ENOENT, EBUSY, OTHER = "exists", "missing", "busy", "other"
 
 
@@ -70,6 +83,8 @@ class LibNftables:
         ctx.set_json_output(True)
         ctx.set_handle_output(True)
         self._ctx = ctx
+        if _KEPT is not None:
+            _KEPT.append(ctx)
 
     def run(self, commands: list[Command], *, what: str) -> None:
         if not commands:
