@@ -23,6 +23,7 @@ from cni_plugins.types import IPAddress, Result
 from conf.fields import str_field
 from conf.netconf import NetConf
 from firewall import forward
+from firewall.layout import stamp_for
 from firewall.model import Owner
 from firewall.nft import Command, NftBackend
 from firewall.owned import claim_groups, problems, release_all_of, release_groups
@@ -136,11 +137,15 @@ def cmd_add(args: CmdArgs) -> Result:
     _notes(conf)
     nft = _nft()
     setup: list[Command] = forward.base_commands(conf.admin_chain, conf.accept_mark)
+    always: list[Command] = []
     for state in _iptables_states(nft):
-        setup += forward.iptables_commands(state, conf.admin_chain, conf.accept_mark)
+        ipt = forward.iptables_commands(state, conf.admin_chain, conf.accept_mark)
+        if any("chain" not in c.get("add", {}) for c in ipt):  # something to change (not just the chains' re-add)
+            always += ipt
     extra, bridge_group = forward.bridge_commands_and_group(conf.bridge, conf.ingress_policy)
     groups = forward.accept_groups(conf.addresses) + ([bridge_group] if bridge_group else [])
-    claim_groups(nft, _owner(args), groups, setup=setup + extra, what=f"firewall for {args.container_id}/{args.ifname}")
+    stamp = stamp_for(forward.FAMILY, forward.TABLE, "firewall", setup)  # one layout for every network
+    claim_groups(nft, _owner(args), groups, setup=setup, always=always + extra, stamp=stamp, what=f"firewall for {args.container_id}/{args.ifname}")
     return prev
 
 

@@ -30,6 +30,7 @@ from conf.fields import bool_field, str_field, str_list_field
 from conf.netconf import NetConf, PortMapping
 from firewall import conditions
 from firewall import portmap as layout
+from firewall.layout import stamp_for
 from firewall.model import Owner
 from firewall.nft import NftBackend
 from firewall.owned import EntryTaken, Group, claim_groups, problems, release_all_of, release_groups
@@ -141,7 +142,8 @@ def cmd_add(args: CmdArgs) -> Result:
     what = f"map ports of {args.container_id}/{args.ifname}"
     setup = layout.setup_commands(args.conf.name, conf.containers, conf.conditions, snat=conf.snat, masq_all=conf.masq_all)
     try:
-        claim_groups(_nft(), owner, groups, setup=setup, what=what)
+        stamp = stamp_for(layout.FAMILY, layout.TABLE, args.conf.name, setup)
+        claim_groups(_nft(), owner, groups, setup=setup, what=what, stamp=stamp)
     except EntryTaken as err:
         owners_map = next((g.maps.owners for g in groups if any(e.key == err.key for e in g.entries)), "")
         raise HostPortTaken(

@@ -18,9 +18,10 @@ Per container there are only map elements (one per address in ``masqN`` and ``ow
 each commented with ``Owner.comment``. So an ADD or DEL is one transaction of a constant
 number of commands, whatever the number of containers: no rule per container to list,
 no chain per container, nothing read back on the hot path. Base and subnet chains are
-re-asserted on every ADD (add + flush + re-add their few rules, in the same batch as the
-elements): they converge to the right content like the reference's tables, and a
-ruleset that somebody flushed heals on the next ADD.
+re-asserted (add + flush + re-add their few rules, in the same batch as the elements) when
+their layout stamp is missing (``firewall.layout``: the first ADD, a deleted table, a
+changed layout), so they converge to the right content like the reference's tables and a
+deleted table heals on the next ADD; other ADDs send only their elements.
 
 Ownership goes through ``firewall.owned``: a newer attachment that got the same address
 takes the element over, and the older one's late DEL leaves it alone. Without addresses
@@ -37,8 +38,9 @@ import ipaddress
 from typing import Iterable, Sequence
 
 from cni_plugins.types import IPInterface, IPNetwork
+from firewall.layout import prune, stamp_for
 from firewall.model import Owner, network_prefix, short_hash
-from firewall.nft import EEXIST, Command, NftBackend, NftError
+from firewall.nft import EEXIST, ENOENT, Command, NftBackend, NftError
 from firewall.owned import Entry, OwnedMaps, add_commands, claim, gc, release, release_all_of, release_commands
 
 FAMILY = "inet"
@@ -122,8 +124,20 @@ def setup_masq(nft: NftBackend, owner: Owner, addresses: Sequence[IPInterface]) 
     if not addresses:
         return
     what = f"set up masquerade for {', '.join(str(a) for a in addresses)}"
+    layout = base_commands()
+    for subnet in dict.fromkeys(a.network for a in addresses):
+        layout += subnet_chain_commands(owner.network, subnet)
+    stamp = stamp_for(FAMILY, TABLE, owner.network, layout)
+    elements = [c for v, entries in entries_for(owner.network, addresses).items() for c in add_commands(MAPS[v], owner, entries)]
     try:
-        nft.run(setup_commands(owner, addresses), what=what)
+        try:
+            nft.run(stamp.guard() + elements, what=what)  # the layout is in place: elements only
+            return
+        except NftError as exc:
+            if exc.kind != ENOENT:
+                raise
+        nft.run(setup_commands(owner, addresses) + stamp.create(), what=what)
+        prune(nft, stamp, what=what)
         return
     except NftError as exc:
         if exc.kind != EEXIST and "Operation not supported" not in exc.msg:

@@ -26,8 +26,9 @@ from typing import Any, Iterable
 
 from cni_plugins import log
 from cni_plugins.errors import CNIError, TryAgainLater
+from firewall.layout import Stamp, prune
 from firewall.model import Owner, owner_prefix_of
-from firewall.nft import EEXIST, Command, NftBackend, NftError
+from firewall.nft import EEXIST, ENOENT, Command, NftBackend, NftError
 
 RETRIES = 3
 
@@ -136,18 +137,39 @@ def claim(
     claim_groups(nft, owner, [Group(maps=maps, entries=tuple(entries), exclusive=exclusive)], setup=setup, what=what)
 
 
-def claim_groups(nft: NftBackend, owner: Owner, groups: Iterable[Group], *, setup: Iterable[Command] = (), what: str) -> None:
-    """``claim`` for entries of several owners maps (and tables): still one transaction."""
-    setup = list(setup)
+def claim_groups(
+    nft: NftBackend,
+    owner: Owner,
+    groups: Iterable[Group],
+    *,
+    setup: Iterable[Command] = (),
+    what: str,
+    stamp: Stamp | None = None,
+    always: Iterable[Command] = (),
+) -> None:
+    """``claim`` for entries of several owners maps (and tables): still one transaction.
+
+    ``stamp``: ``setup`` is the table's layout, sent only when that stamp is missing
+    (``firewall.layout``); ``always`` goes into every attempt."""
+    setup, always = list(setup), list(always)
+    fast = stamp is not None  # first try: elements only, guarded by the layout stamp
     pending = [g for g in groups if g.entries]
-    for _ in range(RETRIES):
-        batch = setup + [c for g in pending for c in add_commands(g.maps, g.owner or owner, g.entries, exclusive=g.exclusive)]
+    tries = 0
+    while tries < RETRIES:
+        head = stamp.guard() if fast and stamp is not None else setup + (stamp.create() if stamp is not None else [])
+        batch = head + always + [c for g in pending for c in add_commands(g.maps, g.owner or owner, g.entries, exclusive=g.exclusive)]
         try:
             nft.run(batch, what=what)
+            if stamp is not None and not fast:
+                prune(nft, stamp, what=what)
             return
         except NftError as exc:
+            if fast and exc.kind == ENOENT:
+                fast = False  # the layout is missing or outdated: send it with the elements
+                continue
             if exc.kind != EEXIST:
                 raise
+        tries += 1
         # Rare path: some key is held (by another owner, or by us with other data). Look.
         settled = []
         for g in pending:
@@ -164,7 +186,7 @@ def claim_groups(nft: NftBackend, owner: Owner, groups: Iterable[Group], *, setu
                     raise err
                 g = replace(g, exclusive=False)  # all ours already: converge like a normal claim
             settled.append(g)
-            setup = setup + _delete_present(nft, g.maps, list(g.entries))
+            always = always + _delete_present(nft, g.maps, list(g.entries))
         pending = settled
     raise TryAgainLater(f"{what}: entries kept changing under us; retry")
 

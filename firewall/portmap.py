@@ -29,10 +29,12 @@ Layout (table ``inet cni_py_portmap``)::
 
 Per container there are only map elements, each commented with ``Owner.comment``: one
 transaction of a constant number of commands per ADD or DEL, nothing listed on the hot
-path. Base chains and the per-network/per-subnet chains are re-asserted on every ADD (add +
-flush + re-add their few rules in the same batch), so a flushed ruleset heals and a
-network's conditions follow its latest config (per network, where the reference's are
-global). Specific host addresses are looked up before wildcards.
+path. Base chains and the per-network/per-subnet chains are re-asserted (add + flush +
+re-add their few rules, in the same batch as the elements) whenever the network's layout
+stamp is missing (``firewall.layout``): on its first ADD, after the table was deleted or
+the ruleset flushed, and when its config changed, so a network's conditions follow its
+latest config (per network, where the reference's are global). Other ADDs send only their
+elements. Specific host addresses are looked up before wildcards.
 
 Masquerade only touches connections this host DNATed (``ct status dnat``) to a mapped
 container: hairpin traffic (from the container's subnet: itself or a neighbour), from
