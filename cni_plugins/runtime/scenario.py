@@ -18,6 +18,7 @@ namespaces and files, also when a step failed or the run is interrupted. The exi
 from __future__ import annotations
 
 import argparse
+import itertools
 import ipaddress
 import json
 import os
@@ -377,10 +378,14 @@ class Run:
 
 
 
+_runs = itertools.count()
+
+
 def run_scenario(path: Path, cni_path: list[str]) -> bool:
     """Run one scenario file; True when every check passed."""
-    tag = f"{os.getpid() % 100000}{time.monotonic_ns() % 1000:03d}"
-    work = Path(tempfile.mkdtemp(prefix="cni-scenario-"))
+    # Names say which process made them: cnisc-<pid>-<n>-<container>, /tmp/cni-scenario-<pid>-<n>-*
+    tag = f"{os.getpid()}-{next(_runs)}"
+    work = Path(tempfile.mkdtemp(prefix=f"cni-scenario-{tag}-"))
     begun = time.monotonic()
     run: Run | None = None
     try:
