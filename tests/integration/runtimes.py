@@ -65,19 +65,20 @@ while True:  # PID 1 of the sandbox: reap orphans (conmon, shims) so none linger
         time.sleep(0.1)
 """
 
-# Count the helper's forks (one per call it serves) without touching its code: the runtime
-# tests prove that podman's calls went through the helper, not the launcher's fallback.
+# Count the connections the helper accepts (one per call handed to it) without touching its
+# code: the runtime tests prove that the runtime's calls went through the helper, not the
+# launcher's in-process fallback. (Whoever accepts, the helper or a worker it forked, runs
+# this patched socket class.)
 COUNTING_HELPER = r"""
-import os, sys
+import socket, sys
 count_file = sys.argv[1]
-real_fork = os.fork
-def fork():
-    pid = real_fork()
-    if pid:
-        with open(count_file, "a") as fh:
-            fh.write("x")
-    return pid
-os.fork = fork
+real_accept = socket.socket.accept
+def accept(self):
+    conn, addr = real_accept(self)
+    with open(count_file, "a") as fh:
+        fh.write("x")
+    return conn, addr
+socket.socket.accept = accept
 from cni_plugins.install import main
 sys.exit(main(["helper", "--socket", sys.argv[2], "--idle", "0"]))
 """
@@ -105,9 +106,9 @@ class Sandbox:
     """A host stand-in: net + private mount + PID namespaces, held by an init process."""
 
     def __init__(self, tag: str) -> None:
-        self.tag = tag
+        self.tag = f"{tag}-{os.getpid()}"  # cgroups and temp dirs say which test process made them
         self.cgroup_parent = f"/cnipy-{tag}"
-        self.work = Path(tempfile.mkdtemp(prefix=f"cnipy-{tag}-"))
+        self.work = Path(tempfile.mkdtemp(prefix=f"cnipy-{self.tag}-"))
         self.init: subprocess.Popen[str] | None = None
         self.pid = 0
         self.procs: list[subprocess.Popen[str]] = []  # started with popen(): reaped in close()
@@ -301,7 +302,7 @@ def host_snapshot() -> dict[str, Any]:
         files[top] = sorted(entries) if Path(top).exists() else None
     links = sorted(l["ifname"] for l in json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout or "[]"))
     nft = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
-    cgroups = sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/cnipy-*"))
+    cgroups = sorted(str(p) for p in Path("/sys/fs/cgroup").glob(f"*/cnipy-*-{os.getpid()}"))
     return {"files": files, "links": links, "nft": nft, "cgroups": cgroups}
 
 
@@ -310,13 +311,13 @@ def host_snapshot() -> dict[str, Any]:
 
 def install_plugins(sb: Sandbox, helper: str, bin_dir: Path | None = None) -> tuple[Path, Path | None, Path | None]:
     """Our plugins in a bin dir by the real installer; with ``helper == "on"`` a warm helper is
-    started inside the sandbox on a private socket. Returns (bin dir, socket, fork-count file)."""
+    started inside the sandbox on a private socket. Returns (bin dir, socket, call-count file)."""
     bin_dir = bin_dir or sb.work / "cnibin"
     args = ["--helper", "off"]
     sock = count = None
     if helper == "on":
         sock = sb.work / "helper" / "helper.sock"
-        count = sb.work / "helper-forks"
+        count = sb.work / "helper-calls"
         args = ["--helper", "on", "--helper-socket", str(sock)]
     subprocess.run([sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(bin_dir), *args], check=True, capture_output=True)
     if sock is not None and count is not None:
@@ -326,11 +327,11 @@ def install_plugins(sb: Sandbox, helper: str, bin_dir: Path | None = None) -> tu
     return bin_dir, sock, count
 
 
-def assert_helper_served(forks: Path, expected: int) -> None:
-    """The warm helper served the calls: all of them while it ran; it stops by design when our
+def assert_helper_served(calls: Path, expected: int) -> None:
+    """The warm helper took the calls: all of them while it ran; it stops by design when our
     code changes on disk (someone editing the tree), and the launchers then run in-process."""
-    served = len(forks.read_text())
-    still_serving = (forks.parent / "helper" / "helper.sock").exists()
+    served = len(calls.read_text())
+    still_serving = (calls.parent / "helper" / "helper.sock").exists()
     assert served >= (expected if still_serving else 1), f"the warm helper served {served} calls"
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -63,7 +62,7 @@ def refcnitool(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sandbox(host_untouched: None) -> Iterator[tuple[Sandbox, Path, bytes]]:
     """(sandbox, our plugin dir, the conflist file's bytes in its /etc/cni/net.d)."""
     need("nsenter", "unshare")
-    sb = Sandbox(f"ref{os.getpid() % 10000}")
+    sb = Sandbox("ref")
     try:
         sb.start()
         bin_dir = install_plugins(sb, "off")[0]

@@ -65,12 +65,12 @@ def conflist() -> dict[str, Any]:
 @pytest.fixture(params=["off", "on"], ids=["helper-off", "helper-on"])
 def containerd(request: pytest.FixtureRequest, host_untouched: None) -> Iterator[tuple[Containerd, Path | None]]:
     need("containerd", "ctr", "runc", "containerd-shim-runc-v2", "nsenter", "unshare")
-    sb = Sandbox(f"ctr{os.getpid() % 10000}{request.param}")
+    sb = Sandbox(f"ctr{request.param}")
     ctrd: Containerd | None = None
     try:
         sb.start()
         bin_dir = sb.shadow("/opt/cni/bin")  # ctr's fixed plugin dir, as the sandbox sees it
-        forks = install_plugins(sb, request.param, bin_dir)[2]
+        helper_calls = install_plugins(sb, request.param, bin_dir)[2]
         recorder = bin_dir / "cnipy-recorder"
         recorder.write_text(RECORDER.format(python=sys.executable, log=str(sb.work / "recorded.jsonl")))
         recorder.chmod(0o755)
@@ -78,7 +78,7 @@ def containerd(request: pytest.FixtureRequest, host_untouched: None) -> Iterator
         ctrd = Containerd(sb).start()
         oci = oci_layout_tar(busybox_rootfs_tar(sb.work / "rootfs.tar"), sb.work / "image-oci.tar")
         ctrd.ctr("image", "import", "--snapshotter", "native", str(oci))
-        yield ctrd, forks
+        yield ctrd, helper_calls
         assert ctrd.stop() == 0, "containerd did not stop cleanly on SIGTERM"
     finally:
         if ctrd is not None:
@@ -111,7 +111,7 @@ def kill(ctrd: Containerd, cid: str, proc: subprocess.Popen[str]) -> None:
 
 
 def test_ctr_run_cni_on_our_conflist(containerd: tuple[Containerd, Path | None]) -> None:
-    ctrd, forks = containerd
+    ctrd, helper_calls = containerd
     sb = ctrd.sb
     k1, k1_pid, k1_ip = start(ctrd, "k1")
     assert k1_ip.startswith("10.88.5.")
@@ -144,5 +144,5 @@ def test_ctr_run_cni_on_our_conflist(containerd: tuple[Containerd, Path | None])
     assert all(c["CNI_NETNS"].startswith("/proc/") for c in adds)
     assert sorted(c["CNI_CONTAINERID"] for c in dels) == ["default-k1", "default-k2"]
     assert all(c["CNI_NETNS"] == "" for c in dels), dels  # DEL from the container ID and prevResult alone
-    if forks is not None:
-        assert_helper_served(forks, 12)  # 2 ADDs and 2 DELs of bridge, host-local, portmap, firewall, tuning
+    if helper_calls is not None:
+        assert_helper_served(helper_calls, 12)  # 2 ADDs and 2 DELs of bridge, host-local, portmap, firewall, tuning

@@ -4,12 +4,11 @@ create`` writes, ``podman run`` on it, neighbours and the gateway, ``-p HOST:CON
 the host's loopback and another host address, ``--ip`` and ``--mac-address`` (CNI_ARGS IP= and
 MAC=), a second network connected (eth1) and disconnected, ``podman stop`` (DEL from podman's cleanup process) and ``start``, and
 ``podman rm -f`` leaving no link, reservation, cached result, nftables entry or netns behind.
-Run with plain launchers and with the warm helper (whose forks are counted)."""
+Run with plain launchers and with the warm helper (whose calls are counted)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,13 +36,13 @@ HTTPD = "mkdir -p /w && echo {name} > /w/index.html && exec httpd -f -p 80 -h /w
 @pytest.fixture(params=["off", "on"], ids=["helper-off", "helper-on"])
 def podman(request: pytest.FixtureRequest, host_untouched: None) -> Iterator[tuple[Podman, Path | None]]:
     need("podman", "runc", "conmon", "nsenter", "unshare")
-    sb = Sandbox(f"pm{os.getpid() % 10000}{request.param}")
+    sb = Sandbox(f"pm{request.param}")
     try:
         sb.start()
-        bin_dir, _sock, forks = install_plugins(sb, request.param)
+        bin_dir, _sock, calls = install_plugins(sb, request.param)
         pm = Podman(sb, bin_dir)
         pm("import", "--change", 'CMD ["/bin/sh"]', str(busybox_rootfs_tar(sb.work / "rootfs.tar")), IMAGE)
-        yield pm, forks
+        yield pm, calls
     finally:
         sb.close()
 
@@ -92,7 +91,7 @@ def test_podman_network_create_writes_the_expected_conflist(podman: tuple[Podman
 
 
 def test_podman_lifecycle_on_our_plugins(podman: tuple[Podman, Path | None]) -> None:
-    pm, forks = podman
+    pm, calls = podman
     sb = pm.sb
     pm("network", "create", "--subnet", SUBNET1, NET1)
     pm("network", "create", "--subnet", SUBNET2, NET2)
@@ -151,5 +150,5 @@ def test_podman_lifecycle_on_our_plugins(podman: tuple[Podman, Path | None]) -> 
     left = sb.leftovers([web_id, cli_id, brief_id])
     assert left == {"links": [], "reserved": [], "cached": [], "nft": [], "netns": []}, left
     pm("network", "rm", NET1, NET2)
-    if forks is not None:
-        assert_helper_served(forks, 40)
+    if calls is not None:
+        assert_helper_served(calls, 40)
