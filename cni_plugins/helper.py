@@ -20,6 +20,7 @@ so callers run the new code in-process until a fresh helper starts).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import fcntl
 import os
@@ -36,6 +37,8 @@ MAX_MESSAGE = 1 << 20
 FDS_EXPECTED = 6  # stdin, stdout, stderr, netns, mntns, cwd
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+CALLS_PER_WORKER = 200  # then a fresh fork: whatever a call left behind does not pile up
 
 
 def _preload() -> None:
@@ -92,16 +95,15 @@ def _setns(fd: int, nstype: int) -> None:
     netns._setns(fd, nstype)
 
 
-def _serve_child(conn: socket.socket, plugin_type: str, umask: int, env: dict[str, str], fds: list[int]) -> None:
+def _serve_call(conn: socket.socket, plugin_type: str, umask: int, env: dict[str, str], fds: list[int]) -> bool:
     """In a worker that took a call: become the caller, run the plugin, report the status.
-    Never returns.
+    True when the call ran to its end normally (the worker may be reused).
 
     The caller's stdin/stdout/stderr are let go (replaced by /dev/null) *before* the status
-    is sent: the runtime sees EOF on its pipes as soon as the launcher exits, and what this
-    process does on its way out (closing netlink and nftables sockets, which can wait for a
-    kernel RCU grace period after a transaction that deleted something; unmapping its
-    memory) happens after the reply, not in the runtime's wait."""
-    rc = 1
+    is sent: the runtime sees EOF on its pipes as soon as the launcher exits, and closing
+    netlink and nftables sockets (which can wait for a kernel RCU grace period after a
+    transaction that deleted something) happens after the reply, not in the runtime's wait."""
+    rc, clean = 1, False
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess needs to reap its children
         stdin, stdout, stderr, net_fd, mnt_fd, cwd_fd = fds
@@ -124,23 +126,68 @@ def _serve_child(conn: socket.socket, plugin_type: str, umask: int, env: dict[st
         rc = skel.run(registry.load(plugin_type).PLUGIN)
         sys.stdout.flush()
         sys.stderr.flush()
-    except BaseException as exc:  # the child must always report and exit, whatever happened
+        clean = rc in (0, 1)
+    except BaseException as exc:  # the worker must always report, whatever happened
         try:
-            os.write(2, f"cni-py helper child: {exc!r}\n".encode())
+            os.write(2, f"cni-py helper worker: {exc!r}\n".encode())
         except OSError:
             pass
-    finally:
-        try:
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-        except OSError:
-            pass
-        try:
-            conn.send(str(rc).encode())
-        except OSError:
-            pass
-        os._exit(rc)
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:
+        clean = False
+    try:
+        conn.send(str(rc).encode())
+    except OSError:
+        pass
+    return clean
+
+
+@dataclasses.dataclass
+class _Home:
+    """Where a worker stands between calls, to go back there after serving one."""
+
+    net: int
+    mnt: int
+    cwd: int
+    umask: int
+    env: dict[str, str]
+    parent: int
+
+    @classmethod
+    def here(cls) -> _Home:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        flags = os.O_RDONLY | os.O_CLOEXEC
+        return cls(
+            net=os.open("/proc/self/ns/net", flags),
+            mnt=os.open("/proc/self/ns/mnt", flags),
+            cwd=os.open(".", flags | os.O_DIRECTORY),
+            umask=umask,
+            env=dict(os.environ),
+            parent=os.getppid(),
+        )
+
+    def back(self) -> None:
+        """Leave the caller's namespaces and settings; close what the call kept open."""
+        import gc
+
+        from cni_plugins import netlink
+        from firewall import nft
+
+        netlink.release_kept()
+        nft.release_kept()
+        _setns(self.mnt, CLONE_NEWNS)
+        _setns(self.net, CLONE_NEWNET)
+        os.fchdir(self.cwd)
+        os.umask(self.umask)
+        os.environ.clear()
+        os.environ.update(self.env)
+        gc.collect()  # the call's cycles (collection is off during calls)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _parse(data: bytes) -> tuple[str, int, dict[str, str]]:
@@ -155,9 +202,9 @@ def _parse(data: bytes) -> tuple[str, int, dict[str, str]]:
     return parts[1].decode(), int(parts[2]), env
 
 
-def _take_call(conn: socket.socket, notify: int) -> None:
-    """In a worker: check the peer, read the request; if it is to be served, serve it (never
-    returns). Returns when the call was refused: nothing was done, the worker stays clean."""
+def _take_call(conn: socket.socket, notify: int) -> bool | None:
+    """In a worker: check the peer, read the request, serve it. None when the call was
+    refused (nothing was done); else whether it ended normally."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     data, ancdata, _flags, _addr = conn.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(FDS_EXPECTED * 4))
@@ -181,7 +228,7 @@ def _take_call(conn: socket.socket, notify: int) -> None:
                 os.close(fd)
             except OSError:
                 pass
-        return
+        return None
     plugin_type, umask, env = request
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # committed: a stopping helper must not cut the call
     from cni_plugins import netlink
@@ -190,11 +237,11 @@ def _take_call(conn: socket.socket, notify: int) -> None:
     netlink.keep_open_until_exit()  # closing sockets waits for the kernel: do it on exit, after the reply
     nft.keep_open_until_exit()
     try:
-        os.write(notify, struct.pack("i", os.getpid()))  # the pool refills now, while this call runs
+        os.write(notify, struct.pack("i", os.getpid()))  # busy: the pool refills now, while this call runs
         conn.send(b"A")
     except OSError:
         os._exit(1)  # the caller went away (it runs the plugin itself); this worker is spent
-    _serve_child(conn, plugin_type, umask, env, fds)
+    return _serve_call(conn, plugin_type, umask, env, fds)
 
 
 WARM_PREV = {
@@ -232,40 +279,66 @@ def _warm_worker() -> None:
     LibNftables().list_chain("inet", "cni_py_warm_up", "none")
 
 
-def _worker(server: socket.socket, notify: int) -> None:
-    """A pre-forked worker: warm up, wait for one call, serve it, exit. Never returns."""
+def _worker(server: socket.socket, notify: int, parent: int) -> None:
+    """A pre-forked worker: warm up, then serve calls one at a time, going back to its own
+    namespaces between them, for up to ``CALLS_PER_WORKER`` calls; it exits after a call
+    that did not end normally, when going back fails, or when the pool manager is gone.
+    Never returns."""
     import gc
 
-    gc.disable()  # one call, then exit: collection is wasted work
+    gc.disable()  # collected between calls, off the callers' path
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    try:
-        _warm_worker()
-    except Exception:  # a warm-up is an optimisation only
-        pass
     code = 0
     try:
-        while True:
+        _die_with_parent()
+        home = _Home.here()
+        if home.parent != parent:
+            raise SystemExit(0)  # the pool manager died before we asked to follow it
+        try:
+            _warm_worker()
+        except Exception:  # a warm-up is an optimisation only
+            pass
+        served = 0
+        while served < CALLS_PER_WORKER:
             try:
                 conn, _ = server.accept()
             except (InterruptedError, ConnectionAbortedError, BlockingIOError):
                 continue
             try:
-                _take_call(conn, notify)  # returns only for a refused call
+                outcome = _take_call(conn, notify)  # None: refused, nothing done
             except OSError:
-                pass
+                outcome = None
             conn.close()
+            if outcome is None:
+                continue
+            served += 1
+            if not outcome or served >= CALLS_PER_WORKER:
+                break
+            home.back()
+            if os.getppid() != home.parent:
+                break  # the pool manager is gone: do not serve an orphaned socket
+            os.write(notify, struct.pack("i", -os.getpid()))  # idle again
     except BaseException:  # never fall back into the pool manager's code
         code = 1
     finally:
         os._exit(code)
 
 
+def _die_with_parent() -> None:
+    """SIGTERM when the pool manager dies (an idle worker then exits; a busy one finishes)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _spawn_worker(server: socket.socket, notify_r: int, notify_w: int) -> int:
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         os.close(notify_r)
-        _worker(server, notify_w)
+        _worker(server, notify_w, parent)
     return pid
 
 
@@ -311,20 +384,26 @@ def serve(sock_path: str, idle: float, workers: int = 0) -> int:
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     idle_workers: set[int] = set()
+    busy_workers: set[int] = set()
     last = time.monotonic()
     last_stamp_check = last
     try:
         while not stop["now"]:
-            while len(idle_workers) < size and not stop["now"]:
+            while len(idle_workers) < size and len(idle_workers) + len(busy_workers) < 2 * size and not stop["now"]:
                 idle_workers.add(_spawn_worker(server, notify_r, notify_w))
             ready, _, _ = select.select([notify_r], [], [], 1.0)
             now = time.monotonic()
             if ready:
                 data = os.read(notify_r, 4096)
                 for (pid,) in struct.iter_unpack("i", data[: len(data) - len(data) % 4]):
-                    idle_workers.discard(pid)  # busy now: it exits when done
+                    if pid > 0:  # took a call
+                        idle_workers.discard(pid)
+                        busy_workers.add(pid)
+                    else:  # done, and waiting for the next one
+                        busy_workers.discard(-pid)
+                        idle_workers.add(-pid)
                 last = now
-            _reap(idle_workers)
+            _reap(idle_workers, busy_workers)
             if not ready and idle and now - last > idle:
                 break
             if ready and now - last_stamp_check > 2.0:
@@ -338,17 +417,16 @@ def serve(sock_path: str, idle: float, workers: int = 0) -> int:
         except OSError:
             pass
         server.close()
-        for pid in idle_workers:  # idle ones only: a busy worker finishes its call
+        for pid in idle_workers:  # idle ones only: a busy worker finishes its call, then sees we are gone
             try:
                 os.kill(pid, signal.SIGTERM)
-                os.waitpid(pid, 0)
             except OSError:
                 pass
     return 0
 
 
-def _reap(idle_workers: set[int]) -> None:
-    """Collect exited workers (busy ones that finished, or idle ones that died)."""
+def _reap(idle_workers: set[int], busy_workers: set[int]) -> None:
+    """Collect exited workers (done with their calls, or died)."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -357,6 +435,7 @@ def _reap(idle_workers: set[int]) -> None:
         if pid == 0:
             return
         idle_workers.discard(pid)
+        busy_workers.discard(pid)
 
 
 def stop(sock_path: str, timeout: float = 5.0) -> int:

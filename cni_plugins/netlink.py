@@ -48,6 +48,16 @@ def keep_open_until_exit() -> None:
         _KEPT = []
 
 
+def release_kept() -> None:
+    """Close what ``keep_open_until_exit`` kept (a reused worker, after its reply)."""
+    while _KEPT:
+        ipr = _KEPT.pop()
+        try:
+            ipr.close()
+        except Exception:  # closing is best effort; the process is between calls
+            pass
+
+
 class LinkNotFound(CNIError):
     """No such link (ENODEV): DEL treats it as already done."""
 

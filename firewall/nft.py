@@ -35,6 +35,12 @@ def keep_open_until_exit() -> None:
     if _KEPT is None:
         _KEPT = []
 
+
+def release_kept() -> None:
+    """Free the contexts kept so far (a reused worker, after its reply)."""
+    if _KEPT:
+        _KEPT.clear()
+
 EEXIST, ENOENT, EBUSY, OTHER = "exists", "missing", "busy", "other"
 
 

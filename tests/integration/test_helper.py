@@ -146,3 +146,23 @@ def test_idle_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_reused_workers_go_back_between_calls(helper_bin, namespaces) -> None:  # type: ignore[no-untyped-def]
+    """More calls than the pool has workers, from two different namespaces in turn, each with
+    its own environment: every call acts in its caller's namespace with its caller's env."""
+    bin_dir, sock = helper_bin
+    pid = helper_pid(sock)
+    hosts = [namespaces.make(f"rh{i}") for i in range(2)]
+    ctrs = [namespaces.make(f"rc{i}") for i in range(20)]
+    for i, ctr in enumerate(ctrs):
+        sh("ip", "link", "set", "lo", "down", ns=ctr)
+        host = hosts[i % 2]
+        res = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(ctr), ifname="lo", host_ns=host)
+        assert res.rc == 0, res.stdout
+        assert "UP" in json.loads(sh("ip", "-j", "link", "show", "lo", ns=ctr).stdout)[0]["flags"]
+        own = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(host), ifname="lo", host_ns=host)
+        assert own.rc == 1 and own.json["code"] == 8  # the worker stood in this caller's namespace
+        bad = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(ctr), ifname="lo", env={"CNI_COMMAND": f"NOPE{i}"})
+        assert bad.rc == 1 and f"NOPE{i}" in bad.json["msg"]  # this call's environment, not a previous one's
+    assert helper_pid(sock) == pid
