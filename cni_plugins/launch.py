@@ -8,22 +8,24 @@ our package on ``sys.path`` and call ``launch()``. Three paths, cheapest first:
    no JSON module, no dataclasses, nothing else imported.
 2. If a warm helper (``cni_plugins.helper``) listens on the launcher's socket, the call is
    handed to it with the caller's stdin/stdout/stderr, network and mount namespaces and
-   working directory as file descriptors; the helper forks a child that runs the very same
-   ``skel.run`` with this environment. Only ``_socket`` is imported for that.
+   working directory as file descriptors; one of its workers runs the very same
+   ``skel.run`` with this environment. Only ``_socket`` is imported for that, and the
+   builtin ``posix`` stands in for ``os`` (whose import, without ``site``, costs ~1.7 ms
+   of every call's start).
 3. Otherwise the plugin runs in this process (and, in ``auto`` mode, a helper is started in
    the background for the next calls).
 """
 
 from __future__ import annotations
 
-import os
+import posix
 import sys
 
 PROTOCOL = b"cni-py-helper/1"
 
 
 def launch(plugin_type: str, versions: tuple[str, ...] = (), helper: str = "", auto_start: bool = False) -> None:
-    command = os.environ.get("CNI_COMMAND", "")
+    command = posix.environ.get(b"CNI_COMMAND", b"").decode("utf-8", "surrogateescape")
     if command == "VERSION" and versions:
         sys.exit(_version(versions))
     if helper and command:
@@ -74,11 +76,11 @@ def _via_helper(plugin_type: str, path: str) -> int | None:
         except OSError:
             return None
         for ns_path in ("/proc/thread-self/ns/net", "/proc/thread-self/ns/mnt"):
-            opened.append(os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC))
-        opened.append(os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-        umask = os.umask(0o022)
-        os.umask(umask)
-        env = [f"{k}={v}".encode("utf-8", "surrogateescape") for k, v in os.environ.items() if "\0" not in k + v]
+            opened.append(posix.open(ns_path, posix.O_RDONLY | posix.O_CLOEXEC))
+        opened.append(posix.open(".", posix.O_RDONLY | posix.O_DIRECTORY | posix.O_CLOEXEC))
+        umask = posix.umask(0o022)
+        posix.umask(umask)
+        env = [k + b"=" + v for k, v in posix.environ.items() if b"\0" not in k + v]
         payload = b"\0".join([PROTOCOL, plugin_type.encode(), str(umask).encode(), *env])
         fds = [0, 1, 2, *opened]
         ancillary = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
@@ -100,12 +102,14 @@ def _via_helper(plugin_type: str, path: str) -> int | None:
         return int(reply)
     finally:
         for fd in opened:
-            os.close(fd)
+            posix.close(fd)
         sock.close()
 
 
 def _start_helper(path: str) -> None:
     """Start a helper in the background for the next calls (it exits when idle)."""
+    import os
+
     args = [sys.executable, "-IS", "-c", f"import sys; sys.path[:0] = {sys.path[:2]!r}; sys.path += {sys.path[2:]!r}; "
             f"from cni_plugins.helper import main; main(['--socket', {path!r}, '--daemon'])"]
     try:
