@@ -2,15 +2,17 @@
 importing pyroute2 and nftables (~100 ms) every time.
 
 Security: it listens only on a unix socket in a root-only directory (0700; socket 0600),
-and serves only peers whose SO_PEERCRED uid is 0. Anything else is refused before a
-child is made, and the caller then runs the plugin itself.
+and serves only peers whose SO_PEERCRED uid is 0. Anything else is refused before anything
+is done for it (no namespace joined, no fd kept), and the caller then runs the plugin itself.
 
-Semantics: each call is served by a worker (pre-forked, see ``serve``) that takes over the caller's stdin,
-stdout and stderr (passed as fds), joins the caller's mount and network namespaces and
-working directory, adopts its environment and umask, and runs exactly the ``skel.run``
-the executable would have run. The exit status goes back to the caller, which exits
-with it. The exec protocol is unchanged: the runtime sees one process that reads stdin
-and writes one JSON document to stdout.
+Semantics: each call is served by a worker (pre-forked, see ``serve``) that takes over
+the caller's stdin, stdout and stderr (passed as fds), joins the caller's mount and network
+namespaces and working directory, adopts its environment and umask, and runs exactly the
+``skel.run`` the executable would have run. The exit status goes back to the caller, which
+exits with it. The exec protocol is unchanged: the runtime sees one process that reads
+stdin and writes one JSON document to stdout. A worker then goes back to the helper's own
+namespaces, directory, umask and environment and serves another call (at most
+``CALLS_PER_WORKER``; any call that did not end normally ends the worker).
 
 Lifetime: ``--daemon`` detaches; the helper exits after ``--idle`` seconds without calls
 (default 600) and when the code it loaded changes on disk (it then stops taking calls,
