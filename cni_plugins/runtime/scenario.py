@@ -41,7 +41,8 @@ from cni_plugins.version import at_least, convert
 HOST_OUT = ("198.18.0.1", "fd00:198:18::1")  # the host's outside address (benchmarking range)
 OUTSIDE = ("198.18.0.2", "fd00:198:18::2")  # the outside world
 UPLINK = "uplink"  # the host's link to the outside world (a macvlan master, for example)
-CHECK_TIMEOUT = 2.0  # seconds per attempt
+CHECK_TIMEOUT = 2  # seconds per attempt of a check that must pass
+FAIL_TIMEOUT = 1  # seconds to wait for an answer that must not come (all on one machine)
 RETRY_FOR = 4.0  # a check that must pass is retried this long (neighbour discovery, DAD)
 
 SERVER = r"""
@@ -276,11 +277,12 @@ class Run:
         return c.netns
 
     def attempt(self, check: Check, ns: str, addr: str) -> tuple[bool, str]:
+        wait = FAIL_TIMEOUT if check.must_fail else CHECK_TIMEOUT
         if check.kind == "ping":
-            proc = self.sh("ping", *(["-6"] if check.family == 6 else []), "-c", "1", "-W", str(int(CHECK_TIMEOUT)), addr, ns=ns, check=False)
+            proc = self.sh("ping", *(["-6"] if check.family == 6 else []), "-c", "1", "-W", str(wait), addr, ns=ns, check=False)
             return proc.returncode == 0, "" if proc.returncode == 0 else "no reply"
         proc = self.sh(
-            sys.executable, "-I", "-c", CLIENT, check.kind, addr, str(check.port), str(CHECK_TIMEOUT), ns=ns, check=False, timeout=CHECK_TIMEOUT + 10
+            sys.executable, "-I", "-c", CLIENT, check.kind, addr, str(check.port), str(wait), ns=ns, check=False, timeout=wait + 10
         )
         answer = proc.stdout.strip() or proc.stderr.strip()
         if proc.returncode != 0:
