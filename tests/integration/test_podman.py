@@ -9,6 +9,7 @@ Run with plain launchers and with the warm helper (whose calls are counted)."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -152,3 +153,25 @@ def test_podman_lifecycle_on_our_plugins(podman: tuple[Podman, Path | None]) -> 
     pm("network", "rm", NET1, NET2)
     if calls is not None:
         assert_helper_served(calls, 40)
+
+
+def test_parallel_podman_runs_and_removals(podman: tuple[Podman, Path | None]) -> None:
+    """Eight ``podman run -p`` at once on two new networks (both bridges, their nftables tables
+    and the IPAM stores made concurrently), then eight ``rm -f`` at once."""
+    pm, _ = podman
+    pm("network", "create", "--subnet", SUBNET1, NET1)
+    pm("network", "create", "--subnet", SUBNET2, NET2)
+
+    def run(i: int) -> str:
+        net = NET1 if i % 2 else NET2
+        return pm.run_container(f"p{i}", "--network", net, "-p", f"{9000 + i}:80", IMAGE, "sh", "-c", HTTPD.format(name=f"p{i}"))
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(run, range(8)))
+    for i in range(8):
+        wait_for(lambda: pm.sb.fetch(f"http://127.0.0.1:{9000 + i}/", timeout=1) == f"p{i}", f"port {9000 + i}")
+    assert len(set(reservations(pm, NET1)) | set(reservations(pm, NET2))) == 8
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: pm("rm", "-f", "-t", "0", f"p{i}"), range(8)))
+    left = pm.sb.leftovers(ids)
+    assert left == {"links": [], "reserved": [], "cached": [], "nft": [], "netns": []}, left
