@@ -81,9 +81,13 @@ def _preload() -> None:
 
 
 def _code_stamp(root: Path) -> float:
+    """The newest mtime of the code workers run (not the runtime side, ``cni_plugins/runtime``,
+    which no plugin imports)."""
     newest = 0.0
     for pkg in ("cni_plugins", "ipam", "firewall", "conf"):
         for path in (root / pkg).rglob("*.py"):
+            if path.parent.name == "runtime" and path.parent.parent.name == "cni_plugins":
+                continue
             try:
                 newest = max(newest, path.stat().st_mtime)
             except OSError:
