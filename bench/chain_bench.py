@@ -274,7 +274,9 @@ def ensure_reference(ref_dir: str, install: bool) -> str:
 
 
 def install_ours(target: Path, *, helper_socket: str = "") -> None:
-    args = ["--helper", "on", "--helper-socket", helper_socket] if helper_socket else ["--helper", "off"]
+    # auto, as installed by default: if the helper exits (it does when our code changes on
+    # disk), the next call runs in its own process and starts a new one
+    args = ["--helper", "auto", "--helper-socket", helper_socket] if helper_socket else ["--helper", "off"]
     subprocess.run([sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(target), *args], check=True, capture_output=True, cwd=ROOT)
 
 
@@ -288,14 +290,30 @@ def start_helper(sock: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-def rss_kb(pid: int) -> int:
+def helper_pss_kb(sock: str) -> int:
+    """Proportional set size of the helper serving ``sock`` and its workers (shared pages
+    counted once)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+        pid = int(Path(sock + ".lock").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    pids = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields and int(fields[1]) == pid:
+            pids.append(int(stat.parent.name))
+    total = 0
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
 
 
 # ---------------------------------------------------------------- statistics
@@ -530,7 +548,7 @@ def print_table(rows: list[Row], header: str) -> str:
     return text
 
 
-def scenario_memory(impls: list[Impl], nss: Namespaces, work: Path, cold: Impl, helper_pid: int, n: int = 3) -> dict[str, Any]:
+def scenario_memory(impls: list[Impl], nss: Namespaces, work: Path, cold: Impl, sock: str, n: int = 3) -> dict[str, Any]:
     """Peak RSS (GNU time, i.e. wait4 of the plugin process alone) of each chain plugin, ADD
     and DEL of a few containers; ours through the helper and without it."""
     peaks: dict[str, dict[str, int]] = {}
@@ -551,7 +569,7 @@ def scenario_memory(impls: list[Impl], nss: Namespaces, work: Path, cold: Impl, 
         rows.append((f"peak RSS of one {plugin} process (ours: via the helper)", peaks[ours][plugin], peaks[ref][plugin]))
     for plugin in ("bridge", "portmap", "firewall"):
         rows.append((f"peak RSS of one {plugin} process (ours: no helper)", peaks[cold.name][plugin], peaks[ref][plugin]))
-    rows.append(("RSS of our warm helper (one for all calls)", rss_kb(helper_pid), "-"))
+    rows.append(("PSS of our warm helper and its workers (one per host)", helper_pss_kb(sock), "-"))
     return {"peaks": peaks, "rows": rows}
 
 
@@ -662,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"scale: {counts['scale']} containers ...", flush=True)
             res["scale"] = scenario_sequential(impls, nss, work, "scale", lambda k, d: chain_conf("podman", "10.88.0.0/16", d), counts["scale"], do_del=False, progress="scale")
         if "memory" in only:
-            res["memory"] = scenario_memory(impls, nss, work, cold, helper.pid)
+            res["memory"] = scenario_memory(impls, nss, work, cold, sock)
         meta["wall_s"] = round(time.monotonic() - started, 1)
         header = (
             f"cni-py chain benchmark, {meta['date']}, commit {meta['commit']}{' (--quick)' if q else ''}: ours (warm helper) vs {meta['reference']}\n"
@@ -684,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 helper.kill()
                 helper.wait()
+            # one the launchers may have started after ours exited (auto mode), by its pid file
+            subprocess.run([sys.executable, "-m", "cni_plugins.install", "helper", "--stop", "--socket", str(work / "run" / "helper.sock")], cwd=ROOT, capture_output=True)
         nss.drop_all()
         shutil.rmtree(work, ignore_errors=True)
 
