@@ -10,7 +10,12 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.integration.nsutil import Namespaces, PluginRun, path, run_plugin
+from tests.integration.nsutil import Namespaces, PluginRun, path, run_plugin, sweep_dead_runs
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sweep_namespaces_of_killed_runs() -> None:
+    sweep_dead_runs()
 
 
 @pytest.fixture(scope="session")

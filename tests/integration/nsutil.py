@@ -36,6 +36,30 @@ def sh(*argv: str, ns: str | None = None, check: bool = True, input: str | None 
     return proc
 
 
+def sweep_dead_runs() -> list[str]:
+    """Delete ``cnitest-<pid>-...`` namespaces left by test processes that were killed
+    (a SIGKILLed pytest cannot run its fixtures' cleanup). Returns what was removed."""
+    removed = []
+    try:
+        names = os.listdir(NETNS_DIR)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 3 or parts[0] != "cnitest" or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+            continue  # its test process still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        sh("ip", "netns", "del", name, check=False)
+        removed.append(name)
+    return removed
+
+
 class Namespaces:
     """Creates named netns and removes them (killing what runs inside) on cleanup."""
 
@@ -43,7 +67,7 @@ class Namespaces:
         self.names: list[str] = []
 
     def make(self, label: str = "ns") -> str:
-        name = f"cnitest-{unique(label)}"
+        name = f"cnitest-{os.getpid()}-{next(_counter)}-{label}"
         sh("ip", "netns", "add", name)
         self.names.append(name)
         sh("ip", "link", "set", "lo", "up", ns=name)
