@@ -20,12 +20,13 @@ import dataclasses
 import ipaddress
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from cni_plugins import invoke, log, netns, skel, sysctl
 from cni_plugins.errors import CNIError, ErrorList, InternalError, InvalidNetworkConfig, UnsupportedField
 from cni_plugins.netns import NetNSGone
 from cni_plugins.skel import CmdArgs, Plugin
+from cni_plugins.steps import step, quietly
 from cni_plugins.types import Interface, IPInterface, Result, Route
 from conf.bridge import BridgeConf
 
@@ -38,16 +39,9 @@ PORT_UP_RETRIES_MS = (0, 50, 500, 1000, 1000)
 DEFAULT_ROUTE = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
 
-@contextlib.contextmanager
-def step(what: str) -> Iterator[None]:
-    """Name the step that failed in the error."""
-    try:
-        yield
-    except CNIError as err:
-        raise err.with_context(what) from None
-
 
 def cmd_add(args: CmdArgs) -> Result:
+    from cni_plugins.netlink import host_and_container
     from cni_plugins.addr import configure_iface
     from cni_plugins.link import attach_to_bridge, configure_bridge_port, setup_veth
 
@@ -55,12 +49,12 @@ def cmd_add(args: CmdArgs) -> Result:
     conf.validate_for_add()
     if conf.ip_masq and conf.ip_masq_backend == "iptables":
         log.note("ipMasqBackend: iptables asked for; masquerade is served by nftables (table inet cni_py_masq)")
-    with _namespaces(args) as (host, ctr, ctr_fd, host_fd), contextlib.ExitStack() as undo:
+    with host_and_container(args.netns) as (host, ctr, ctr_fd, host_fd), contextlib.ExitStack() as undo:
         with step("bridge"):
             br = setup_bridge(host, conf)
         with step("veth"):
             pair = setup_veth(ctr, host, host_fd, args.ifname, mtu=conf.mtu, mac=conf.mac, up=False)  # up once DAD is set
-            undo.callback(_quietly, "delete veth", ctr.delete_link_if_exists, args.ifname)
+            undo.callback(quietly, "delete veth", ctr.delete_link_if_exists, args.ifname)
             _write_sysctls([(sysctl.iface_key(6, pair.host.name, "accept_ra"), "0")])  # we own its routes
         with step("bridge port"):
             attach_to_bridge(host, pair.host, br)
@@ -71,12 +65,12 @@ def cmd_add(args: CmdArgs) -> Result:
 
             with step("macspoofchk"):
                 setup_spoofcheck(nft.get(), owner, pair.host.name, pair.container.mac)
-            undo.callback(_quietly, "mac spoof check", teardown_spoofcheck, nft.get(), owner, pair.host.name, pair.container.mac)
+            undo.callback(quietly, "mac spoof check", teardown_spoofcheck, nft.get(), owner, pair.host.name, pair.container.mac)
         result = Result(interfaces=(Interface(name=br.name), Interface(name=pair.host.name), Interface(name=args.ifname, mac=pair.container.mac, sandbox=args.netns)))
         if conf.ipam_type:
             with step(f"IPAM {conf.ipam_type} ADD"):
                 ipam = invoke.delegate_add(conf.ipam_type, args.stdin, args.environ, args.path)
-            undo.callback(_quietly, "IPAM DEL", invoke.delegate, conf.ipam_type, "DEL", args.stdin, args.environ, args.path)
+            undo.callback(quietly, "IPAM DEL", invoke.delegate, conf.ipam_type, "DEL", args.stdin, args.environ, args.path)
             if not ipam.ips:
                 raise InternalError(f"IPAM {conf.ipam_type} ADD: IPAM plugin returned missing IP config", "its ranges must yield at least one address")
             result, gateways = with_gateways(result, ipam, conf)
@@ -92,7 +86,7 @@ def cmd_add(args: CmdArgs) -> Result:
                 addresses = [ip.address for ip in result.ips]
                 with step("ipMasq"):
                     setup_masq(nft.get(), owner, addresses)
-                undo.callback(_quietly, "masquerade", teardown_masq, nft.get(), owner, addresses)
+                undo.callback(quietly, "masquerade", teardown_masq, nft.get(), owner, addresses)
         elif not conf.disable_container_interface:
             with step(f"set {args.ifname} up"):
                 ctr.set_link(pair.container.index, state="up")
@@ -249,6 +243,7 @@ def cmd_check(args: CmdArgs) -> None:
 
 def check_links(args: CmdArgs, conf: BridgeConf, prev: Result) -> list[str]:
     """Bridge, container veth, its host peer on the bridge, addresses, routes, firewall state."""
+    from cni_plugins.netlink import host_and_container
     from cni_plugins.addr import ips_for, validate_ips, validate_routes
 
     want_br = next((i for i in prev.interfaces if i.name == conf.bridge and not i.sandbox), None)
@@ -256,7 +251,7 @@ def check_links(args: CmdArgs, conf: BridgeConf, prev: Result) -> list[str]:
     if want_br is None or want_ctr is None:
         return [f"prevResult lacks the bridge {conf.bridge!r} or interface {args.ifname!r} in sandbox {args.netns}"]
     problems: list[str] = []
-    with _namespaces(args) as (host, ctr, _fd, _host_fd):
+    with host_and_container(args.netns) as (host, ctr, _fd, _host_fd):
         br, link = host.link(conf.bridge), ctr.link(args.ifname)
         if br is None or br.kind != "bridge":
             return [f"bridge {conf.bridge} not found (or not a bridge) in the host namespace"]
@@ -352,19 +347,6 @@ def _owner(args: CmdArgs, conf: BridgeConf) -> Owner:
     return Owner(network=conf.network, container_id=args.container_id, ifname=args.ifname)
 
 
-@contextlib.contextmanager
-def _namespaces(args: CmdArgs) -> Iterator[tuple[Netlink, Netlink, int, int]]:
-    """Netlink in this (host) namespace and in the container, and fds of both namespaces."""
-    from cni_plugins.netlink import Netlink
-
-    fd = netns.open_netns(args.netns)
-    host_fd = netns.current_netns_fd()
-    try:
-        with Netlink.open(None) as host, Netlink.open(fd, label=args.netns) as ctr:
-            yield host, ctr, fd, host_fd
-    finally:
-        os.close(fd)
-        os.close(host_fd)
 
 
 def _container_sysctls(ifname: str, enable_dad: bool) -> list[tuple[str, str]]:
@@ -389,13 +371,6 @@ def _collect(problems: list[str], validate: Callable[..., None], *fn_args: Any) 
     except CNIError as err:
         problems.append(err.msg)
 
-
-def _quietly(what: str, fn: Any, *fn_args: Any) -> None:
-    """Run an undo step; its failure is logged, the ADD error stays the one reported."""
-    try:
-        fn(*fn_args)
-    except CNIError as err:
-        log.warning(f"rollback: {what}: {err.msg}")
 
 
 PLUGIN = Plugin(

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from cni_plugins import invoke, log, netns, skel, sysctl
 from cni_plugins.errors import CNIError, ErrorList, IncompatibleCNIVersion, InvalidNetworkConfig
 from cni_plugins.netns import NetNSGone
 from cni_plugins.skel import CmdArgs, Plugin
+from cni_plugins.steps import step
 from cni_plugins.types import DNS, Interface, Result
 from cni_plugins.version import at_least
 from conf.fields import bool_field, int_field, parse_mac, str_field
@@ -70,23 +70,17 @@ class MacvlanConf:
         )
 
 
-@contextlib.contextmanager
-def step(what: str) -> Iterator[None]:
-    """Say which ADD/CHECK step failed."""
-    try:
-        yield
-    except CNIError as err:
-        raise err.with_context(what) from None
-
 
 def cmd_add(args: CmdArgs) -> Result:
+    from cni_plugins.netlink import host_and_container
+
     conf = MacvlanConf.from_json(args)
     if not conf.ipam_type and not at_least(args.conf.cni_version, "0.3.0"):
         raise IncompatibleCNIVersion(  # refuse before creating anything: the result could not be printed
             f"cniVersion {args.conf.cni_version} results must carry an IP address, and without IPAM there is none",
             'use cniVersion 0.3.0 or later for an L2-only macvlan, or configure "ipam"',
         )
-    with _namespaces(args) as (host, ctr, ctr_fd), contextlib.ExitStack() as undo:
+    with host_and_container(args.netns) as (host, ctr, ctr_fd, _host_fd), contextlib.ExitStack() as undo:
         parent = ctr if conf.link_in_container else host
         master = find_master(conf, parent)
         if conf.mtu > master.mtu:
@@ -95,12 +89,12 @@ def cmd_add(args: CmdArgs) -> Result:
 
         with step("create macvlan"):
             link = create_macvlan(parent, ctr, ctr_fd, args.ifname, master, mode=conf.mode, mtu=conf.mtu, mac=conf.mac, bcqueuelen=conf.bcqueuelen)
-        undo.callback(_delete_quietly, ctr, args.ifname)
+        undo.callback(_deletequietly, ctr, args.ifname)
         if conf.bcqueuelen is not None and link.info.get("IFLA_MACVLAN_BC_QUEUE_LEN") is None:
             raise InvalidNetworkConfig("bcqueuelen: this kernel does not support a macvlan broadcast queue length", "it needs Linux 5.11 or later; remove the option")
         result = Result(interfaces=(Interface(name=args.ifname, mac=link.mac, sandbox=args.netns),))
         if conf.ipam_type:
-            undo.callback(_release_quietly, args, conf.ipam_type)  # also for a failed ADD, as the spec asks
+            undo.callback(_releasequietly, args, conf.ipam_type)  # also for a failed ADD, as the spec asks
             with step(f"IPAM {conf.ipam_type} ADD"):
                 ipam = invoke.delegate_add(conf.ipam_type, args.stdin, args.environ, args.path)
             if not ipam.ips:
@@ -140,6 +134,8 @@ def cmd_del(args: CmdArgs) -> None:
 
 
 def cmd_check(args: CmdArgs) -> None:
+    from cni_plugins.netlink import host_and_container
+
     conf = MacvlanConf.from_json(args)
     if conf.ipam_type:
         with step(f"IPAM {conf.ipam_type} CHECK"):
@@ -151,7 +147,7 @@ def cmd_check(args: CmdArgs) -> None:
     if index is None:
         raise CNIError(f"prevResult has no interface {args.ifname!r} in sandbox {args.netns}", "CHECK must use the ADD result of this container")
     expected = prev.interfaces[index]
-    with _namespaces(args) as (host, ctr, _fd):
+    with host_and_container(args.netns) as (host, ctr, _fd, _host_fd):
         master = find_master(conf, ctr if conf.link_in_container else host)
         link = ctr.link(args.ifname)
         if link is None:
@@ -206,17 +202,6 @@ def find_master(conf: MacvlanConf, nl: Netlink) -> Link:
     return link
 
 
-@contextlib.contextmanager
-def _namespaces(args: CmdArgs) -> Iterator[tuple[Netlink, Netlink, int]]:
-    """Netlink in this (host) namespace and in the container, plus an fd of the container netns."""
-    from cni_plugins.netlink import Netlink
-
-    fd = netns.open_netns(args.netns)
-    try:
-        with Netlink.open(None) as host, Netlink.open(fd, label=args.netns) as ctr:
-            yield host, ctr, fd
-    finally:
-        os.close(fd)
 
 
 def _set_notify_sysctls(ifname: str) -> None:
@@ -228,14 +213,14 @@ def _set_notify_sysctls(ifname: str) -> None:
             pass  # IPv6 disabled in the container: nothing to announce
 
 
-def _delete_quietly(nl: Netlink, ifname: str) -> None:
+def _deletequietly(nl: Netlink, ifname: str) -> None:
     try:
         nl.delete_link_if_exists(ifname)
     except CNIError as err:
         log.warning(f"rollback: delete {ifname}: {err.msg}")
 
 
-def _release_quietly(args: CmdArgs, ipam_type: str) -> None:
+def _releasequietly(args: CmdArgs, ipam_type: str) -> None:
     try:
         invoke.delegate(ipam_type, "DEL", args.stdin, args.environ, args.path)
     except CNIError as err:

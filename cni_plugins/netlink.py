@@ -16,6 +16,7 @@ with the errno in the details.
 from __future__ import annotations
 
 import errno
+import os
 import ipaddress
 import socket
 from contextlib import contextmanager
@@ -455,3 +456,17 @@ class Netlink:
                 if attempt == DUMP_RETRIES - 1:
                     raise TryAgainLater(self._ctx("netlink dump interrupted repeatedly")) from None
         return []
+
+
+@contextmanager
+def host_and_container(netns_path: str) -> Iterator[tuple[Netlink, Netlink, int, int]]:
+    """Netlink in this (host) namespace and in the container's at ``netns_path``, and fds of
+    both namespaces (for creating links across them and entering the container)."""
+    ctr_fd = netns.open_netns(netns_path)
+    host_fd = netns.current_netns_fd()
+    try:
+        with Netlink.open(None) as host, Netlink.open(ctr_fd, label=netns_path) as ctr:
+            yield host, ctr, ctr_fd, host_fd
+    finally:
+        os.close(ctr_fd)
+        os.close(host_fd)

@@ -31,6 +31,7 @@ from cni_plugins import log, netns, skel, sysctl
 from cni_plugins.errors import CNIError, ErrorList, InvalidEnvironment, InvalidNetworkConfig, IOFailure
 from cni_plugins.netns import NetNSGone
 from cni_plugins.skel import CmdArgs, Plugin
+from cni_plugins.steps import quietly
 from cni_plugins.types import Result
 from conf.fields import abs_path_field, bool_field, dict_field, int_field, parse_mac, str_field
 
@@ -126,7 +127,7 @@ def resolve_sysctl(key: str, ifname: str) -> str:
                 return "/".join([*prefix.rstrip(".").split("."), name, leaf])
         raise InvalidNetworkConfig(
             f"sysctl: {key!r} names another interface than {ifname}",
-            f"per-interface keys may name only the container interface (write IFNAME), 'all' or 'default'",
+            "per-interface keys may name only the container interface (write IFNAME), 'all' or 'default'",
         )
     return "/".join(parts)
 
@@ -192,7 +193,7 @@ def cmd_add(args: CmdArgs) -> Result:
         if nl is not None and link is not None:
             backup = backup_path(conf.data_dir, args)
             if save_backup(backup, conf, link):
-                undo.callback(_remove_quietly, backup)
+                undo.callback(_removequietly, backup)
             apply_link(nl, link, conf, undo)
         undo.pop_all()
     if not conf.mac:
@@ -213,7 +214,7 @@ def apply_link(nl: Netlink, link: Link, conf: TuningConf, undo: contextlib.ExitS
     for asked, what, setter, new, old in changes:
         if asked:
             _step(f"set {what} of {link.name} to {next(iter(new.values()))}", setter, i, **new)
-            undo.callback(_quietly, f"restore {what}", setter, i, **old)
+            undo.callback(quietly, f"restore {what}", setter, i, **old)
 
 
 def cmd_del(args: CmdArgs) -> None:
@@ -236,7 +237,7 @@ def cmd_del(args: CmdArgs) -> None:
             except NetNSGone:
                 pass
     if not errors.errors:
-        _remove_quietly(path)
+        _removequietly(path)
     errors.raise_if_any()  # the file stays: a retried DEL tries again
 
 
@@ -374,13 +375,6 @@ def _container_link(fd: int, args: CmdArgs, wanted: bool) -> Iterator[tuple[Netl
         yield nl, link
 
 
-def _quietly(what: str, fn: Any, *a: Any, **kw: Any) -> None:
-    """A rollback step: report a failure and carry on with the others."""
-    try:
-        fn(*a, **kw)
-    except CNIError as err:
-        log.warning(f"rollback: {what}: {err.msg}")
-
 
 def _restore_sysctl(fd: int, path: str, value: str) -> None:
     try:
@@ -390,7 +384,7 @@ def _restore_sysctl(fd: int, path: str, value: str) -> None:
         log.warning(f"rollback: {err.msg}")
 
 
-def _remove_quietly(path: str) -> None:
+def _removequietly(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:

@@ -21,14 +21,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
-import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING
 
-from cni_plugins import invoke, log, netns, skel, sysctl
+from cni_plugins import invoke, log, skel, sysctl
 from cni_plugins.errors import CNIError, ErrorList, InvalidNetworkConfig
 from cni_plugins.netns import NetNSGone
 from cni_plugins.skel import CmdArgs, Plugin
+from cni_plugins.steps import step, quietly
 from cni_plugins.types import DNS, Interface, IPAddress, IPConfig, IPInterface, IPNetwork, Result
 from conf.fields import bool_field, int_field, str_field
 
@@ -68,24 +68,17 @@ class VethConf:
         )
 
 
-@contextlib.contextmanager
-def step(what: str) -> Iterator[None]:
-    """Name the step that failed in the error."""
-    try:
-        yield
-    except CNIError as err:
-        raise err.with_context(what) from None
-
 
 def cmd_add(args: CmdArgs) -> Result:
+    from cni_plugins.netlink import host_and_container
     from cni_plugins.link import setup_veth
 
     conf = VethConf.from_json(args)
     conf.require_ipam()
     if conf.ip_masq and conf.ip_masq_backend == "iptables":
         log.note("ipMasqBackend: iptables asked for; masquerade is served by nftables (table inet cni_py_masq)")
-    with _namespaces(args) as (host, ctr, ctr_fd, host_fd), contextlib.ExitStack() as undo:
-        undo.callback(_quietly, "IPAM DEL", invoke.delegate, conf.ipam_type, "DEL", args.stdin, args.environ, args.path)  # also for a failed ADD, as the spec asks
+    with host_and_container(args.netns) as (host, ctr, ctr_fd, host_fd), contextlib.ExitStack() as undo:
+        undo.callback(quietly, "IPAM DEL", invoke.delegate, conf.ipam_type, "DEL", args.stdin, args.environ, args.path)  # also for a failed ADD, as the spec asks
         with step(f"IPAM {conf.ipam_type} ADD"):
             ipam = invoke.delegate_add(conf.ipam_type, args.stdin, args.environ, args.path)
         if not ipam.ips:
@@ -98,7 +91,7 @@ def cmd_add(args: CmdArgs) -> Result:
                 sysctl.enable_forwarding(version)
         with step("veth"):
             pair = setup_veth(ctr, host, host_fd, args.ifname, mtu=conf.mtu, up=False)
-            undo.callback(_quietly, "delete veth", ctr.delete_link_if_exists, args.ifname)
+            undo.callback(quietly, "delete veth", ctr.delete_link_if_exists, args.ifname)
             _no_router_ads(pair.host.name)
         result = Result(
             interfaces=(Interface(name=pair.host.name, mac=pair.host.mac), Interface(name=args.ifname, mac=pair.container.mac, sandbox=args.netns)),
@@ -114,7 +107,7 @@ def cmd_add(args: CmdArgs) -> Result:
             from firewall.masq import setup_masq, teardown_masq
 
             nft, owner, addresses = _nft(), _owner(args), [ip.address for ip in result.ips]
-            undo.callback(_quietly, "masquerade", teardown_masq, nft, owner, addresses)  # leaves others' entries alone
+            undo.callback(quietly, "masquerade", teardown_masq, nft, owner, addresses)  # leaves others' entries alone
             with step("ipMasq"):
                 setup_masq(nft, owner, addresses)
         undo.pop_all()
@@ -196,6 +189,7 @@ def _delete_container_link(args: CmdArgs) -> list[IPInterface] | None:
 
 
 def cmd_check(args: CmdArgs) -> None:
+    from cni_plugins.netlink import host_and_container
     from cni_plugins.addr import ips_for, validate_ips, validate_routes
 
     conf = VethConf.from_json(args)
@@ -208,7 +202,7 @@ def cmd_check(args: CmdArgs) -> None:
     if index is None:
         raise CNIError(f"prevResult has no interface {args.ifname!r} in sandbox {args.netns}", "CHECK must use the ADD result of this container")
     expected, ips = prev.interfaces[index], [prev.ips[i] for i in ips_for(prev, args.ifname)]
-    with _namespaces(args) as (host, ctr, _fd, _hfd):
+    with host_and_container(args.netns) as (host, ctr, _fd, _hfd):
         link = ctr.link(args.ifname)
         if link is None:
             raise CNIError(f"container interface {args.ifname} not found in {args.netns}")
@@ -264,19 +258,6 @@ def _host_iface(ip: IPAddress) -> IPInterface:
     return ipaddress.ip_interface(f"{ip}/{ip.max_prefixlen}")
 
 
-@contextlib.contextmanager
-def _namespaces(args: CmdArgs) -> Iterator[tuple[Netlink, Netlink, int, int]]:
-    """Netlink in this (host) namespace and in the container, and fds of both namespaces."""
-    from cni_plugins.netlink import Netlink
-
-    ctr_fd = netns.open_netns(args.netns)
-    host_fd = netns.current_netns_fd()
-    try:
-        with Netlink.open(None) as host, Netlink.open(ctr_fd, label=args.netns) as ctr:
-            yield host, ctr, ctr_fd, host_fd
-    finally:
-        os.close(ctr_fd)
-        os.close(host_fd)
 
 
 def _no_router_ads(host_veth: str) -> None:
@@ -298,13 +279,6 @@ def _owner(args: CmdArgs) -> Owner:
 
     return Owner(network=args.conf.name, container_id=args.container_id, ifname=args.ifname)
 
-
-def _quietly(what: str, fn: Any, *a: Any) -> None:
-    """A rollback step: report a failure and carry on with the others."""
-    try:
-        fn(*a)
-    except CNIError as err:
-        log.warning(f"rollback: {what}: {err.msg}")
 
 
 PLUGIN = Plugin(
