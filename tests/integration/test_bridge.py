@@ -166,6 +166,9 @@ def test_dual_stack_connectivity_and_ipv6_masquerade(plugin, namespaces, host_ns
     assert ping(ctrs[0], v6[1]) and ping(ctrs[1], v6[0])
     assert poll(lambda: ping(ctrs[0], GW6), timeout=10)  # the bridge's own address goes through DAD first
     assert sh("sysctl", "-n", "net.ipv6.conf.all.forwarding", ns=host_ns).stdout.strip() == "1"
+    ports = [v for v in host_veths(host_ns) if links(host_ns)[v].get("master") == "cnitbr0"]
+    assert len(ports) == 2 and all(addrs(host_ns, v) == [] for v in ports)  # bridge ports do no IP
+    assert not any(f"dev {v} " in sh("ip", "-6", "route", "show", "table", "all", ns=host_ns).stdout for v in ports)
     assert peer_seen_by_outside(wan, ctrs[0], WAN6_PEER) == WAN6_HOST
     assert peer_seen_by_outside(wan, ctrs[1], WAN_PEER) == WAN_HOST
     for i, (c, r) in enumerate(zip(ctrs, results)):
