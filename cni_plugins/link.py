@@ -11,11 +11,12 @@ Kernel quirks and idempotence live here, as in the reference's ``pkg/ip``:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from dataclasses import dataclass
 
 from cni_plugins import sysctl
-from cni_plugins.errors import CNIError, InvalidNetworkConfig
+from cni_plugins.errors import CNIError, InternalError, InvalidNetworkConfig
 from cni_plugins.netlink import IFF_UP, Link, LinkExists, LinkNotFound, Netlink
 
 VETH_RETRIES = 10
@@ -106,8 +107,19 @@ def ensure_bridge(host: Netlink, name: str, *, mtu: int = 0, promisc: bool = Fal
     return host.require_link(name) if changed else link
 
 
+BRIDGE_MAX_PORTS = 1024  # the kernel's BR_MAX_PORTS, port numbers included; EXFULL past it
+
+
 def attach_to_bridge(host: Netlink, port: Link, bridge: Link) -> None:
-    host.set_link(port.index, master=bridge.index)
+    try:
+        host.set_link(port.index, master=bridge.index)
+    except InternalError as err:
+        if err.details != f"errno {errno.EXFULL}":
+            raise
+        raise InternalError(
+            f"bridge {bridge.name} is full: the kernel allows at most {BRIDGE_MAX_PORTS - 1} ports on one bridge",
+            "spread the containers over more networks, each with its own bridge",
+        ) from None
 
 
 MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8}

@@ -346,6 +346,19 @@ def test_interface_name_clash_touches_nothing(plugin, host_ns, container_ns, tmp
     assert_clean(host_ns, tmp_path)
 
 
+def test_a_full_bridge_is_named_and_the_add_rolled_back(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The kernel caps a bridge at 1,023 ports (EXFULL past it): the error says so, and the
+    veth made before that step is removed."""
+    fill = ["link add cnitbr0 type bridge"] + [f"link add fp{i} type veth peer name fq{i}\nlink set fp{i} master cnitbr0" for i in range(1023)]
+    sh("ip", "-force", "-batch", "-", ns=host_ns, input="\n".join(fill) + "\n", timeout=120)
+    run = plugin("bridge", "ADD", bconf(tmp_path, ipMasq=True), netns=container_ns)
+    assert run.rc == 1 and run.json["code"] == 999, run.stdout
+    assert run.json["msg"] == "bridge port: bridge cnitbr0 is full: the kernel allows at most 1023 ports on one bridge", run.json
+    assert "eth0" not in links(container_ns)
+    assert [v for v in host_veths(host_ns) if not v.startswith(("fp", "fq"))] == []
+    assert reserved(tmp_path) == set() and all(not elems for elems in nft_elements(host_ns).values())
+
+
 def test_failure_after_masquerade_rolls_back_every_step(cni_bin, host_ns, container_ns, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """In-process (inside host_ns) with the last step made to fail: the error names it and
     masquerade, spoof check, address and veth are all undone."""
