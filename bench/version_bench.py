@@ -20,7 +20,10 @@ from pathlib import Path
 CASES = {
     # name: (env, stdin)
     "VERSION": ({"CNI_COMMAND": "VERSION"}, b'{"cniVersion":"1.0.0"}'),
-    "error: no CNI_COMMAND": ({}, b'{"cniVersion":"1.0.0","name":"n","type":"bridge"}'),
+    "error: no CNI_NETNS": (
+        {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"},
+        b'{"cniVersion":"1.0.0","name":"n","type":"bridge"}',
+    ),
     "error: bad stdin": (
         {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/none", "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"},
         b"{not json",
