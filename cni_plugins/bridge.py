@@ -23,10 +23,10 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from cni_plugins import invoke, log, netns, skel, sysctl
-from cni_plugins.errors import CNIError, ErrorList, InternalError, InvalidNetworkConfig, UnsupportedField
+from cni_plugins.errors import CNIError, ErrorList, InternalError, UnsupportedField
 from cni_plugins.netns import NetNSGone
 from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.steps import step, quietly
+from cni_plugins.steps import prev_result_for_check, quietly, step
 from cni_plugins.types import Interface, IPInterface, Result, Route
 from conf.bridge import BridgeConf
 
@@ -236,10 +236,7 @@ def cmd_check(args: CmdArgs) -> None:
     if conf.ipam_type:
         with step(f"IPAM {conf.ipam_type} CHECK"):
             invoke.delegate(conf.ipam_type, "CHECK", args.stdin, args.environ, args.path)
-    prev = args.conf.prev_result
-    if prev is None:
-        raise InvalidNetworkConfig("bridge CHECK: required prevResult missing", "the runtime passes the cached ADD result as prevResult")
-    problems = check_links(args, conf, prev)
+    problems = check_links(args, conf, prev_result_for_check(args, "bridge"))
     if problems:
         raise InternalError(f"bridge CHECK: {'; '.join(problems)}", "DEL and ADD the container again to repair it")
 

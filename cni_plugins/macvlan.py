@@ -22,7 +22,7 @@ from cni_plugins import invoke, log, netns, skel, sysctl
 from cni_plugins.errors import CNIError, ErrorList, IncompatibleCNIVersion, InvalidNetworkConfig
 from cni_plugins.netns import NetNSGone
 from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.steps import step
+from cni_plugins.steps import prev_container_interface, prev_result_for_check, step
 from cni_plugins.types import DNS, Interface, Result
 from cni_plugins.version import at_least
 from conf.fields import bool_field, int_field, parse_mac, str_field
@@ -140,13 +140,8 @@ def cmd_check(args: CmdArgs) -> None:
     if conf.ipam_type:
         with step(f"IPAM {conf.ipam_type} CHECK"):
             invoke.delegate(conf.ipam_type, "CHECK", args.stdin, args.environ, args.path)
-    prev = args.conf.prev_result
-    if prev is None:
-        raise InvalidNetworkConfig("macvlan CHECK: required prevResult missing", "the runtime passes the cached ADD result as prevResult")
-    index = next((i for i, x in enumerate(prev.interfaces) if x.name == args.ifname and x.sandbox == args.netns), None)
-    if index is None:
-        raise CNIError(f"prevResult has no interface {args.ifname!r} in sandbox {args.netns}", "CHECK must use the ADD result of this container")
-    expected = prev.interfaces[index]
+    prev = prev_result_for_check(args, "macvlan")
+    expected = prev_container_interface(prev, args)
     with host_and_container(args.netns) as (host, ctr, _fd, _host_fd):
         master = find_master(conf, ctr if conf.link_in_container else host)
         link = ctr.link(args.ifname)

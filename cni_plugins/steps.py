@@ -1,4 +1,4 @@
-"""The named steps of an ADD and their undo, shared by the main plugins.
+"""The named steps of an ADD and their undo, and what CHECK starts from, shared by the main plugins.
 
 ``with step("IPAM host-local ADD"): ...`` puts the step's name in front of any CNIError
 raised inside, so the error JSON says which step failed. ``quietly`` runs one undo callback
@@ -9,10 +9,14 @@ the other undo steps still run, and the error reported stays the one that stoppe
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from cni_plugins import log
-from cni_plugins.errors import CNIError
+from cni_plugins.errors import CNIError, InvalidNetworkConfig
+
+if TYPE_CHECKING:
+    from cni_plugins.skel import CmdArgs
+    from cni_plugins.types import Interface, Result
 
 
 @contextlib.contextmanager
@@ -30,3 +34,19 @@ def quietly(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Non
         fn(*args, **kwargs)
     except CNIError as err:
         log.warning(f"rollback: {what}: {err.msg}")
+
+
+def prev_result_for_check(args: CmdArgs, plugin: str) -> Result:
+    """The cached ADD result that CHECK compares the container against (required by the spec)."""
+    prev = args.conf.prev_result
+    if prev is None:
+        raise InvalidNetworkConfig(f"{plugin} CHECK: required prevResult missing", "the runtime passes the cached ADD result as prevResult")
+    return prev
+
+
+def prev_container_interface(prev: Result, args: CmdArgs) -> Interface:
+    """prevResult's entry for this call's interface in this call's sandbox."""
+    for interface in prev.interfaces:
+        if interface.name == args.ifname and interface.sandbox == args.netns:
+            return interface
+    raise InvalidNetworkConfig(f"prevResult has no interface {args.ifname!r} in sandbox {args.netns}", "CHECK must use the ADD result of this container")

@@ -28,7 +28,7 @@ from cni_plugins import invoke, log, skel, sysctl
 from cni_plugins.errors import CNIError, ErrorList, InvalidNetworkConfig
 from cni_plugins.netns import NetNSGone
 from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.steps import step, quietly
+from cni_plugins.steps import prev_container_interface, prev_result_for_check, step, quietly
 from cni_plugins.types import DNS, Interface, IPAddress, IPConfig, IPInterface, IPNetwork, Result
 from conf.fields import bool_field, int_field, str_field
 
@@ -195,13 +195,9 @@ def cmd_check(args: CmdArgs) -> None:
     conf = VethConf.from_json(args)
     with step(f"IPAM {conf.require_ipam()} CHECK"):
         invoke.delegate(conf.ipam_type, "CHECK", args.stdin, args.environ, args.path)
-    prev = args.conf.prev_result
-    if prev is None:
-        raise InvalidNetworkConfig("ptp CHECK: required prevResult missing", "the runtime passes the cached ADD result as prevResult")
-    index = next((i for i, x in enumerate(prev.interfaces) if x.name == args.ifname and x.sandbox == args.netns), None)
-    if index is None:
-        raise CNIError(f"prevResult has no interface {args.ifname!r} in sandbox {args.netns}", "CHECK must use the ADD result of this container")
-    expected, ips = prev.interfaces[index], [prev.ips[i] for i in ips_for(prev, args.ifname)]
+    prev = prev_result_for_check(args, "ptp")
+    expected = prev_container_interface(prev, args)
+    ips = [prev.ips[i] for i in ips_for(prev, args.ifname)]
     with host_and_container(args.netns) as (host, ctr, _fd, _hfd):
         link = ctr.link(args.ifname)
         if link is None:
