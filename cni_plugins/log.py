@@ -57,6 +57,10 @@ def warning(msg: str) -> None:
     _emit("warning", msg)
 
 
+def debugging() -> bool:
+    return bool(_state["debug"])
+
+
 def debug(msg: str) -> None:
     if _state["debug"]:
         _emit("debug", msg)

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Mapping, TextIO
 
@@ -122,9 +123,11 @@ def run(
     stderr = sys.stderr if stderr is None else stderr
     saved = log.snapshot()
     log.configure(plugin.name, environ, stderr)
+    start = time.perf_counter()
     try:
         return _serve(plugin, environ, stdin, stdout, stderr)
     finally:
+        log.debug(f"{environ.get('CNI_COMMAND', '')} {environ.get('CNI_CONTAINERID', '')} {environ.get('CNI_IFNAME', '')}: {(time.perf_counter() - start) * 1000:.1f} ms")
         log.restore(saved)
 
 

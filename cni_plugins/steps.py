@@ -1,14 +1,16 @@
 """The named steps of an ADD and their undo, and what CHECK starts from, shared by the main plugins.
 
 ``with step("IPAM host-local ADD"): ...`` puts the step's name in front of any CNIError
-raised inside, so the error JSON says which step failed. ``quietly`` runs one undo callback
-of a failed ADD (registered on a ``contextlib.ExitStack``): its own failure is logged and
-the other undo steps still run, and the error reported stays the one that stopped the ADD.
+raised inside, so the error JSON says which step failed; with ``CNI_PY_DEBUG=1`` it also
+logs how long the step took. ``quietly`` runs one undo callback of a failed ADD (registered
+on a ``contextlib.ExitStack``): its own failure is logged and the other undo steps still
+run, and the error reported stays the one that stopped the ADD.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from cni_plugins import log
@@ -21,11 +23,14 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def step(what: str) -> Iterator[None]:
-    """Name the step that failed in the error."""
+    """Name the step that failed in the error; with CNI_PY_DEBUG=1, log how long it took."""
+    start = time.perf_counter() if log.debugging() else 0.0
     try:
         yield
     except CNIError as err:
         raise err.with_context(what) from None
+    if start:
+        log.debug(f"step {what}: {(time.perf_counter() - start) * 1000:.1f} ms")
 
 
 def quietly(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:

@@ -197,3 +197,22 @@ def test_plugin_version_restriction() -> None:
     plugin = Recorder().plugin(versions=("0.4.0", "1.0.0", "1.1.0"))
     rc, out, _ = call(plugin, ENV, conf_with(cniVersion="0.3.1"))
     assert rc == 1 and out["code"] == 1 and "0.3.1" in out["details"]
+
+
+def test_debug_logs_each_step_and_the_call_to_stderr_only() -> None:
+    import re
+
+    from cni_plugins.steps import step
+
+    def add(a: CmdArgs) -> Result:
+        with step("make the link"):
+            pass
+        return Result()
+
+    plugin = Plugin(name="fake", add=add, delete=lambda a: None, check=lambda a: None)
+    rc, out, err = call(plugin, env_with(CNI_PY_DEBUG="1"), json.dumps(CONF).encode())
+    assert rc == 0 and "debug" not in json.dumps(out)
+    assert re.search(r"^fake: debug: step make the link: \d+\.\d ms$", err, re.M), err
+    assert re.search(r"^fake: debug: ADD ctr1 eth0: \d+\.\d ms$", err, re.M), err
+    rc, _, err = call(plugin, ENV, json.dumps(CONF).encode())
+    assert rc == 0 and err == ""
