@@ -54,6 +54,7 @@ from cni_plugins import netns  # noqa: E402
 PATH_ENV = "/usr/sbin:/usr/bin:/sbin:/bin"
 REFERENCE_PACKAGE = "containernetworking-plugins"
 CHAIN_PLUGINS = ("bridge", "host-local", "portmap", "firewall")
+PLUGIN_ENV: dict[str, str] = {}  # --plugin-env: added to every plugin call's environment
 
 
 # ---------------------------------------------------------------- the runtime side
@@ -125,6 +126,7 @@ class Runtime:
             "CNI_ARGS": "",
             "CNI_PATH": self.bin_dir,
             "PATH": PATH_ENV,
+            **PLUGIN_ENV,
         }
         start = time.perf_counter()
         argv = [os.path.join(self.bin_dir, plugin["type"])]
@@ -439,6 +441,7 @@ def scenario_first(impls: list[Impl], nss: Namespaces, work: Path, trials: int) 
 def worker_main(spec_path: str) -> int:
     """One of the concurrent runtimes (a process of its own): its containers, one after another."""
     spec = json.loads(Path(spec_path).read_text())
+    PLUGIN_ENV.update(spec.get("plugin_env", {}))
     rt = Runtime(spec["bin_dir"], spec["conflist"])
     adds, ips = [], []
     sys.stdout.write("ready\n")
@@ -472,7 +475,7 @@ def scenario_concurrent(impls: list[Impl], nss: Namespaces, work: Path, runtimes
             for w in range(runtimes):
                 mine = [(f"conc-{r}-{j:05d}", ctrs[j], r * per_round + j) for j in range(w, per_round, runtimes)]
                 spec = work / f"worker-{impl.name.replace(' ', '_').replace(',', '')}-{r}-{w}.json"
-                spec.write_text(json.dumps({"bin_dir": impl.bin_dir, "conflist": conflists[impl.name], "host_ns": impl.host_ns, "containers": mine}))
+                spec.write_text(json.dumps({"bin_dir": impl.bin_dir, "conflist": conflists[impl.name], "host_ns": impl.host_ns, "containers": mine, "plugin_env": PLUGIN_ENV}))
                 proc = subprocess.Popen([sys.executable, __file__, "--worker", str(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 procs.append((proc, spec))
             for proc, _ in procs:
@@ -673,10 +676,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtimes", type=int, default=8, help="concurrent runtimes (8)")
     parser.add_argument("--single", type=int, help="containers in the ptp and macvlan scenarios (100; quick 30)")
     parser.add_argument("--first", type=int, help="fresh-host trials for the first container (10; quick 4)")
+    parser.add_argument("--plugin-env", action="append", default=[], metavar="K=V", help="add to every plugin call's environment, e.g. CNI_PY_DEBUG=1 and CNI_PY_LOG_FILE=/tmp/x.log for ours' step timings")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.worker:
         return worker_main(opts.worker)
+    PLUGIN_ENV.update(kv.split("=", 1) for kv in opts.plugin_env if "=" in kv)
     if os.geteuid() != 0:
         raise SystemExit("needs root: network namespaces")
     q = opts.quick
