@@ -127,7 +127,8 @@ def run(
     try:
         return _serve(plugin, environ, stdin, stdout, stderr)
     finally:
-        log.debug(f"{environ.get('CNI_COMMAND', '')} {environ.get('CNI_CONTAINERID', '')} {environ.get('CNI_IFNAME', '')}: {(time.perf_counter() - start) * 1000:.1f} ms")
+        if log.debugging():
+            log.debug(f"{environ.get('CNI_COMMAND', '')} {environ.get('CNI_CONTAINERID', '')} {environ.get('CNI_IFNAME', '')}: {(time.perf_counter() - start) * 1000:.1f} ms")
         log.restore(saved)
 
 
