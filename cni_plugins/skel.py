@@ -133,7 +133,8 @@ def run(
 
 
 def _serve(plugin: Plugin, environ: Mapping[str, str], stdin: BinaryIO | bytes | None, stdout: TextIO, stderr: TextIO) -> int:
-    cni_version = CURRENT_VERSION
+    cni_version = ""  # the config's, once parsed
+    data = b""
     try:
         command = environ.get("CNI_COMMAND", "")
         if not command and plugin.about:
@@ -179,14 +180,24 @@ def _serve(plugin: Plugin, environ: Mapping[str, str], stdin: BinaryIO | bytes |
             handler(cmd)
         return 0
     except CNIError as err:
-        _write(stdout, err.to_json(cni_version), indent=4)
+        _write(stdout, err.to_json(cni_version or _declared_version(data)), indent=4)
         return 1
     except Exception as exc:  # the one broad catch: nothing unexpected reaches the caller as a traceback
         import traceback
 
         traceback.print_exc(file=stderr)
-        _write(stdout, {"cniVersion": cni_version, "code": 999, "msg": f"internal error: {exc}", "details": type(exc).__name__}, indent=4)
+        _write(stdout, {"cniVersion": cni_version or _declared_version(data), "code": 999, "msg": f"internal error: {exc}", "details": type(exc).__name__}, indent=4)
         return 1
+
+
+def _declared_version(data: bytes) -> str:
+    """For an error raised before the config was parsed (a bad environment): the version the
+    config declares if it is one we speak, else the newest."""
+    try:
+        declared = json.loads(data).get("cniVersion")
+    except (ValueError, AttributeError):
+        declared = None
+    return declared if declared in SUPPORTED_VERSIONS else CURRENT_VERSION
 
 
 def _read_stdin(stdin: BinaryIO | bytes | None) -> bytes:

@@ -216,3 +216,14 @@ def test_debug_logs_each_step_and_the_call_to_stderr_only() -> None:
     assert re.search(r"^fake: debug: ADD ctr1 eth0: \d+\.\d ms$", err, re.M), err
     rc, _, err = call(plugin, ENV, json.dumps(CONF).encode())
     assert rc == 0 and err == ""
+
+
+def test_an_environment_error_speaks_the_version_the_config_declares() -> None:
+    from cni_plugins.version import CURRENT_VERSION
+
+    plugin = Recorder().plugin()
+    rc, out, _ = call(plugin, env_with(CNI_NETNS=None), conf_with(cniVersion="0.4.0"))
+    assert rc == 1 and out["code"] == 4 and out["cniVersion"] == "0.4.0"
+    for stdin in (b"{not json", b"[1]", json.dumps({**CONF, "cniVersion": "9.9.9"}).encode()):
+        rc, out, _ = call(plugin, env_with(CNI_NETNS=None), stdin)
+        assert rc == 1 and out["code"] == 4 and out["cniVersion"] == CURRENT_VERSION, stdin
