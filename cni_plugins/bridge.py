@@ -39,7 +39,6 @@ PORT_UP_RETRIES_MS = (0, 50, 500, 1000, 1000)
 DEFAULT_ROUTE = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
 
-
 def cmd_add(args: CmdArgs) -> Result:
     from cni_plugins.netlink import host_and_container
     from cni_plugins.addr import configure_iface
@@ -348,8 +347,6 @@ def _owner(args: CmdArgs, conf: BridgeConf) -> Owner:
     return Owner(network=conf.network, container_id=args.container_id, ifname=args.ifname)
 
 
-
-
 def _container_sysctls(ifname: str, enable_dad: bool) -> list[tuple[str, str]]:
     """DAD off by default (fast start; hairpin echoes would fail it), on with enhanced DAD
     when ``enabledad``; ``arp_notify`` announces the new address."""
@@ -371,7 +368,6 @@ def _collect(problems: list[str], validate: Callable[..., None], *fn_args: Any) 
         validate(*fn_args)
     except CNIError as err:
         problems.append(err.msg)
-
 
 
 PLUGIN = Plugin(

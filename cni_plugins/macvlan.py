@@ -18,11 +18,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cni_plugins import invoke, log, netns, skel, sysctl
+from cni_plugins import invoke, netns, skel, sysctl
 from cni_plugins.errors import CNIError, ErrorList, IncompatibleCNIVersion, InvalidNetworkConfig
 from cni_plugins.netns import NetNSGone
 from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.steps import prev_container_interface, prev_result_for_check, step
+from cni_plugins.steps import prev_container_interface, prev_result_for_check, quietly, step
 from cni_plugins.types import DNS, Interface, Result
 from cni_plugins.version import at_least
 from conf.fields import bool_field, int_field, parse_mac, str_field
@@ -70,7 +70,6 @@ class MacvlanConf:
         )
 
 
-
 def cmd_add(args: CmdArgs) -> Result:
     from cni_plugins.netlink import host_and_container
 
@@ -89,12 +88,12 @@ def cmd_add(args: CmdArgs) -> Result:
 
         with step("create macvlan"):
             link = create_macvlan(parent, ctr, ctr_fd, args.ifname, master, mode=conf.mode, mtu=conf.mtu, mac=conf.mac, bcqueuelen=conf.bcqueuelen)
-        undo.callback(_deletequietly, ctr, args.ifname)
+        undo.callback(quietly, f"delete {args.ifname}", ctr.delete_link_if_exists, args.ifname)
         if conf.bcqueuelen is not None and link.info.get("IFLA_MACVLAN_BC_QUEUE_LEN") is None:
             raise InvalidNetworkConfig("bcqueuelen: this kernel does not support a macvlan broadcast queue length", "it needs Linux 5.11 or later; remove the option")
         result = Result(interfaces=(Interface(name=args.ifname, mac=link.mac, sandbox=args.netns),))
         if conf.ipam_type:
-            undo.callback(_releasequietly, args, conf.ipam_type)  # also for a failed ADD, as the spec asks
+            undo.callback(quietly, f"IPAM {conf.ipam_type} DEL", invoke.delegate, conf.ipam_type, "DEL", args.stdin, args.environ, args.path)  # also for a failed ADD, as the spec asks
             with step(f"IPAM {conf.ipam_type} ADD"):
                 ipam = invoke.delegate_add(conf.ipam_type, args.stdin, args.environ, args.path)
             if not ipam.ips:
@@ -197,8 +196,6 @@ def find_master(conf: MacvlanConf, nl: Netlink) -> Link:
     return link
 
 
-
-
 def _set_notify_sysctls(ifname: str) -> None:
     """Announce the new address and MAC (gratuitous ARP / unsolicited NA), as the reference does."""
     for family, leaf in ((4, "arp_notify"), (6, "ndisc_notify")):
@@ -206,20 +203,6 @@ def _set_notify_sysctls(ifname: str) -> None:
             sysctl.write(sysctl.iface_key(family, ifname, leaf), "1")
         except CNIError:
             pass  # IPv6 disabled in the container: nothing to announce
-
-
-def _deletequietly(nl: Netlink, ifname: str) -> None:
-    try:
-        nl.delete_link_if_exists(ifname)
-    except CNIError as err:
-        log.warning(f"rollback: delete {ifname}: {err.msg}")
-
-
-def _releasequietly(args: CmdArgs, ipam_type: str) -> None:
-    try:
-        invoke.delegate(ipam_type, "DEL", args.stdin, args.environ, args.path)
-    except CNIError as err:
-        log.warning(f"rollback: IPAM {ipam_type} DEL: {err.msg}")
 
 
 PLUGIN = Plugin(

@@ -16,8 +16,8 @@ with the errno in the details.
 from __future__ import annotations
 
 import errno
-import os
 import ipaddress
+import os
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field

@@ -193,7 +193,7 @@ def cmd_add(args: CmdArgs) -> Result:
         if nl is not None and link is not None:
             backup = backup_path(conf.data_dir, args)
             if save_backup(backup, conf, link):
-                undo.callback(_removequietly, backup)
+                undo.callback(_remove_quietly, backup)
             apply_link(nl, link, conf, undo)
         undo.pop_all()
     if not conf.mac:
@@ -237,7 +237,7 @@ def cmd_del(args: CmdArgs) -> None:
             except NetNSGone:
                 pass
     if not errors.errors:
-        _removequietly(path)
+        _remove_quietly(path)
     errors.raise_if_any()  # the file stays: a retried DEL tries again
 
 
@@ -375,7 +375,6 @@ def _container_link(fd: int, args: CmdArgs, wanted: bool) -> Iterator[tuple[Netl
         yield nl, link
 
 
-
 def _restore_sysctl(fd: int, path: str, value: str) -> None:
     try:
         with netns.entered(fd):
@@ -384,7 +383,7 @@ def _restore_sysctl(fd: int, path: str, value: str) -> None:
         log.warning(f"rollback: {err.msg}")
 
 
-def _removequietly(path: str) -> None:
+def _remove_quietly(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:

@@ -28,7 +28,7 @@ from cni_plugins import invoke, log, skel, sysctl
 from cni_plugins.errors import CNIError, ErrorList, InvalidNetworkConfig
 from cni_plugins.netns import NetNSGone
 from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.steps import prev_container_interface, prev_result_for_check, step, quietly
+from cni_plugins.steps import prev_container_interface, prev_result_for_check, quietly, step
 from cni_plugins.types import DNS, Interface, IPAddress, IPConfig, IPInterface, IPNetwork, Result
 from conf.fields import bool_field, int_field, str_field
 
@@ -66,7 +66,6 @@ class VethConf:
             ipam_type=args.conf.ipam_type,
             dns=args.conf.dns if dns_set else None,
         )
-
 
 
 def cmd_add(args: CmdArgs) -> Result:
@@ -254,8 +253,6 @@ def _host_iface(ip: IPAddress) -> IPInterface:
     return ipaddress.ip_interface(f"{ip}/{ip.max_prefixlen}")
 
 
-
-
 def _no_router_ads(host_veth: str) -> None:
     """The host end never takes router advertisements (the reference's SetupVeth)."""
     try:
@@ -274,7 +271,6 @@ def _owner(args: CmdArgs) -> Owner:
     from firewall.model import Owner
 
     return Owner(network=args.conf.name, container_id=args.container_id, ifname=args.ifname)
-
 
 
 PLUGIN = Plugin(
