@@ -137,11 +137,7 @@ def cmd_add(args: CmdArgs) -> Result:
     _notes(conf)
     nft = _nft()
     setup: list[Command] = forward.base_commands(conf.admin_chain, conf.accept_mark)
-    always: list[Command] = []
-    for state in _iptables_states(nft):
-        ipt = forward.iptables_commands(state, conf.admin_chain, conf.accept_mark)
-        if any("chain" not in c.get("add", {}) for c in ipt):  # something to change (not just the chains' re-add)
-            always += ipt
+    always = [c for state in _iptables_states(nft) for c in forward.iptables_commands(state, conf.admin_chain, conf.accept_mark)]
     extra, bridge_group = forward.bridge_commands_and_group(conf.bridge, conf.ingress_policy)
     groups = forward.accept_groups(conf.addresses) + ([bridge_group] if bridge_group else [])
     stamp = stamp_for(forward.FAMILY, forward.TABLE, "firewall", setup)  # one layout for every network

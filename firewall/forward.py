@@ -183,9 +183,10 @@ def mark_rule(family: str, mark: int, **where: Any) -> dict[str, Any]:
 
 def iptables_commands(state: IptablesState, admin_chain: str, mark: int) -> list[Command]:
     """Ensure FORWARD -> CNI-FORWARD -> (admin chain, mark accept) in one family's filter table,
-    adding only what is missing and dropping our own duplicates (concurrent first ADDs)."""
+    adding only what is missing and dropping our own duplicates (concurrent first ADDs).
+    Nothing when all is in place, so a normal ADD sends no iptables command."""
     fam = state.family
-    out: list[Command] = [{"add": _ipt("chain", fam, name=IPT_CHAIN)}, {"add": _ipt("chain", fam, name=admin_chain)}]
+    out: list[Command] = []
     jumps = [r for r in state.forward if _jumps_to(r, IPT_CHAIN)]
     if not jumps:
         expr = [{"counter": None}, {"jump": {"target": IPT_CHAIN}}]
@@ -201,7 +202,9 @@ def iptables_commands(state: IptablesState, admin_chain: str, mark: int) -> list
         out.append({"insert": _ipt("rule", fam, chain=IPT_CHAIN, expr=expr, comment=ADMIN_COMMENT)})
     dups = [r for r in admins[1:] if r.get("comment") == ADMIN_COMMENT] + marks[1:]
     out += [{"delete": _ipt("rule", fam, chain=IPT_CHAIN, handle=r["handle"])} for r in dups]
-    return out
+    if not out:
+        return []
+    return [{"add": _ipt("chain", fam, name=IPT_CHAIN)}, {"add": _ipt("chain", fam, name=admin_chain)}, *out]
 
 
 def iptables_problems(state: IptablesState, admin_chain: str, mark: int) -> list[str]:

@@ -99,6 +99,8 @@ def test_iptables_rules_are_added_once_around_existing_reference_rules() -> None
     ours = forward.mark_rule("ip", 0x10)["rule"]
     dup = forward.IptablesState(family="ip", forward=state.forward, cni_forward=[ref_admin, ours | {"handle": 9}, ours | {"handle": 10}])
     assert forward.iptables_commands(dup, "CNI-ADMIN", 0x10)[2:] == [{"delete": {"rule": {"family": "ip", "table": "filter", "chain": "CNI-FORWARD", "handle": 10}}}]
+    done = forward.IptablesState(family="ip", forward=state.forward, cni_forward=[ref_admin, ours | {"handle": 9}])
+    assert forward.iptables_commands(done, "CNI-ADMIN", 0x10) == []  # all in place: nothing sent
 
 
 class Harness:
