@@ -31,7 +31,7 @@ from cni_plugins import log, netns, skel, sysctl
 from cni_plugins.errors import CNIError, ErrorList, InvalidEnvironment, InvalidNetworkConfig, IOFailure
 from cni_plugins.netns import NetNSGone
 from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.steps import quietly
+from cni_plugins.steps import quietly, step
 from cni_plugins.types import Result
 from conf.fields import abs_path_field, bool_field, dict_field, int_field, parse_mac, str_field
 
@@ -188,7 +188,8 @@ def cmd_add(args: CmdArgs) -> Result:
         for key, path, value in conf.sysctls:
             with netns.entered(fd, label=args.netns):
                 old = sysctl.read(path)
-                _step(f"set sysctl {key}={value}", sysctl.write, path, value)
+                with step(f"set sysctl {key}={value}"):
+                    sysctl.write(path, value)
             undo.callback(_restore_sysctl, fd, path, old)
         if nl is not None and link is not None:
             backup = backup_path(conf.data_dir, args)
@@ -213,7 +214,8 @@ def apply_link(nl: Netlink, link: Link, conf: TuningConf, undo: contextlib.ExitS
     )
     for asked, what, setter, new, old in changes:
         if asked:
-            _step(f"set {what} of {link.name} to {next(iter(new.values()))}", setter, i, **new)
+            with step(f"set {what} of {link.name} to {next(iter(new.values()))}"):
+                setter(i, **new)
             undo.callback(quietly, f"restore {what}", setter, i, **old)
 
 
@@ -343,13 +345,6 @@ def _require_prev(args: CmdArgs) -> Result:
     if args.conf.prev_result is None:
         raise InvalidNetworkConfig("tuning: required prevResult missing", "tuning is a chained plugin: put it after a plugin that creates the interface")
     return args.conf.prev_result
-
-
-def _step(what: str, fn: Any, *a: Any, **kw: Any) -> None:
-    try:
-        fn(*a, **kw)
-    except CNIError as err:
-        raise err.with_context(what) from None
 
 
 @contextlib.contextmanager
