@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from cni_plugins import netns  # noqa: E402
 from cni_plugins.runtime.runner import CNIRunner, RuntimeConf  # noqa: E402
 from conf.loader import NetworkConfigList, conflist_from_object  # noqa: E402
+import our_plugins  # noqa: E402  (bench/our_plugins.py)
 
 
 def sh(*argv: str) -> None:
@@ -59,17 +59,6 @@ def netlist(name: str, bridge: str, subnet: str, data_dir: Path, ipmasq: bool) -
     return conflist_from_object(obj, json.dumps(obj).encode(), name)
 
 
-def start_helper(work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    sock = str(work / "helper" / "helper.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "cni_plugins.install", "helper", "--socket", sock, "--idle", "0"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not os.path.exists(sock):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise SystemExit("the warm helper did not start")
-        time.sleep(0.05)
-    return proc, sock
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=30)
@@ -88,11 +77,12 @@ def main(argv: list[str] | None = None) -> int:
             sh("ip", "netns", "add", ns)
             made.append(ns)
         impls: dict[str, str] = {"reference": opts.reference}
-        sh(sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(work / "cold"), "--helper", "off", "bridge", "host-local")
+        our_plugins.install(work / "cold", "bridge", "host-local")
         impls["ours"] = str(work / "cold")
         if not opts.no_helper:
-            helper, sock = start_helper(work)
-            sh(sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(work / "warm"), "--helper", "on", "--helper-socket", sock, "bridge", "host-local")
+            sock = str(work / "helper" / "helper.sock")
+            helper = our_plugins.start_helper(sock)
+            our_plugins.install(work / "warm", "bridge", "host-local", helper="on", helper_socket=sock)
             impls["ours+helper"] = str(work / "warm")
         nets = {name: netlist(f"bench-{i}", f"bbr{i}", f"10.{210 + i}.0.0/16", work / "ipam", opts.ipmasq) for i, name in enumerate(impls)}
         runners = {name: CNIRunner([path], str(work / "cache"), environ={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}) for name, path in impls.items()}
@@ -118,13 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<14} " + " ".join(f"{v * 1e3:>{w}.1f}" for v, w in zip(row, (9, 7, 9, 7))) + "   (ms)")
         return 0
     finally:
-        if helper is not None:
-            helper.send_signal(signal.SIGTERM)
-            try:
-                helper.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                helper.kill()
-                helper.wait()
+        our_plugins.stop_helper(helper)
         for ns in reversed(made):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cni_plugins import bridge, netlink, netns, skel, steps, sysctl  # noqa: E402
+import our_plugins  # noqa: E402  (bench/our_plugins.py)
 
 _spent: dict[str, float] = {}
 
@@ -79,7 +80,7 @@ def main() -> int:
     tag = f"bsb{os.getpid()}"
     work = Path(tempfile.mkdtemp(prefix="cni-bridge-steps-"))
     bin_dir = work / "bin"
-    subprocess.run([sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(bin_dir), "--helper", "off", "host-local"], check=True, capture_output=True, cwd=ROOT)
+    our_plugins.install(bin_dir, "host-local")
     hosts = {"small": f"{tag}-small", "full": f"{tag}-full"}
     probe_ns = {"small": f"{tag}-ps", "full": f"{tag}-pf"}
     fill = [f"{tag}-f{i}" for i in range(opts.n)]

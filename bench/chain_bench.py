@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cni_plugins import netns  # noqa: E402
+from our_plugins import install as ours_install, start_helper, stop_helper  # noqa: E402
 
 PATH_ENV = "/usr/sbin:/usr/bin:/sbin:/bin"
 REFERENCE_PACKAGE = "containernetworking-plugins"
@@ -276,23 +277,6 @@ def ensure_reference(ref_dir: str, install: bool) -> str:
         raise SystemExit(f"reference plugins missing in {ref_dir}: {', '.join(missing)}")
     version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", REFERENCE_PACKAGE], capture_output=True, text=True).stdout.strip()
     return version or "unknown version"
-
-
-def install_ours(target: Path, *, helper_socket: str = "") -> None:
-    # auto, as installed by default: if the helper exits (it does when our code changes on
-    # disk), the next call runs in its own process and starts a new one
-    args = ["--helper", "auto", "--helper-socket", helper_socket] if helper_socket else ["--helper", "off"]
-    subprocess.run([sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(target), *args], check=True, capture_output=True, cwd=ROOT)
-
-
-def start_helper(sock: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "cni_plugins.install", "helper", "--socket", sock, "--idle", "0"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not os.path.exists(sock):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise SystemExit("our warm helper did not start")
-        time.sleep(0.05)
-    return proc
 
 
 def helper_pss_kb(sock: str) -> int:
@@ -705,8 +689,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         sock = str(work / "run" / "helper.sock")
-        install_ours(work / "warm", helper_socket=sock)
-        install_ours(work / "cold")
+        # auto, as installed by default: if the helper exits (it does when our code changes on
+        # disk), the next call runs in its own process and starts a new one
+        ours_install(work / "warm", helper="auto", helper_socket=sock)
+        ours_install(work / "cold")
         helper = start_helper(sock)
         ref = Impl("reference", opts.reference)
         ours = Impl("ours", str(work / "warm"))
@@ -758,14 +744,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         if helper is not None:
-            helper.terminate()
-            try:
-                helper.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                helper.kill()
-                helper.wait()
-            # one the launchers may have started after ours exited (auto mode), by its pid file
-            subprocess.run([sys.executable, "-m", "cni_plugins.install", "helper", "--stop", "--socket", str(work / "run" / "helper.sock")], cwd=ROOT, capture_output=True)
+            stop_helper(helper, str(work / "run" / "helper.sock"))  # also one a launcher restarted (auto mode)
         nss.drop_all()
         shutil.rmtree(work, ignore_errors=True)
 

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import our_plugins  # bench/our_plugins.py
+
 SUBNET = ipaddress.ip_network("10.200.0.0/16")
 NETWORK = "bench"
 
@@ -96,12 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours", default="", help="our installed host-local (default: install into a temp dir)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ipam-bench-"))
+    helper = None
     try:
-        ours = args.ours
-        if not ours:
-            subprocess.run([sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(work / "bin"), "host-local"], check=True, capture_output=True)
-            ours = str(work / "bin" / "host-local")
-        plugins = {"cni-py": ours, "cni-py/in-process": "in-process"}
+        if args.ours:
+            plugins = {"cni-py": args.ours}
+        else:  # as installed by default (a warm helper, here a private one) and without a helper
+            sock = str(work / "run" / "helper.sock")
+            helper = our_plugins.start_helper(sock)
+            our_plugins.install(work / "warm", "host-local", helper="on", helper_socket=sock)
+            our_plugins.install(work / "cold", "host-local")
+            plugins = {"cni-py/helper": str(work / "warm" / "host-local"), "cni-py/no helper": str(work / "cold" / "host-local")}
+        plugins["cni-py/in-process"] = "in-process"
         if os.path.exists(args.reference):
             plugins["reference"] = args.reference
         rows = []
@@ -116,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, count, r in rows:
             print(f"{name:<18} {count:>12} {r['add'] * 1e3:>11.1f} {r['add_p90'] * 1e3:>8.1f} {r['del'] * 1e3:>11.1f} {r['del_p90'] * 1e3:>8.1f} {r['first'] * 1e3:>11.1f}")
         print("first call: the untimed warm-up ADD on that network (cni-py rebuilds its index there after the prefill)")
+        print("cni-py/helper: handed to a warm helper (the default install); cni-py/no helper: each call in its own interpreter")
         print("cni-py/in-process: the same calls through skel.run inside this process, without interpreter start-up")
     finally:
+        our_plugins.stop_helper(helper)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

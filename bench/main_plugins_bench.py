@@ -3,7 +3,8 @@
 Every call execs the plugin as a runtime does (env + config on stdin). This process enters a
 throwaway "host" namespace first, so every plugin (and its IPAM) runs there, never on the
 machine itself; each implementation gets its own container namespace and dataDir. Ours is
-installed into a temporary CNI bin dir (our host-local is found there, as a runtime would
+installed into a temporary CNI bin dir as by default, with a warm helper on a private socket
+that this script starts and stops (our host-local is found there, as a runtime would
 find it; the delegation then runs in-process, see ``cni_plugins.invoke``), the reference's
 is ``/usr/lib/cni`` (its ptp/macvlan exec its host-local). Calls of the two alternate, so
 drift on the machine hits both alike.
@@ -26,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cni_plugins import netns  # noqa: E402
+import our_plugins  # noqa: E402  (bench/our_plugins.py)
 
 CHAINS = {
     "ptp": lambda data_dir: {"cniVersion": "1.0.0", "name": "benchptp", "type": "ptp", "ipMasq": False,
@@ -66,9 +68,12 @@ def main() -> None:
     host, names = f"{tag}-host", [f"{tag}-host"]
     work = Path(tempfile.mkdtemp(prefix="cni-main-bench-"))
     ours_bin = work / "bin"
-    subprocess.run([sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(ours_bin)], check=True, capture_output=True)
     impls = {"ours": str(ours_bin), "reference": args.reference}
+    helper = None
     try:
+        sock = str(work / "run" / "helper.sock")
+        helper = our_plugins.start_helper(sock)  # as installed by default, with a private warm helper
+        our_plugins.install(ours_bin, helper="on", helper_socket=sock)
         sh("ip", "netns", "add", host)
         sh("ip", "-n", host, "link", "set", "lo", "up")
         sh("ip", "-n", host, "link", "add", "benchm0", "type", "veth", "peer", "name", "benchm0p")
@@ -101,6 +106,7 @@ def main() -> None:
         floor = statistics.median(version_exec(str(ours_bin / "ptp")) for _ in range(args.runs)) * 1000
         print(f"for scale: our ptp answering VERSION (interpreter start + launcher, no work) {floor:.1f} ms")
     finally:
+        our_plugins.stop_helper(helper)
         for name in reversed(names):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
         subprocess.run(["rm", "-rf", str(work)])

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import our_plugins
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ipaddress.ip_address("10.0.0.0")
 IN_PROCESS = "in-process"
@@ -127,16 +129,13 @@ def main() -> int:
         print(json.dumps(inner(args.inner, args.n, args.netns)))
         return 0
     with tempfile.TemporaryDirectory(prefix="pmbench-") as tmp:
-        install = [sys.executable, "-m", "cni_plugins.install", "install", "--dir"]
-        subprocess.run([*install, f"{tmp}/cold", "--helper", "off", "portmap"], check=True, capture_output=True, cwd=ROOT)
+        our_plugins.install(f"{tmp}/cold", "portmap")
         impls = {"ours, exec per call": f"{tmp}/cold/portmap"}
         helper = None
         if args.helper:
             sock = f"{tmp}/run/helper.sock"
-            subprocess.run([*install, f"{tmp}/warm", "--helper", "on", "--helper-socket", sock, "portmap"], check=True, capture_output=True, cwd=ROOT)
-            helper = subprocess.Popen([sys.executable, "-m", "cni_plugins.install", "helper", "--socket", sock, "--idle", "0"], cwd=ROOT)
-            while not os.path.exists(sock):
-                time.sleep(0.05)
+            our_plugins.install(f"{tmp}/warm", "portmap", helper="on", helper_socket=sock)
+            helper = our_plugins.start_helper(sock)
             impls["ours, via the warm helper"] = f"{tmp}/warm/portmap"
         impls["ours, handler in-process"] = IN_PROCESS
         if os.path.exists(args.reference):
@@ -148,9 +147,7 @@ def main() -> int:
                 results[label] = run_in_namespace(str(index), binary, args.n)
                 results[label]["total_s"] = time.monotonic() - started
         finally:
-            if helper is not None:
-                helper.terminate()
-                helper.wait()
+            our_plugins.stop_helper(helper)
     n = args.n
     print(f"portmap ADD, exec'd per call, inside a fresh host namespace; {n} containers, one tcp mapping each")
     print(f"{'':34s} {'1st ADD':>11s} {'ADD #' + str(n):>11s} {'mean 1-10':>11s} {'mean last 10':>13s} {'DEL #' + str(n):>11s}  ruleset lines")

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+import our_plugins  # bench/our_plugins.py
 
 CASES = {
     # name: (env, stdin)
@@ -45,11 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cni-version-bench-") as work:
         ours_bin = Path(work) / "bin"
-        subprocess.run(
-            [sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(ours_bin), "--helper", "off"],
-            check=True,
-            capture_output=True,
-        )
+        our_plugins.install(ours_bin)
         plugins = args.plugins.split(",")
         times: dict[tuple[str, str, str], list[float]] = {}
         for i in range(args.runs + 5):  # five warm-up rounds, not counted
