@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import io
 import json
@@ -63,6 +64,8 @@ def _timed(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
 
 def instrument() -> None:
     bridge.step = _timed_step  # type: ignore[assignment]
+    bridge.PLUGIN = dataclasses.replace(bridge.PLUGIN, add=_timed(bridge.PLUGIN.add, "cmd_add"))
+    netlink.Netlink.close = _timed(netlink.Netlink.close, "netlink: close")
     for name in ("open", "link", "link_by_index", "create_link", "set_link", "set_bridge_port", "addresses", "add_address", "add_route", "routes"):
         setattr(netlink.Netlink, name, _timed(getattr(netlink.Netlink, name), f"netlink: {name}"))
     for name in ("read", "write"):

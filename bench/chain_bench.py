@@ -371,6 +371,12 @@ def scenario_sequential(
     return out
 
 
+def _call_growth(probe: dict[str, Any], plugin: str) -> float:
+    """How much longer one plugin's ADD took on the full host than on the small one (median, s)."""
+    full, small = (statistics.median(c[plugin] for c in probe[side]["add_calls"] if plugin in c) for side in ("full", "small"))
+    return full - small
+
+
 def probe_paired(impls: list[Impl], nss: Namespaces, work: Path, full: dict[str, Runtime], label: str, make_conf: Any, n: int, probes: int, out: dict[str, Any]) -> None:
     """ADD and DEL of one more container on each impl's full host (``n`` attached), taking
     turns with the same on a small host (1 attached, so its bridge exists as on the full one).
@@ -391,16 +397,17 @@ def probe_paired(impls: list[Impl], nss: Namespaces, work: Path, full: dict[str,
         probe_ns[impl.name, "small"], probe_ns[impl.name, "full"] = probe_small, probe_full
         with netns.entered(small_hosts[impl.name].host_ns):
             small[impl.name].add(f"{label}-first", first, ports_for(0))
-        out[impl.name]["probe"] = {"full": {"add": [], "del": []}, "small": {"add": [], "del": []}}
+        out[impl.name]["probe"] = {side: {"add": [], "del": [], "add_calls": []} for side in ("full", "small")}
     for r in range(probes):
         for impl in alternate(impls, r):
             sides = [("full", impl.host_ns, full[impl.name]), ("small", small_hosts[impl.name].host_ns, small[impl.name])]
             for side, host, rt in sides if r % 2 == 0 else reversed(sides):
                 cid, ports = f"{label}-probe-{r}", ports_for(n + 1 + r)
                 with netns.entered(host):
-                    add, _ = rt.add(cid, probe_ns[impl.name, side], ports)
+                    add, calls = rt.add(cid, probe_ns[impl.name, side], ports)
                     delete, _ = rt.delete(cid, probe_ns[impl.name, side], ports)
                 out[impl.name]["probe"][side]["add"].append(add)
+                out[impl.name]["probe"][side]["add_calls"].append({p: c.seconds for p, c in calls.items()})
                 out[impl.name]["probe"][side]["del"].append(delete)
     nss.drop(throwaway)
 
@@ -554,6 +561,9 @@ def build_rows(res: dict[str, Any], ours: str, ref: str) -> list[Row]:
             growth_o, growth_r = med(po["full"]["add"]) / med(po["small"]["add"]), med(pr["full"]["add"]) / med(pr["small"]["add"])
             settle = res["meta"]["counts"].get("settle_s", 0)
             rows.append(Row(f"scale probe: ADD at {n} / at 1, paired" + (f", {settle:.0f} s after fill" if settle else ""), f"{growth_o:.2f}x", f"{growth_r:.2f}x", unit="", target="<= 1.1x", met=growth_o <= 1.1))
+            for plugin in po["full"].get("add_calls", [{}])[0]:
+                grew_o, grew_r = (_call_growth(probe, plugin) for probe in (po, pr))
+                pair(f"  scale probe: {plugin} ADD, at {n} minus at 1", grew_o, grew_r)
     if "concurrent" in res:
         c = res["concurrent"]
         o, r = c[ours], c[ref]

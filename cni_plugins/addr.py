@@ -35,8 +35,9 @@ def first_gateway(result: Result, version: int) -> IPAddress | None:
     return next((ip.gateway for ip in result.ips if ip.version == version and ip.gateway is not None), None)
 
 
-def configure_iface(nl: Netlink, ns: str | int, ifname: str, result: Result, *, up: bool = True) -> None:
-    """Configure ``ifname`` inside the namespace ``ns`` (``nl`` is bound to that namespace)."""
+def configure_iface(nl: Netlink, ns: str | int, ifname: str, result: Result, *, up: bool = True, routes: bool = True) -> Link:
+    """Configure ``ifname`` inside the namespace ``ns`` (``nl`` is bound to that namespace).
+    With ``routes=False`` the caller adds them later with ``add_routes``."""
     link = nl.require_link(ifname)
     mine = [result.ips[i] for i in ips_for(result, ifname)]
     if any(ip.version == 6 for ip in mine):
@@ -57,7 +58,14 @@ def configure_iface(nl: Netlink, ns: str | int, ifname: str, result: Result, *, 
             pass  # already there (a retried ADD)
     if up:
         nl.set_link(link.index, state="up")
-    if any(ip.version == 6 and ip.gateway is not None for ip in mine):
+    if routes:
+        add_routes(nl, link, result)
+    return link
+
+
+def add_routes(nl: Netlink, link: Link, result: Result) -> None:
+    """The result's routes through ``link``, once its IPv6 addresses with a gateway are past DAD."""
+    if any(result.ips[i].version == 6 and result.ips[i].gateway is not None for i in ips_for(result, link.name)):
         settle_addresses(nl, link.index)
     for route in result.routes:
         gw = route.gw or first_gateway(result, route.dst.version)

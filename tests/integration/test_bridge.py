@@ -359,6 +359,16 @@ def test_a_full_bridge_is_named_and_the_add_rolled_back(plugin, host_ns, contain
     assert reserved(tmp_path) == set() and all(not elems for elems in nft_elements(host_ns).values())
 
 
+def test_a_route_the_kernel_refuses_rolls_back_masquerade_and_all(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Routes go in after the gateway and masquerade (they wait for RTNL, which the link-up's
+    announcements hold); a gateway that is not on-link fails there and every step is undone."""
+    ipam = {"type": "host-local", "dataDir": str(tmp_path / "ipam"), "ranges": [[{"subnet": SUBNET}]], "routes": [{"dst": "198.51.100.0/24", "gw": "203.0.113.1"}]}
+    run = plugin("bridge", "ADD", bconf(tmp_path, ipam=ipam, isGateway=True, ipMasq=True, macspoofchk=True), netns=container_ns)
+    assert run.rc == 1 and run.json["msg"].startswith("routes in eth0: add route 198.51.100.0/24 via 203.0.113.1"), run.stdout
+    assert "eth0" not in links(container_ns)
+    assert_clean(host_ns, tmp_path)
+
+
 def test_failure_after_masquerade_rolls_back_every_step(cni_bin, host_ns, container_ns, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """In-process (inside host_ns) with the last step made to fail: the error names it and
     masquerade, spoof check, address and veth are all undone."""
