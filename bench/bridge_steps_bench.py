@@ -6,9 +6,13 @@ and DELeted on each, taking turns, P times; every named step of the ADD (``step(
 cni_plugins/bridge.py), every netlink request and every sysctl access is timed. The table
 lists each one's median on both hosts and the difference, largest first: what the attached
 containers cost a new ADD, apart from machine-speed drift (the two sides run seconds apart).
-Everything runs in this one process, as in a warm helper worker.
+Everything runs in this one process, as in a warm helper worker. With ``--chain`` every
+container also gets portmap (one port) and firewall, untimed, so both hosts carry the rules
+chain_bench's do. "ADD total" also holds what no step names: closing the nftables context at
+the end of the call waits for the kernel (an RCU grace period, 0 to 30 ms), which a helper
+worker does after its reply; compare the steps.
 
-    sudo .venv/bin/python bench/bridge_steps_bench.py [-n 1000] [--probes 30] [--settle 45]
+    sudo .venv/bin/python bench/bridge_steps_bench.py [-n 1000] [--probes 30] [--settle 45] [--chain]
 """
 
 from __future__ import annotations
@@ -65,17 +69,38 @@ def _timed(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
 def instrument() -> None:
     bridge.step = _timed_step  # type: ignore[assignment]
     bridge.PLUGIN = dataclasses.replace(bridge.PLUGIN, add=_timed(bridge.PLUGIN.add, "cmd_add"))
-    netlink.Netlink.close = _timed(netlink.Netlink.close, "netlink: close")
-    for name in ("open", "link", "link_by_index", "create_link", "set_link", "set_bridge_port", "addresses", "add_address", "add_route", "routes"):
+    for name in ("open", "close", "link", "link_by_index", "create_link", "set_link", "set_bridge_port", "addresses", "add_address", "add_route", "routes"):
         setattr(netlink.Netlink, name, _timed(getattr(netlink.Netlink, name), f"netlink: {name}"))
     for name in ("read", "write"):
         setattr(sysctl, name, _timed(getattr(sysctl, name), f"sysctl: {name}"))
+
+
+def _rest_of_chain(command: str, conf: dict[str, Any], env: dict[str, str], port: int, prev: dict[str, Any] | None) -> None:
+    """portmap and firewall after the bridge (before it for DEL), in this process, untimed."""
+    from cni_plugins import firewall, portmap
+
+    plugins = [portmap.PLUGIN, firewall.PLUGIN] if command == "ADD" else [firewall.PLUGIN, portmap.PLUGIN]
+    timed_before = dict(_spent)  # their netlink and sysctl calls are not the bridge's
+    for plugin in plugins:
+        stage: dict[str, Any] = {"cniVersion": conf["cniVersion"], "name": conf["name"], "type": plugin.name}
+        if plugin.name == "portmap":
+            stage["runtimeConfig"] = {"portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]}
+        if prev is not None:
+            stage["prevResult"] = prev
+        out = io.StringIO()
+        if skel.run(plugin, environ=env, stdin=json.dumps(stage).encode(), stdout=out, stderr=sys.stderr) != 0:
+            raise RuntimeError(f"{plugin.name} {command}: {out.getvalue()}")
+        if command == "ADD":
+            prev = json.loads(out.getvalue())
+    _spent.clear()
+    _spent.update(timed_before)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1000, help="containers on the full host (at most 1,022: the kernel caps a bridge at 1,023 ports)")
     parser.add_argument("--probes", type=int, default=30)
+    parser.add_argument("--chain", action="store_true", help="every container also gets portmap (one port) and firewall, as in chain_bench, so the hosts carry their rules")
     parser.add_argument("--settle", type=float, default=45.0, help="seconds between the fill and the probes")
     opts = parser.parse_args()
     if os.geteuid() != 0:
@@ -89,7 +114,7 @@ def main() -> int:
     fill = [f"{tag}-f{i}" for i in range(opts.n)]
     names = [*hosts.values(), *probe_ns.values(), f"{tag}-s0", *fill]
 
-    def call(command: str, side: str, cid: str, ctr: str) -> float:
+    def call(command: str, side: str, cid: str, ctr: str, port: int = 0) -> float:
         conf = {
             "cniVersion": "1.0.0", "name": "podman", "type": "bridge", "bridge": "cni-podman0", "isGateway": True, "ipMasq": True, "hairpinMode": True,
             "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": "10.88.0.0/16"}]], "dataDir": str(work / f"ipam-{side}")},
@@ -97,9 +122,13 @@ def main() -> int:
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{ctr}", "CNI_IFNAME": "eth0", "CNI_PATH": str(bin_dir)}
         out = io.StringIO()
         with netns.entered(f"/var/run/netns/{hosts[side]}"):
+            if command == "DEL" and port:
+                _rest_of_chain(command, conf, env, port, None)
             start = time.perf_counter()
             code = skel.run(bridge.PLUGIN, environ=env, stdin=json.dumps(conf).encode(), stdout=out, stderr=sys.stderr)
             took = time.perf_counter() - start
+            if code == 0 and command == "ADD" and port:
+                _rest_of_chain(command, conf, env, port, json.loads(out.getvalue()))
         if code != 0:
             raise RuntimeError(f"{command} {cid} on {side}: {out.getvalue()}")
         return took
@@ -109,19 +138,20 @@ def main() -> int:
         for side in hosts:
             subprocess.run(["ip", "-n", hosts[side], "link", "set", "lo", "up"], check=True)
         instrument()
-        call("ADD", "small", "small-0", f"{tag}-s0")
+        port = (lambda i: 20000 + i) if opts.chain else (lambda i: 0)
+        call("ADD", "small", "small-0", f"{tag}-s0", port(0))
         started = time.monotonic()
         for i, ctr in enumerate(fill):
-            call("ADD", "full", f"full-{i}", ctr)
+            call("ADD", "full", f"full-{i}", ctr, port(i))
         print(f"full host: {opts.n} containers in {time.monotonic() - started:.0f} s; settling {opts.settle:.0f} s", flush=True)
         time.sleep(opts.settle)
         samples: dict[str, list[dict[str, float]]] = {"small": [], "full": []}
         for r in range(opts.probes):
             for side in ("full", "small") if r % 2 == 0 else ("small", "full"):
                 _spent.clear()
-                total = call("ADD", side, f"probe-{r}", probe_ns[side])
+                total = call("ADD", side, f"probe-{r}", probe_ns[side], port(opts.n + 1 + r))
                 samples[side].append({**_spent, "ADD total": total})
-                call("DEL", side, f"probe-{r}", probe_ns[side])
+                call("DEL", side, f"probe-{r}", probe_ns[side], port(opts.n + 1 + r))
         rows = []
         for key in {k for side in samples.values() for s in side for k in s}:
             small, full = (statistics.median(s.get(key, 0.0) for s in samples[side]) * 1000 for side in ("small", "full"))

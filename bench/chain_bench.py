@@ -373,7 +373,7 @@ def scenario_sequential(
 
 def _call_growth(probe: dict[str, Any], plugin: str) -> float:
     """How much longer one plugin's ADD took on the full host than on the small one (median, s)."""
-    full, small = (statistics.median(c[plugin] for c in probe[side]["add_calls"] if plugin in c) for side in ("full", "small"))
+    full, small = (statistics.median(float(c[plugin]) for c in probe[side]["add_calls"] if plugin in c) for side in ("full", "small"))
     return full - small
 
 
