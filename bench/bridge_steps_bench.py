@@ -8,9 +8,9 @@ lists each one's median on both hosts and the difference, largest first: what th
 containers cost a new ADD, apart from machine-speed drift (the two sides run seconds apart).
 Everything runs in this one process, as in a warm helper worker. With ``--chain`` every
 container also gets portmap (one port) and firewall, untimed, so both hosts carry the rules
-chain_bench's do. "ADD total" also holds what no step names: closing the nftables context at
-the end of the call waits for the kernel (an RCU grace period, 0 to 30 ms), which a helper
-worker does after its reply; compare the steps.
+chain_bench's do. "ADD total" also holds what no step names, such as freeing the nftables
+context when the call returns, which can wait for the kernel (13 ms after a deletion, in one
+measurement) where a helper worker frees it after its reply: compare the steps.
 
     sudo .venv/bin/python bench/bridge_steps_bench.py [-n 1000] [--probes 30] [--settle 45] [--chain]
 """
