@@ -10,9 +10,11 @@ Everything runs in this one process, as in a warm helper worker. With ``--chain`
 container also gets portmap (one port) and firewall, untimed, so both hosts carry the rules
 chain_bench's do. "ADD total" also holds what no step names, such as freeing the nftables
 context when the call returns, which can wait for the kernel (13 ms after a deletion, in one
-measurement) where a helper worker frees it after its reply: compare the steps.
+measurement) where a helper worker frees it after its reply: compare the steps. With
+``--via-helper`` the probe ADDs exec our installed bridge as a runtime does, served by a
+private warm helper, and the step rows come from its debug log (CNI_PY_DEBUG).
 
-    sudo .venv/bin/python bench/bridge_steps_bench.py [-n 1000] [--probes 30] [--settle 45] [--chain]
+    sudo .venv/bin/python bench/bridge_steps_bench.py [-n 1000] [--probes 30] [--settle 45] [--chain] [--via-helper]
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=1000, help="containers on the full host (at most 1,022: the kernel caps a bridge at 1,023 ports)")
     parser.add_argument("--probes", type=int, default=30)
     parser.add_argument("--chain", action="store_true", help="every container also gets portmap (one port) and firewall, as in chain_bench, so the hosts carry their rules")
+    parser.add_argument("--via-helper", action="store_true", help="probe ADDs exec our installed bridge, served by a private warm helper (as chain_bench runs it); steps come from its debug log")
     parser.add_argument("--settle", type=float, default=45.0, help="seconds between the fill and the probes")
     opts = parser.parse_args()
     if os.geteuid() != 0:
@@ -108,11 +111,36 @@ def main() -> int:
     tag = f"bsb{os.getpid()}"
     work = Path(tempfile.mkdtemp(prefix="cni-bridge-steps-"))
     bin_dir = work / "bin"
-    our_plugins.install(bin_dir, "host-local")
+    sock, log_file = str(work / "helper.sock"), work / "debug.log"
+    our_plugins.install(bin_dir, *(("bridge", "host-local") if opts.via_helper else ("host-local",)), helper="on" if opts.via_helper else "off", helper_socket=sock if opts.via_helper else "")
+    helper = our_plugins.start_helper(sock) if opts.via_helper else None
     hosts = {"small": f"{tag}-small", "full": f"{tag}-full"}
     probe_ns = {"small": f"{tag}-ps", "full": f"{tag}-pf"}
     fill = [f"{tag}-f{i}" for i in range(opts.n)]
     names = [*hosts.values(), *probe_ns.values(), f"{tag}-s0", *fill]
+
+    def exec_add(side: str, cid: str, ctr: str, port: int) -> float:
+        """ADD by exec, through the helper; the worker's step timings go into ``_spent``."""
+        conf = {
+            "cniVersion": "1.0.0", "name": "podman", "type": "bridge", "bridge": "cni-podman0", "isGateway": True, "ipMasq": True, "hairpinMode": True,
+            "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": "10.88.0.0/16"}]], "dataDir": str(work / f"ipam-{side}")},
+        }  # fmt: skip
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{ctr}", "CNI_IFNAME": "eth0", "CNI_PATH": str(bin_dir), "CNI_PY_DEBUG": "1", "CNI_PY_LOG_FILE": str(log_file)}
+        log_file.write_text("")
+        with netns.entered(f"/var/run/netns/{hosts[side]}"):
+            start = time.perf_counter()
+            proc = subprocess.run([str(bin_dir / "bridge")], input=json.dumps(conf).encode(), env=env, capture_output=True)
+            took = time.perf_counter() - start
+            if proc.returncode != 0:
+                raise RuntimeError(f"ADD {cid} on {side}: {proc.stdout.decode()}")
+            if port:
+                plain = {k: v for k, v in env.items() if not k.startswith("CNI_PY_")}
+                _rest_of_chain("ADD", conf, plain, port, json.loads(proc.stdout))
+        for line in log_file.read_text().splitlines():
+            what, _, ms = line.partition(" bridge: debug: step ")[2].rpartition(": ")
+            if what and ms.endswith(" ms"):
+                _add_time(f"step: {what}", float(ms[:-3]) / 1000)
+        return took
 
     def call(command: str, side: str, cid: str, ctr: str, port: int = 0) -> float:
         conf = {
@@ -149,19 +177,22 @@ def main() -> int:
         for r in range(opts.probes):
             for side in ("full", "small") if r % 2 == 0 else ("small", "full"):
                 _spent.clear()
-                total = call("ADD", side, f"probe-{r}", probe_ns[side], port(opts.n + 1 + r))
+                add = exec_add if opts.via_helper else functools.partial(call, "ADD")
+                total = add(side, f"probe-{r}", probe_ns[side], port(opts.n + 1 + r))
                 samples[side].append({**_spent, "ADD total": total})
                 call("DEL", side, f"probe-{r}", probe_ns[side], port(opts.n + 1 + r))
         rows = []
         for key in {k for side in samples.values() for s in side for k in s}:
             small, full = (statistics.median(s.get(key, 0.0) for s in samples[side]) * 1000 for side in ("small", "full"))
             rows.append((full - small, key, small, full))
-        print(f"median of {opts.probes} ADDs on each host, ms (in one process, as in a warm helper worker)")
+        how = "exec'd, served by a warm helper; steps from its debug log" if opts.via_helper else "in one process, as in a warm helper worker"
+        print(f"median of {opts.probes} ADDs on each host, ms ({how})")
         print(f"{'':<34}{'1 attached':>12}{f'{opts.n} attached':>15}{'difference':>12}")
         for diff, key, small, full in sorted(rows, key=lambda row: (row[1] != "ADD total", -row[0])):
             print(f"{key:<34}{small:>12.2f}{full:>15.2f}{diff:>+12.2f}")
         return 0
     finally:
+        our_plugins.stop_helper(helper, sock)
         subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {n}\n" for n in names), text=True, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
