@@ -15,7 +15,7 @@ the two taking turns call by call, so drift on the machine hits both alike):
    (``--quick`` 200), with a port mapping each; then paired probes: one more container
    ADDed and DELeted on that full host, taking turns with the same on a host holding one
    container, 30 times (``--quick`` 10), so that both sides of the ratio see the same
-   machine speed.
+   machine speed; each implementation's probes run in a phase of their own.
 4. ``concurrent``: 8 runtimes (processes) adding 400 containers (``--quick`` 96) to one
    network at once: ADD median, throughput, duplicate addresses.
 5. ``ptp``, ``macvlan``: ptp + host-local and macvlan + host-local, N containers each.
@@ -371,6 +371,9 @@ def scenario_sequential(
     return out
 
 
+PROBE_PHASE_GAP_S = 2.0  # before each implementation's probes, for the previous calls' kernel work to end
+
+
 def _call_growth(probe: dict[str, Any], plugin: str) -> float:
     """How much longer one plugin's ADD took on the full host than on the small one (median, s)."""
     full, small = (statistics.median(float(c[plugin]) for c in probe[side]["add_calls"] if plugin in c) for side in ("full", "small"))
@@ -382,7 +385,10 @@ def probe_paired(impls: list[Impl], nss: Namespaces, work: Path, full: dict[str,
     turns with the same on a small host (1 attached, so its bridge exists as on the full one).
     Consecutive calls see the same machine speed, so the full/small ratio is the cost of the
     attached containers alone; the fill's first-vs-last blocks, minutes apart, also carry this
-    VM's CPU speed drift (up to 2x over minutes here)."""
+    VM's CPU speed drift (up to 2x over minutes here). Each implementation is probed in a
+    phase of its own: taking turns with the reference, our full-host probe ran right after
+    the reference's full-host calls (hundreds of ms of iptables-nft commits on 1,000-rule
+    chains) in every other round, and was 2 to 7.6 ms slower in those rounds, in four runs."""
     small_hosts: dict[str, Impl] = {}
     small: dict[str, Runtime] = {}
     probe_ns: dict[tuple[str, str], str] = {}
@@ -398,8 +404,9 @@ def probe_paired(impls: list[Impl], nss: Namespaces, work: Path, full: dict[str,
         with netns.entered(small_hosts[impl.name].host_ns):
             small[impl.name].add(f"{label}-first", first, ports_for(0))
         out[impl.name]["probe"] = {side: {"add": [], "del": [], "add_calls": []} for side in ("full", "small")}
-    for r in range(probes):
-        for impl in alternate(impls, r):
+    for impl in impls:  # one implementation at a time: the other's calls leave kernel work behind
+        time.sleep(PROBE_PHASE_GAP_S)
+        for r in range(probes):
             sides = [("full", impl.host_ns, full[impl.name]), ("small", small_hosts[impl.name].host_ns, small[impl.name])]
             for side, host, rt in sides if r % 2 == 0 else reversed(sides):
                 cid, ports = f"{label}-probe-{r}", ports_for(n + 1 + r)
