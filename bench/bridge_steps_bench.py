@@ -11,8 +11,9 @@ container also gets portmap (one port) and firewall, untimed, so both hosts carr
 chain_bench's do. "ADD total" also holds what no step names, such as freeing the nftables
 context when the call returns, which can wait for the kernel (13 ms after a deletion, in one
 measurement) where a helper worker frees it after its reply: compare the steps. With
-``--via-helper`` the probe ADDs exec our installed bridge as a runtime does, served by a
-private warm helper, and the step rows come from its debug log (CNI_PY_DEBUG).
+``--via-helper`` the probes exec our installed plugins as a runtime does (with ``--chain``
+the whole chain, DEL in reverse with the result as prevResult), served by a private warm
+helper; only the bridge ADD is timed, and the step rows come from its debug log.
 
     sudo .venv/bin/python bench/bridge_steps_bench.py [-n 1000] [--probes 30] [--settle 45] [--chain] [--via-helper]
 """
@@ -77,25 +78,36 @@ def instrument() -> None:
         setattr(sysctl, name, _timed(getattr(sysctl, name), f"sysctl: {name}"))
 
 
-def _rest_of_chain(command: str, conf: dict[str, Any], env: dict[str, str], port: int, prev: dict[str, Any] | None) -> None:
-    """portmap and firewall after the bridge (before it for DEL), in this process, untimed."""
+def _rest_of_chain(command: str, conf: dict[str, Any], env: dict[str, str], port: int, prev: dict[str, Any] | None, exec_dir: Path | None = None) -> dict[str, Any] | None:
+    """portmap and firewall after the bridge (before it for DEL, with ``prev`` the chain's
+    result as a runtime passes it), untimed: in this process, or exec'd from ``exec_dir``.
+    Returns the chain's result after them (ADD)."""
     from cni_plugins import firewall, portmap
 
     plugins = [portmap.PLUGIN, firewall.PLUGIN] if command == "ADD" else [firewall.PLUGIN, portmap.PLUGIN]
     timed_before = dict(_spent)  # their netlink and sysctl calls are not the bridge's
+    final = prev
     for plugin in plugins:
         stage: dict[str, Any] = {"cniVersion": conf["cniVersion"], "name": conf["name"], "type": plugin.name}
         if plugin.name == "portmap":
             stage["runtimeConfig"] = {"portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]}
-        if prev is not None:
-            stage["prevResult"] = prev
-        out = io.StringIO()
-        if skel.run(plugin, environ=env, stdin=json.dumps(stage).encode(), stdout=out, stderr=sys.stderr) != 0:
-            raise RuntimeError(f"{plugin.name} {command}: {out.getvalue()}")
+        if final is not None:
+            stage["prevResult"] = final
+        stdin = json.dumps(stage).encode()
+        if exec_dir is not None:
+            proc = subprocess.run([str(exec_dir / plugin.name)], input=stdin, env={**env, "CNI_COMMAND": command}, capture_output=True)
+            code, output = proc.returncode, proc.stdout.decode()
+        else:
+            out = io.StringIO()
+            code = skel.run(plugin, environ={**env, "CNI_COMMAND": command}, stdin=stdin, stdout=out, stderr=sys.stderr)
+            output = out.getvalue()
+        if code != 0:
+            raise RuntimeError(f"{plugin.name} {command}: {output}")
         if command == "ADD":
-            prev = json.loads(out.getvalue())
+            final = json.loads(output)
     _spent.clear()
     _spent.update(timed_before)
+    return final
 
 
 def main() -> int:
@@ -112,35 +124,49 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="cni-bridge-steps-"))
     bin_dir = work / "bin"
     sock, log_file = str(work / "helper.sock"), work / "debug.log"
-    our_plugins.install(bin_dir, *(("bridge", "host-local") if opts.via_helper else ("host-local",)), helper="on" if opts.via_helper else "off", helper_socket=sock if opts.via_helper else "")
+    our_plugins.install(bin_dir, *(("bridge", "host-local", "portmap", "firewall") if opts.via_helper else ("host-local",)), helper="on" if opts.via_helper else "off", helper_socket=sock if opts.via_helper else "")
     helper = our_plugins.start_helper(sock) if opts.via_helper else None
     hosts = {"small": f"{tag}-small", "full": f"{tag}-full"}
     probe_ns = {"small": f"{tag}-ps", "full": f"{tag}-pf"}
     fill = [f"{tag}-f{i}" for i in range(opts.n)]
     names = [*hosts.values(), *probe_ns.values(), f"{tag}-s0", *fill]
 
-    def exec_add(side: str, cid: str, ctr: str, port: int) -> float:
-        """ADD by exec, through the helper; the worker's step timings go into ``_spent``."""
-        conf = {
+    results: dict[str, dict[str, Any] | None] = {}
+
+    def exec_conf(side: str) -> dict[str, Any]:
+        return {
             "cniVersion": "1.0.0", "name": "podman", "type": "bridge", "bridge": "cni-podman0", "isGateway": True, "ipMasq": True, "hairpinMode": True,
             "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": "10.88.0.0/16"}]], "dataDir": str(work / f"ipam-{side}")},
         }  # fmt: skip
-        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{ctr}", "CNI_IFNAME": "eth0", "CNI_PATH": str(bin_dir), "CNI_PY_DEBUG": "1", "CNI_PY_LOG_FILE": str(log_file)}
+
+    def exec_env(command: str, cid: str, ctr: str) -> dict[str, str]:
+        return {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{ctr}", "CNI_IFNAME": "eth0", "CNI_PATH": str(bin_dir)}
+
+    def exec_add(side: str, cid: str, ctr: str, port: int) -> float:
+        """The chain's ADD by exec, through the helper, as a runtime runs it; only the bridge
+        call is timed, and its worker's step timings go into ``_spent``."""
+        conf, env = exec_conf(side), exec_env("ADD", cid, ctr)
         log_file.write_text("")
         with netns.entered(f"/var/run/netns/{hosts[side]}"):
             start = time.perf_counter()
-            proc = subprocess.run([str(bin_dir / "bridge")], input=json.dumps(conf).encode(), env=env, capture_output=True)
+            proc = subprocess.run([str(bin_dir / "bridge")], input=json.dumps(conf).encode(), env={**env, "CNI_PY_DEBUG": "1", "CNI_PY_LOG_FILE": str(log_file)}, capture_output=True)
             took = time.perf_counter() - start
             if proc.returncode != 0:
                 raise RuntimeError(f"ADD {cid} on {side}: {proc.stdout.decode()}")
-            if port:
-                plain = {k: v for k, v in env.items() if not k.startswith("CNI_PY_")}
-                _rest_of_chain("ADD", conf, plain, port, json.loads(proc.stdout))
+            result = json.loads(proc.stdout)
+            results[cid + side] = _rest_of_chain("ADD", conf, env, port, result, bin_dir) if port else result
         for line in log_file.read_text().splitlines():
             what, _, ms = line.partition(" bridge: debug: step ")[2].rpartition(": ")
             if what and ms.endswith(" ms"):
                 _add_time(f"step: {what}", float(ms[:-3]) / 1000)
         return took
+
+    def exec_del(side: str, cid: str, ctr: str, port: int) -> None:
+        conf, env, prev = exec_conf(side), exec_env("DEL", cid, ctr), results.pop(cid + side)
+        with netns.entered(f"/var/run/netns/{hosts[side]}"):
+            if port:
+                _rest_of_chain("DEL", conf, env, port, prev, bin_dir)
+            subprocess.run([str(bin_dir / "bridge")], input=json.dumps({**conf, "prevResult": prev}).encode(), env=env, capture_output=True, check=True)
 
     def call(command: str, side: str, cid: str, ctr: str, port: int = 0) -> float:
         conf = {
@@ -151,7 +177,7 @@ def main() -> int:
         out = io.StringIO()
         with netns.entered(f"/var/run/netns/{hosts[side]}"):
             if command == "DEL" and port:
-                _rest_of_chain(command, conf, env, port, None)
+                _rest_of_chain(command, conf, env, port, None)  # no prevResult: found by owner
             start = time.perf_counter()
             code = skel.run(bridge.PLUGIN, environ=env, stdin=json.dumps(conf).encode(), stdout=out, stderr=sys.stderr)
             took = time.perf_counter() - start
@@ -180,7 +206,8 @@ def main() -> int:
                 add = exec_add if opts.via_helper else functools.partial(call, "ADD")
                 total = add(side, f"probe-{r}", probe_ns[side], port(opts.n + 1 + r))
                 samples[side].append({**_spent, "ADD total": total})
-                call("DEL", side, f"probe-{r}", probe_ns[side], port(opts.n + 1 + r))
+                remove = exec_del if opts.via_helper else functools.partial(call, "DEL")
+                remove(side, f"probe-{r}", probe_ns[side], port(opts.n + 1 + r))
         rows = []
         for key in {k for side in samples.values() for s in side for k in s}:
             small, full = (statistics.median(s.get(key, 0.0) for s in samples[side]) * 1000 for side in ("small", "full"))
