@@ -25,6 +25,7 @@ from typing import Any
 from cni_plugins import log, skel
 from cni_plugins.errors import CNIError, ErrorList, InvalidNetworkConfig, UnsupportedField
 from cni_plugins.skel import CmdArgs, Plugin
+from cni_plugins.steps import prev_result_for_check
 from cni_plugins.types import IPInterface, Result
 from conf.fields import bool_field, str_field, str_list_field
 from conf.netconf import NetConf, PortMapping
@@ -173,8 +174,7 @@ def cmd_del(args: CmdArgs) -> None:
 
 
 def cmd_check(args: CmdArgs) -> None:
-    if args.conf.prev_result is None:
-        raise InvalidNetworkConfig("portmap CHECK: required prevResult missing", "CHECK needs the result of ADD as prevResult")
+    prev_result_for_check(args, "portmap")
     conf = PortMapConf.from_netconf(args.conf, args.ifname)
     groups = conf.groups(args.conf.name)
     if not groups:
