@@ -133,19 +133,19 @@ def main() -> int:
 
     results: dict[str, dict[str, Any] | None] = {}
 
-    def exec_conf(side: str) -> dict[str, Any]:
+    def bridge_conf(side: str) -> dict[str, Any]:
         return {
             "cniVersion": "1.0.0", "name": "podman", "type": "bridge", "bridge": "cni-podman0", "isGateway": True, "ipMasq": True, "hairpinMode": True,
             "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": "10.88.0.0/16"}]], "dataDir": str(work / f"ipam-{side}")},
         }  # fmt: skip
 
-    def exec_env(command: str, cid: str, ctr: str) -> dict[str, str]:
+    def call_env(command: str, cid: str, ctr: str) -> dict[str, str]:
         return {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{ctr}", "CNI_IFNAME": "eth0", "CNI_PATH": str(bin_dir)}
 
     def exec_add(side: str, cid: str, ctr: str, port: int) -> float:
         """The chain's ADD by exec, through the helper, as a runtime runs it; only the bridge
         call is timed, and its worker's step timings go into ``_spent``."""
-        conf, env = exec_conf(side), exec_env("ADD", cid, ctr)
+        conf, env = bridge_conf(side), call_env("ADD", cid, ctr)
         log_file.write_text("")
         with netns.entered(f"/var/run/netns/{hosts[side]}"):
             start = time.perf_counter()
@@ -162,18 +162,14 @@ def main() -> int:
         return took
 
     def exec_del(side: str, cid: str, ctr: str, port: int) -> None:
-        conf, env, prev = exec_conf(side), exec_env("DEL", cid, ctr), results.pop(cid + side)
+        conf, env, prev = bridge_conf(side), call_env("DEL", cid, ctr), results.pop(cid + side)
         with netns.entered(f"/var/run/netns/{hosts[side]}"):
             if port:
                 _rest_of_chain("DEL", conf, env, port, prev, bin_dir)
             subprocess.run([str(bin_dir / "bridge")], input=json.dumps({**conf, "prevResult": prev}).encode(), env=env, capture_output=True, check=True)
 
     def call(command: str, side: str, cid: str, ctr: str, port: int = 0) -> float:
-        conf = {
-            "cniVersion": "1.0.0", "name": "podman", "type": "bridge", "bridge": "cni-podman0", "isGateway": True, "ipMasq": True, "hairpinMode": True,
-            "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": "10.88.0.0/16"}]], "dataDir": str(work / f"ipam-{side}")},
-        }  # fmt: skip
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{ctr}", "CNI_IFNAME": "eth0", "CNI_PATH": str(bin_dir)}
+        conf, env = bridge_conf(side), call_env(command, cid, ctr)
         out = io.StringIO()
         with netns.entered(f"/var/run/netns/{hosts[side]}"):
             if command == "DEL" and port:
