@@ -102,15 +102,16 @@ def _notes(conf: FirewallConf) -> None:
             legacy = False
         if legacy:
             log.note(f"{tool}-legacy has a filter table here: our accepts cannot override a drop in it; use {tool}-nft or accept the containers' traffic there yourself")
-    if conf.ingress_policy == forward.ISOLATED and _read("/proc/sys/net/bridge/bridge-nf-call-iptables") != "1":
+    if conf.ingress_policy == forward.ISOLATED and _bridge_nf_call_iptables() != "1":
         log.note("ingressPolicy isolated: traffic between containers of one bridge is filtered only with br_netfilter loaded and net.bridge.bridge-nf-call-iptables=1 (as with the reference and Docker's icc=false)")
 
 
-def _read(path: str) -> str:
+def _bridge_nf_call_iptables() -> str:
+    from cni_plugins import sysctl
+
     try:
-        with open(path, encoding="ascii") as fh:
-            return fh.read().strip()
-    except OSError:
+        return sysctl.read("net/bridge/bridge-nf-call-iptables")
+    except CNIError:  # no br_netfilter
         return ""
 
 

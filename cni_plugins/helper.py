@@ -181,11 +181,12 @@ class _Home:
         """Leave the caller's namespaces and settings; close what the call kept open."""
         import gc
 
-        from cni_plugins import netlink
+        from cni_plugins import netlink, sysctl
         from firewall import nft
 
         netlink.release_kept()
         nft.release_kept()
+        sysctl.release()  # its dentries would pile up call after call
         _setns(self.mnt, CLONE_NEWNS)
         _setns(self.net, CLONE_NEWNET)
         os.fchdir(self.cwd)
@@ -333,10 +334,9 @@ def _worker(server: socket.socket, notify: int, parent: int) -> None:
 
 def _die_with_parent() -> None:
     """SIGTERM when the pool manager dies (an idle worker then exits; a busy one finishes)."""
-    import ctypes
+    from cni_plugins import netns
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    netns.libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _spawn_worker(server: socket.socket, notify_r: int, notify_w: int) -> int:

@@ -28,20 +28,30 @@ class NetNSGone(InvalidNetNS):
     """The netns path does not exist (any more)."""
 
 
-def _setns(fd: int, nstype: int) -> None:
+def libc() -> Any:
+    """The C library, for the system calls Python 3.11's ``os`` lacks (setns, fsopen ...)."""
     global _libc
-    if hasattr(os, "setns"):  # Python 3.12+
-        os.setns(fd, nstype)
-        return
     if _libc is None:
         import ctypes
 
         _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, nstype) != 0:
-        import ctypes
+    return _libc
 
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+
+def raise_errno() -> None:
+    """Raise the OSError of the last failed ``libc()`` call."""
+    import ctypes
+
+    err = ctypes.get_errno()
+    raise OSError(err, os.strerror(err))
+
+
+def _setns(fd: int, nstype: int) -> None:
+    if hasattr(os, "setns"):  # Python 3.12+
+        os.setns(fd, nstype)
+        return
+    if libc().setns(fd, nstype) != 0:
+        raise_errno()
 
 
 def open_netns(path: str) -> int:
