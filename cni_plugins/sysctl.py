@@ -32,12 +32,8 @@ class _Instance:
     unavailable = False  # the kernel refused once (old kernel, seccomp, no privilege): /proc/sys from then on
 
 
-def path_for(key: str) -> str:
-    """``net.ipv4.ip_forward`` or ``net/ipv4/ip_forward`` -> its /proc/sys path (no escaping)."""
-    return os.path.join(PROC_SYS, _relative(key))
-
-
 def _relative(key: str) -> str:
+    """``net.ipv4.ip_forward`` or ``net/ipv4/ip_forward`` -> ``net/ipv4/ip_forward`` (no escaping)."""
     rel = key.replace(".", "/") if "/" not in key else key
     parts = [p for p in rel.split("/") if p]
     if not parts or any(p in (".", "..") for p in parts):
