@@ -13,7 +13,9 @@ context when the call returns, which can wait for the kernel (13 ms after a dele
 measurement) where a helper worker frees it after its reply: compare the steps. With
 ``--via-helper`` the probes exec our installed plugins as a runtime does (with ``--chain``
 the whole chain, DEL in reverse with the result as prevResult), served by a private warm
-helper; only the bridge ADD is timed, and the step rows come from its debug log.
+helper; only the bridge ADD is timed, and the step rows and "plugin (skel.run)" (the
+worker's whole call; the rest of "ADD total" is the launcher and the hand-over) come from
+its debug log.
 
     sudo .venv/bin/python bench/bridge_steps_bench.py [-n 1000] [--probes 30] [--settle 45] [--chain] [--via-helper]
 """
@@ -156,6 +158,8 @@ def main() -> int:
             result = json.loads(proc.stdout)
             results[cid + side] = _rest_of_chain("ADD", conf, env, port, result, bin_dir) if port else result
         for line in log_file.read_text().splitlines():
+            if " bridge: debug: ADD " in line:  # the worker's whole skel.run: the rest of "ADD total" is launcher and hand-over
+                _add_time("plugin (skel.run)", float(line.rpartition(": ")[2][:-3]) / 1000)
             what, _, ms = line.partition(" bridge: debug: step ")[2].rpartition(": ")
             if what and ms.endswith(" ms"):
                 _add_time(f"step: {what}", float(ms[:-3]) / 1000)
@@ -211,7 +215,7 @@ def main() -> int:
         how = "exec'd, served by a warm helper; steps from its debug log" if opts.via_helper else "in one process, as in a warm helper worker"
         print(f"median of {opts.probes} ADDs on each host, ms ({how})")
         print(f"{'':<34}{'1 attached':>12}{f'{opts.n} attached':>15}{'difference':>12}")
-        for diff, key, small, full in sorted(rows, key=lambda row: (row[1] != "ADD total", -row[0])):
+        for diff, key, small, full in sorted(rows, key=lambda row: (row[1] not in ("ADD total", "plugin (skel.run)"), row[1] != "ADD total", -row[0])):
             print(f"{key:<34}{small:>12.2f}{full:>15.2f}{diff:>+12.2f}")
         return 0
     finally:
