@@ -14,7 +14,7 @@ the two taking turns call by call, so drift on the machine hits both alike):
 3. ``scale``: ADD time against the number of containers already attached, up to 1,000
    (``--quick`` 200), with a port mapping each; then paired probes: one more container
    ADDed and DELeted on that full host, taking turns with the same on a host holding one
-   container, 30 times (``--quick`` 10), so that both sides of the ratio see the same
+   container, 60 times (``--quick`` 10), so that both sides of the ratio see the same
    machine speed; each implementation's probes run in a phase of their own.
 4. ``concurrent``: 8 runtimes (processes) adding 400 containers (``--quick`` 96) to one
    network at once: ADD median, throughput, duplicate addresses.
@@ -671,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated scenarios: chain,first,scale,concurrent,ptp,macvlan,memory")
     parser.add_argument("--chain", type=int, help="containers in the chain scenario (300; quick 60)")
     parser.add_argument("--scale", type=int, help="containers in the scaling scenario (1000; quick 200)")
-    parser.add_argument("--probes", type=int, help="paired probes of the full scaling host against a small one (30; quick 10)")
+    parser.add_argument("--probes", type=int, help="paired probes of the full scaling host against a small one (60; quick 10)")
     parser.add_argument("--settle", type=float, default=0.0, help="seconds to wait between the scaling fill and the probes (default 0: probe at once)")
     parser.add_argument("--concurrent", type=int, help="containers added by the concurrent runtimes (400; quick 96)")
     parser.add_argument("--runtimes", type=int, default=8, help="concurrent runtimes (8)")
@@ -689,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = {
         "chain": opts.chain or (60 if q else 300),
         "scale": opts.scale or (200 if q else 1000),
-        "probes": opts.probes if opts.probes is not None else (10 if q else 30),
+        "probes": opts.probes if opts.probes is not None else (10 if q else 60),
         "settle_s": opts.settle,
         "concurrent": opts.concurrent or (96 if q else 400),
         "single": opts.single or (30 if q else 100),
