@@ -1,0 +1,111 @@
+"""What one multicast packet from a new container costs the kernel on a bridge with N ports.
+
+A container whose link comes up announces its IPv6 link-local address (MLD reports, a router
+solicitation), and the bridge floods each of those packets to every port; each copy is then
+received in that port's container. This builds a host namespace with N containers of
+podman's chain (our bridge + host-local, portmap, firewall, in this process), then sends K
+IPv6 multicast packets from one more container, one every 10 ms, and reports the CPU time
+the whole machine spent per packet (busy time from /proc/stat, minus the same span idle).
+It repeats that with bridge-nf-call-ip6tables off in the host namespace, to show how much of
+it br_netfilter takes.
+
+    sudo .venv/bin/python bench/flood_bench.py [-n 1000] [--packets 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cni_plugins import bridge, firewall, netns, portmap, skel  # noqa: E402
+import our_plugins  # noqa: E402  (bench/our_plugins.py)
+
+GROUP = "ff02::1:3"  # a link-local group no container joins, as ff02::16 and ff02::2 are to them
+
+
+def _busy_ticks() -> int:
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+
+
+def _chain_add(work: Path, bin_dir: Path, cid: str, ctr: str, port: int) -> None:
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{ctr}", "CNI_IFNAME": "eth0", "CNI_PATH": str(bin_dir)}
+    prev: dict[str, Any] | None = None
+    for plugin in (bridge.PLUGIN, portmap.PLUGIN, firewall.PLUGIN):
+        conf: dict[str, Any] = {"cniVersion": "1.0.0", "name": "podman", "type": plugin.name}
+        if plugin.name == "bridge":
+            conf.update(bridge="cni-podman0", isGateway=True, ipMasq=True, hairpinMode=True)
+            conf["ipam"] = {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": "10.88.0.0/16"}]], "dataDir": str(work / "ipam")}
+        if plugin.name == "portmap":
+            conf["runtimeConfig"] = {"portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]}
+        if prev is not None:
+            conf["prevResult"] = prev
+        out = io.StringIO()
+        if skel.run(plugin, environ=env, stdin=json.dumps(conf).encode(), stdout=out, stderr=sys.stderr) != 0:
+            raise RuntimeError(f"{plugin.name} ADD {cid}: {out.getvalue()}")
+        prev = json.loads(out.getvalue())
+
+
+def _cpu_ms_per_packet(sender_ns: str, packets: int) -> float:
+    with netns.entered(f"/var/run/netns/{sender_ns}"):
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        index = socket.if_nametoindex("eth0")
+    with sock:
+        start, busy = time.monotonic(), _busy_ticks()
+        for _ in range(packets):
+            sock.sendto(b"x" * 32, (GROUP, 9, 0, index))
+            time.sleep(0.01)
+        busy, span = _busy_ticks() - busy, time.monotonic() - start
+    idle = _busy_ticks()
+    time.sleep(span)
+    idle = _busy_ticks() - idle
+    return (busy - idle) / os.sysconf("SC_CLK_TCK") / packets * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=1000, help="containers on the bridge (at most 1,022)")
+    parser.add_argument("--packets", type=int, default=1000)
+    opts = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root: network namespaces")
+    tag = f"fb{os.getpid()}"
+    host, sender = f"{tag}-h", f"{tag}-s"
+    ctrs = [f"{tag}-{i}" for i in range(opts.n)]
+    work = Path(tempfile.mkdtemp(prefix="cni-flood-"))
+    our_plugins.install(work / "bin", "host-local")
+    subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns add {n}\n" for n in (host, sender, *ctrs)), text=True, check=True)
+    try:
+        subprocess.run(["ip", "-n", host, "link", "set", "lo", "up"], check=True)
+        with netns.entered(f"/var/run/netns/{host}"):
+            for i, ctr in enumerate(ctrs):
+                _chain_add(work, work / "bin", f"c{i}", ctr, 20000 + i)
+            _chain_add(work, work / "bin", "sender", sender, 30000)
+        time.sleep(10)  # the new containers' own announcements die down
+        in_host = ["ip", "netns", "exec", host, "sysctl", "-qw"]
+        print(f"CPU time per IPv6 multicast packet from one container, bridge with {opts.n + 1} ports, {opts.packets} packets:")
+        print(f"  as set up:                          {_cpu_ms_per_packet(sender, opts.packets):.3f} ms")
+        subprocess.run([*in_host, "net.bridge.bridge-nf-call-ip6tables=0"], check=True)
+        print(f"  with bridge-nf-call-ip6tables=0:    {_cpu_ms_per_packet(sender, opts.packets):.3f} ms")
+        return 0
+    finally:
+        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {n}\n" for n in (host, sender, *ctrs)), text=True, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
