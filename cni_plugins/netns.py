@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 from cni_plugins.errors import InvalidNetNS
 
@@ -38,7 +38,7 @@ def libc() -> Any:
     return _libc
 
 
-def raise_errno() -> None:
+def raise_errno() -> NoReturn:
     """Raise the OSError of the last failed ``libc()`` call."""
     import ctypes
 
