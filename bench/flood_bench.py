@@ -7,7 +7,9 @@ podman's chain (our bridge + host-local, portmap, firewall, in this process), th
 IPv6 multicast packets from one more container, one every 10 ms, and reports the CPU time
 the whole machine spent per packet (busy time from /proc/stat, minus the same span idle).
 It repeats that with bridge-nf-call-ip6tables off in the host namespace, to show how much of
-it br_netfilter takes.
+it br_netfilter takes. First it reports how busy the machine is with nothing running: the
+containers keep soliciting routers (router_solicitations = -1: again after 4 s, backing off
+to once an hour), and the bridge floods each solicitation to every port too.
 
     sudo .venv/bin/python bench/flood_bench.py [-n 1000] [--packets 1000]
 """
@@ -60,6 +62,13 @@ def _chain_add(work: Path, bin_dir: Path, cid: str, ctr: str, port: int) -> None
         prev = json.loads(out.getvalue())
 
 
+def _busy_percent(seconds: float) -> float:
+    """The machine's busy time over ``seconds`` of nothing run here, in % of one CPU."""
+    busy, start = _busy_ticks(), time.monotonic()
+    time.sleep(seconds)
+    return (_busy_ticks() - busy) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - start) * 100
+
+
 def _cpu_ms_per_packet(sender_ns: str, packets: int) -> float:
     with netns.entered(f"/var/run/netns/{sender_ns}"):
         sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -96,6 +105,7 @@ def main() -> int:
                 _chain_add(work, work / "bin", f"c{i}", ctr, 20000 + i)
             _chain_add(work, work / "bin", "sender", sender, 30000)
         time.sleep(10)  # the new containers' own announcements die down
+        print(f"machine busy with {opts.n + 1} idle containers (next 30 s): {_busy_percent(30):.1f}% of one CPU")
         in_host = ["ip", "netns", "exec", host, "sysctl", "-qw"]
         print(f"CPU time per IPv6 multicast packet from one container, bridge with {opts.n + 1} ports, {opts.packets} packets:")
         print(f"  as set up:                          {_cpu_ms_per_packet(sender, opts.packets):.3f} ms")
