@@ -65,8 +65,10 @@ def nc_get(pm: Podman, name: str, host: str, port: int) -> str:
 
 
 def reservations(pm: Podman, network: str) -> dict[str, str]:
-    """host-local's reservations of a podman network: address -> container ID."""
-    out = pm.sb.sh(f"cd /var/lib/cni/networks/{network} 2>/dev/null && for f in *; do case $f in [0-9]*) echo \"$f $(head -n1 $f)\";; esac; done", check=False).stdout
+    """host-local's reservations of a podman network: address -> container ID. A file that a
+    DEL removes between the listing and the read is skipped (gone); an empty one is kept, and
+    fails the parse (host-local publishes its files whole)."""
+    out = pm.sb.sh(f"cd /var/lib/cni/networks/{network} 2>/dev/null && for f in *; do case $f in [0-9]*) if o=$(head -n1 \"$f\" 2>/dev/null); then echo \"$f $o\"; fi;; esac; done", check=False).stdout
     return dict(line.split() for line in out.splitlines() if line.strip())
 
 
