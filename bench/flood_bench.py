@@ -34,6 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from cni_plugins import bridge, firewall, netns, portmap, skel  # noqa: E402
 import our_plugins  # noqa: E402  (bench/our_plugins.py)
+from chain_bench import chain_conf  # noqa: E402  (podman's chain, as chain_bench runs it)
+
+PLUGINS = {plugin.name: plugin for plugin in (bridge.PLUGIN, portmap.PLUGIN, firewall.PLUGIN)}
 
 GROUP = "ff02::1:3"  # a link-local group no container joins, as ff02::16 and ff02::2 are to them
 
@@ -45,28 +48,27 @@ def _busy_ticks() -> int:
 
 
 def _chain_add(work: Path, bin_dir: Path, cid: str, ctr: str, port: int) -> None:
+    """Podman's chain ADD in this process (each plugin's handler, prevResult threaded)."""
+    conflist = chain_conf("podman", "10.88.0.0/16", str(work / "ipam"))
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{ctr}", "CNI_IFNAME": "eth0", "CNI_PATH": str(bin_dir)}
     prev: dict[str, Any] | None = None
-    for plugin in (bridge.PLUGIN, portmap.PLUGIN, firewall.PLUGIN):
-        conf: dict[str, Any] = {"cniVersion": "1.0.0", "name": "podman", "type": plugin.name}
-        if plugin.name == "bridge":
-            conf.update(bridge="cni-podman0", isGateway=True, ipMasq=True, hairpinMode=True)
-            conf["ipam"] = {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": "10.88.0.0/16"}]], "dataDir": str(work / "ipam")}
-        if plugin.name == "portmap":
+    for entry in conflist["plugins"]:
+        conf: dict[str, Any] = {**entry, "name": conflist["name"], "cniVersion": conflist["cniVersion"]}
+        if entry.get("capabilities", {}).get("portMappings"):
             conf["runtimeConfig"] = {"portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]}
         if prev is not None:
             conf["prevResult"] = prev
         out = io.StringIO()
-        if skel.run(plugin, environ=env, stdin=json.dumps(conf).encode(), stdout=out, stderr=sys.stderr) != 0:
-            raise RuntimeError(f"{plugin.name} ADD {cid}: {out.getvalue()}")
+        if skel.run(PLUGINS[entry["type"]], environ=env, stdin=json.dumps(conf).encode(), stdout=out, stderr=sys.stderr) != 0:
+            raise RuntimeError(f"{entry['type']} ADD {cid}: {out.getvalue()}")
         prev = json.loads(out.getvalue())
 
 
-def _busy_percent(seconds: float) -> float:
-    """The machine's busy time over ``seconds`` of nothing run here, in % of one CPU."""
-    busy, start = _busy_ticks(), time.monotonic()
+def _busy_seconds_idle(seconds: float) -> float:
+    """The machine's busy CPU time while this process sleeps for ``seconds``."""
+    busy = _busy_ticks()
     time.sleep(seconds)
-    return (_busy_ticks() - busy) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - start) * 100
+    return (_busy_ticks() - busy) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_ms_per_packet(sender_ns: str, packets: int) -> float:
@@ -79,10 +81,7 @@ def _cpu_ms_per_packet(sender_ns: str, packets: int) -> float:
             sock.sendto(b"x" * 32, (GROUP, 9, 0, index))
             time.sleep(0.01)
         busy, span = _busy_ticks() - busy, time.monotonic() - start
-    idle = _busy_ticks()
-    time.sleep(span)
-    idle = _busy_ticks() - idle
-    return (busy - idle) / os.sysconf("SC_CLK_TCK") / packets * 1000
+    return (busy / os.sysconf("SC_CLK_TCK") - _busy_seconds_idle(span)) / packets * 1000
 
 
 def main() -> int:
@@ -105,7 +104,7 @@ def main() -> int:
                 _chain_add(work, work / "bin", f"c{i}", ctr, 20000 + i)
             _chain_add(work, work / "bin", "sender", sender, 30000)
         time.sleep(10)  # the new containers' own announcements die down
-        print(f"machine busy with {opts.n + 1} idle containers (next 30 s): {_busy_percent(30):.1f}% of one CPU")
+        print(f"machine busy with {opts.n + 1} idle containers (next 30 s): {_busy_seconds_idle(30) / 30 * 100:.1f}% of one CPU")
         in_host = ["ip", "netns", "exec", host, "sysctl", "-qw"]
         print(f"CPU time per IPv6 multicast packet from one container, bridge with {opts.n + 1} ports, {opts.packets} packets:")
         print(f"  as set up:                          {_cpu_ms_per_packet(sender, opts.packets):.3f} ms")
