@@ -10,7 +10,8 @@ the two taking turns call by call, so drift on the machine hits both alike):
    port mapping per container), N containers (300; ``--quick`` 60) one after another, then
    their DELs in reverse: per-container ADD and DEL, median and p95.
 2. ``first``: the very first container on an empty host (fresh host namespace each time):
-   ADD + DEL, repeated.
+   ADD + DEL, repeated; ours also with no helper at all, and with none running yet (its
+   first call runs in its own process and starts one, as after boot or ten idle minutes).
 3. ``scale``: ADD time against the number of containers already attached, up to 1,000
    (``--quick`` 200), with a port mapping each; then paired probes: one more container
    ADDed and DELeted on that full host, taking turns with the same on a host holding one
@@ -419,11 +420,14 @@ def probe_paired(impls: list[Impl], nss: Namespaces, work: Path, full: dict[str,
     nss.drop(throwaway)
 
 
-def scenario_first(impls: list[Impl], nss: Namespaces, work: Path, trials: int) -> dict[str, Any]:
-    """The first container on an empty host: a fresh host namespace per trial, ADD then DEL."""
+def scenario_first(impls: list[Impl], nss: Namespaces, work: Path, trials: int, before: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The first container on an empty host: a fresh host namespace per trial, ADD then DEL.
+    ``before[name]()`` runs ahead of each of that implementation's trials."""
     out: dict[str, Any] = {impl.name: {"add": [], "del": []} for impl in impls}
     for t in range(trials):
         for k, impl in enumerate(alternate(impls, t)):
+            if before and impl.name in before:
+                before[impl.name]()
             new_host(nss, impl, f"first{t}-{k}")
             (ctr,) = nss.make(1, f"first{t}-{k}c")
             rt = Runtime(impl.bin_dir, chain_conf("podman", "10.88.0.0/16", str(work / f"ipam-first-{t}-{k}")))
@@ -548,9 +552,9 @@ def build_rows(res: dict[str, Any], ours: str, ref: str) -> list[Row]:
         pair(f"first container on an empty host, ADD (median of {k})", med(o["add"]), med(r["add"]))
         pair("first container on an empty host, DEL", med(o["del"]), med(r["del"]))
         pair("first container on an empty host, ADD + DEL", med(o["add"]) + med(o["del"]), med(r["add"]) + med(r["del"]), "<= 1.0x", 1.0)
-        cold = next((name for name in f if name not in (ours, ref)), None)
-        if cold:
-            pair(f"  ({cold}) first container ADD + DEL", med(f[cold]["add"]) + med(f[cold]["del"]), med(r["add"]) + med(r["del"]))
+        for other in (name for name in f if name not in (ours, ref)):
+            pair(f"  ({other}) first container ADD", med(f[other]["add"]), med(r["add"]))
+            pair(f"  ({other}) first container ADD + DEL", med(f[other]["add"]) + med(f[other]["del"]), med(r["add"]) + med(r["del"]))
     if "scale" in res:
         s = res["scale"]
         n = len(s[ours]["add"])
@@ -710,10 +714,15 @@ def main(argv: list[str] | None = None) -> int:
         # disk), the next call runs in its own process and starts a new one
         ours_install(work / "warm", helper="auto", helper_socket=sock)
         ours_install(work / "cold")
+        # auto with no helper running yet, as after boot or ten idle minutes: stopped before
+        # each trial, so the trial's first call runs in its own process and starts one
+        idle_sock = str(work / "run-idle" / "helper.sock")
+        ours_install(work / "idle", helper="auto", helper_socket=idle_sock)
         helper = start_helper(sock)
         ref = Impl("reference", opts.reference)
         ours = Impl("ours", str(work / "warm"))
         cold = Impl("ours, no helper", str(work / "cold"))
+        idle = Impl("ours, helper not running yet", str(work / "idle"))
         impls = [ref, ours]
         meta = {
             "reference": f"{REFERENCE_PACKAGE} {ref_version} ({opts.reference})",
@@ -730,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
         scenario_sequential(impls, nss, work, "warm", lambda k, d: chain_conf("podman", "10.88.0.0/16", d), 3)  # warm-up, not counted
         if "first" in only:
             print(f"first container on an empty host: {counts['first']} trials ...", flush=True)
-            res["first"] = scenario_first(impls + [cold], nss, work, counts["first"])
+            res["first"] = scenario_first(impls + [cold, idle], nss, work, counts["first"], before={idle.name: lambda: stop_helper(None, idle_sock)})
         if "chain" in only:
             print(f"chain: {counts['chain']} containers ...", flush=True)
             res["chain"] = scenario_sequential(impls, nss, work, "chain", lambda k, d: chain_conf("podman", "10.88.0.0/16", d), counts["chain"], progress="chain")
@@ -762,6 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if helper is not None:
             stop_helper(helper, str(work / "run" / "helper.sock"))  # also one a launcher restarted (auto mode)
+        stop_helper(None, str(work / "run-idle" / "helper.sock"))
         nss.drop_all()
         shutil.rmtree(work, ignore_errors=True)
 
