@@ -1,7 +1,8 @@
 """A small typed façade over pyroute2's IPRoute: the only module that touches pyroute2.
 
 pyroute2 is imported on first use, not at import time: it costs ~100 ms, and VERSION,
-error paths and the nftables-only plugins must not pay for it.
+error paths and the nftables-only plugins must not pay for it. Its package ``__init__`` is
+skipped (``_lazy_pyroute2``): only the submodules we use are imported.
 
 A ``Netlink`` is bound to one network namespace for its whole life: its socket is opened
 inside the namespace (``netns.entered``), after which the thread is back where it was.
@@ -19,6 +20,7 @@ import errno
 import ipaddress
 import os
 import socket
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -76,9 +78,42 @@ class NotSupported(InternalError):
     (e.g. bridge VLAN filtering compiled out). Callers name the option that needs it."""
 
 
+def _lazy_pyroute2() -> None:
+    """Let ``pyroute2.<submodule>`` imports skip the package's ``__init__``, which imports every
+    API pyroute2 has (IPDB, NDB, conntrack, ethtool, wireless, ...). Without a helper that
+    was ~35 ms of a ~300 ms bridge ADD process here (medians of six, in turns). The package
+    module is made from its spec; a name that only ``__init__`` defines (``from pyroute2
+    import NDB`` elsewhere in the same process) runs the real ``__init__`` then."""
+    if "pyroute2" in sys.modules:
+        return
+    import importlib
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        return
+    package = importlib.util.module_from_spec(spec)
+    loader = spec.loader
+
+    def complete(name: str) -> Any:
+        if not name.startswith("__"):
+            try:  # a submodule, as ``from pyroute2 import config`` inside pyroute2 asks
+                return importlib.import_module(f"pyroute2.{name}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"pyroute2.{name}":
+                    raise
+        package.__dict__.pop("__getattr__", None)
+        loader.exec_module(package)
+        return getattr(package, name)
+
+    setattr(package, "__getattr__", complete)
+    sys.modules["pyroute2"] = package
+
+
 @contextmanager
 def translate_errors(context: str) -> Iterator[None]:
     """Map pyroute2/OS errors raised in the block to CNIError subclasses with ``context``."""
+    _lazy_pyroute2()
     from pyroute2.netlink.exceptions import NetlinkError
 
     try:
@@ -154,6 +189,7 @@ def _teach_pyroute2() -> None:
     """Attributes newer than pyroute2 0.9's tables, so they can be sent and decoded:
     macvlan's broadcast queue length (Linux 5.11, ``ip link ... bcqueuelen``). Runs before
     the first socket is made, i.e. before pyroute2 compiles its attribute tables."""
+    _lazy_pyroute2()
     from pyroute2.netlink.rtnl.ifinfmsg import macvx_data
 
     names = [name for name, _ in macvx_data.nla_map]
@@ -206,7 +242,8 @@ class Netlink:
     @classmethod
     def open(cls, ns: str | int | None = None, *, label: str = "") -> Netlink:
         """Open in the current namespace (``None``) or in ``ns`` (a path or an fd)."""
-        from pyroute2 import IPRoute
+        _lazy_pyroute2()
+        from pyroute2.iproute.linux import IPRoute
 
         _teach_pyroute2()
         if ns is None:
@@ -447,6 +484,7 @@ class Netlink:
 
     def _dump(self, fn: Any) -> list[Any]:
         """Run a dump, retrying when the kernel reports it was interrupted (NLM_F_DUMP_INTR)."""
+        _lazy_pyroute2()
         from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
 
         for attempt in range(DUMP_RETRIES):
