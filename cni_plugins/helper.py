@@ -65,10 +65,11 @@ def _preload() -> None:
                 except Exception:  # an optional module that cannot load here: a call that needs it will say so
                     pass
     import nftables  # noqa: F401
-    import pyroute2  # noqa: F401
 
     from cni_plugins import netlink
     from firewall import nft  # noqa: F401
+
+    netlink.preload_pyroute2()
 
     try:
         with netlink.Netlink.open(None, label="helper warm-up") as nl:  # reads only, in the helper's own namespace

@@ -110,6 +110,14 @@ def _lazy_pyroute2() -> None:
     sys.modules["pyroute2"] = package
 
 
+def preload_pyroute2() -> None:
+    """Import the pyroute2 submodules used here (a helper does, before it forks workers)."""
+    _lazy_pyroute2()
+    import pyroute2.iproute.linux  # noqa: F401
+    import pyroute2.netlink.exceptions  # noqa: F401
+    import pyroute2.netlink.rtnl.ifinfmsg  # noqa: F401
+
+
 @contextmanager
 def translate_errors(context: str) -> Iterator[None]:
     """Map pyroute2/OS errors raised in the block to CNIError subclasses with ``context``."""
