@@ -80,10 +80,11 @@ class NotSupported(InternalError):
 
 def _lazy_pyroute2() -> None:
     """Let ``pyroute2.<submodule>`` imports skip the package's ``__init__``, which imports every
-    API pyroute2 has (IPDB, NDB, conntrack, ethtool, wireless, ...). Without a helper that
-    was ~35 ms of a ~300 ms bridge ADD process here (medians of six, in turns). The package
-    module is made from its spec; a name that only ``__init__`` defines (``from pyroute2
-    import NDB`` elsewhere in the same process) runs the real ``__init__`` then."""
+    API pyroute2 has (IPDB, NDB, conntrack, ethtool, wireless, ...). Without a helper, a
+    bridge ADD or DEL process took ~365 ms with it and ~297 ms without (medians of ten, in
+    turns, on this 2-CPU VM). The package module is made from its spec; a name that only
+    ``__init__`` defines (``from pyroute2 import NDB`` elsewhere in the same process) runs
+    the real ``__init__`` then."""
     if "pyroute2" in sys.modules:
         return
     import importlib
