@@ -45,7 +45,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -224,23 +224,23 @@ class Namespaces:
         for _ in range(n):
             self.count += 1
             names.append(f"{self.tag}-{what}{self.count}")
-        _ip_batch([f"netns add {name}" for name in names])
+        ip_batch([f"netns add {name}" for name in names])
         self.made += names
         return [f"/var/run/netns/{name}" for name in names]
 
     def drop(self, paths: list[str]) -> None:
         names = [os.path.basename(p) for p in paths]
-        _ip_batch([f"netns del {name}" for name in names], check=False)
+        ip_batch([f"netns del {name}" for name in names], check=False)
         gone = set(names)
         self.made = [n for n in self.made if n not in gone]
 
     def drop_all(self) -> None:
         if self.made:
-            _ip_batch([f"netns del {name}" for name in self.made], check=False)
+            ip_batch([f"netns del {name}" for name in self.made], check=False)
             self.made = []
 
 
-def _ip_batch(lines: list[str], check: bool = True) -> None:
+def ip_batch(lines: list[str], check: bool = True) -> None:
     for i in range(0, len(lines), 500):
         proc = subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines[i : i + 500]) + "\n", text=True, capture_output=True)
         if check and proc.returncode != 0:
@@ -420,7 +420,7 @@ def probe_paired(impls: list[Impl], nss: Namespaces, work: Path, full: dict[str,
     nss.drop(throwaway)
 
 
-def scenario_first(impls: list[Impl], nss: Namespaces, work: Path, trials: int, before: dict[str, Any] | None = None) -> dict[str, Any]:
+def scenario_first(impls: list[Impl], nss: Namespaces, work: Path, trials: int, before: dict[str, Callable[[], object]] | None = None) -> dict[str, Any]:
     """The first container on an empty host: a fresh host namespace per trial, ADD then DEL.
     ``before[name]()`` runs ahead of each of that implementation's trials."""
     out: dict[str, Any] = {impl.name: {"add": [], "del": []} for impl in impls}

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from cni_plugins import bridge, firewall, netns, portmap, skel  # noqa: E402
 import our_plugins  # noqa: E402  (bench/our_plugins.py)
-from chain_bench import chain_conf  # noqa: E402  (podman's chain, as chain_bench runs it)
+from chain_bench import chain_conf, ip_batch  # noqa: E402  (podman's chain, as chain_bench runs it)
 
 PLUGINS = {plugin.name: plugin for plugin in (bridge.PLUGIN, portmap.PLUGIN, firewall.PLUGIN)}
 
@@ -96,7 +96,7 @@ def main() -> int:
     ctrs = [f"{tag}-{i}" for i in range(opts.n)]
     work = Path(tempfile.mkdtemp(prefix="cni-flood-"))
     our_plugins.install(work / "bin", "host-local")
-    subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns add {n}\n" for n in (host, sender, *ctrs)), text=True, check=True)
+    ip_batch([f"netns add {n}" for n in (host, sender, *ctrs)])
     try:
         subprocess.run(["ip", "-n", host, "link", "set", "lo", "up"], check=True)
         with netns.entered(f"/var/run/netns/{host}"):
@@ -112,7 +112,7 @@ def main() -> int:
         print(f"  with bridge-nf-call-ip6tables=0:    {_cpu_ms_per_packet(sender, opts.packets):.3f} ms")
         return 0
     finally:
-        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {n}\n" for n in (host, sender, *ctrs)), text=True, capture_output=True)
+        ip_batch([f"netns del {n}" for n in (host, sender, *ctrs)], check=False)
         shutil.rmtree(work, ignore_errors=True)
 
 
