@@ -11,7 +11,7 @@ the two taking turns call by call, so drift on the machine hits both alike):
    their DELs in reverse: per-container ADD and DEL, median and p95.
 2. ``first``: the very first container on an empty host (fresh host namespace each time):
    ADD + DEL, repeated; ours also with no helper at all, and with none running yet (its
-   first call runs in its own process and starts one, as after boot or ten idle minutes).
+   first call starts one and waits for it, as after boot or ten idle minutes).
 3. ``scale``: ADD time against the number of containers already attached, up to 1,000
    (``--quick`` 200), with a port mapping each; then paired probes: one more container
    ADDed and DELeted on that full host, taking turns with the same on a host holding one
@@ -711,11 +711,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sock = str(work / "run" / "helper.sock")
         # auto, as installed by default: if the helper exits (it does when our code changes on
-        # disk), the next call runs in its own process and starts a new one
+        # disk), the next call starts a new one and waits for it
         ours_install(work / "warm", helper="auto", helper_socket=sock)
         ours_install(work / "cold")
         # auto with no helper running yet, as after boot or ten idle minutes: stopped before
-        # each trial, so the trial's first call runs in its own process and starts one
+        # each trial, so the trial's first call starts one and waits for it
         idle_sock = str(work / "run-idle" / "helper.sock")
         ours_install(work / "idle", helper="auto", helper_socket=idle_sock)
         helper = start_helper(sock)

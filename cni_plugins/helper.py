@@ -15,8 +15,8 @@ namespaces, directory, umask and environment and serves another call (at most
 ``CALLS_PER_WORKER``; any call that did not end normally ends the worker).
 
 Lifetime: ``--daemon`` detaches; the helper exits after ``--idle`` seconds without calls
-(default 600) and when the code it loaded changes on disk (it then stops taking calls,
-so callers run the new code in-process until a fresh helper starts).
+(default 600) and when the code it loaded changes on disk (it then stops taking calls;
+the next caller in ``auto`` mode starts a fresh helper, with the new code).
 """
 
 from __future__ import annotations
@@ -349,12 +349,14 @@ def _spawn_worker(server: socket.socket, notify_r: int, notify_w: int) -> int:
     return pid
 
 
-def serve(sock_path: str, idle: float, workers: int = 0) -> int:
+def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1) -> int:
     """Serve calls with a pool of pre-forked workers (``workers`` idle at all times; default
     twice the CPUs, at least 4). Each worker accepts on the socket itself and serves exactly
     one call (it joins the caller's namespaces, so it cannot be reused); the pool manager
     forks a replacement as soon as a worker takes a call, so the fork of this large process
-    is never on a call's path."""
+    is never on a call's path. ``ready_fd``: a pipe that gets ``launch.READY`` once the
+    socket listens (the call that started this helper waits for it); an early return or an
+    exception closes it by ending the process."""
     import gc
 
     directory = os.path.dirname(sock_path) or "."
@@ -386,6 +388,14 @@ def serve(sock_path: str, idle: float, workers: int = 0) -> int:
     os.chmod(sock_path, 0o600)
     bound_inode = os.stat(sock_path).st_ino
     server.listen(128)
+    if ready_fd > 2:
+        from cni_plugins.launch import READY
+
+        try:
+            os.write(ready_fd, READY)
+        except OSError:  # the caller stopped waiting: it runs the plugin itself
+            pass
+        os.close(ready_fd)  # before any fork: workers must not hold it
     size = workers or max(4, 2 * (os.cpu_count() or 1))
     notify_r, notify_w = os.pipe()
     stop = {"now": False}
@@ -482,13 +492,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", default="/run/cni-py/helper.sock")
     parser.add_argument("--idle", type=float, default=600.0, help="exit after this many idle seconds (0: never)")
     parser.add_argument("--daemon", action="store_true", help="detach from the terminal")
+    parser.add_argument("--ready-fd", type=int, default=-1, help=argparse.SUPPRESS)  # set by launch._start_helper
     opts = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("cni-plugins helper: must run as root", file=sys.stderr)
         return 1
     if opts.daemon:
         _daemonize()
-    return serve(opts.socket, opts.idle)
+    return serve(opts.socket, opts.idle, ready_fd=opts.ready_fd)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -121,19 +122,50 @@ def test_socket_is_root_only_and_non_root_peers_are_refused(helper_bin) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _parent(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid for {pid}")
+
+
 def test_auto_start_and_idle_exit(tmp_path, container_ns) -> None:  # type: ignore[no-untyped-def]
+    """The first call starts the helper, waits until it listens and is served by one of its
+    workers (not in its own process while the helper starts, competing with it)."""
     sock = tmp_path / "auto" / "helper.sock"
     bin_dir = tmp_path / "bin"
+    log = tmp_path / "plugin.log"
     install(bin_dir, "--helper", "auto", "--helper-socket", str(sock))
     try:
-        first = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo")
-        assert first.rc == 0  # served in-process, and a helper was started for later calls
-        assert poll(lambda: helper_pid(sock) is not None and sock.exists(), timeout=20)
+        first = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo", env={"CNI_PY_DEBUG": "1", "CNI_PY_LOG_FILE": str(log)})
+        assert first.rc == 0, first.stdout
+        helper = helper_pid(sock)
+        assert helper is not None and sock.exists()  # no polling: the first call waited for it
+        served_by = {int(pid) for pid in re.findall(r"\[(\d+)\]", log.read_text())}
+        assert served_by and all(_parent(pid) == helper for pid in served_by), (served_by, helper)
         second = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo")
         assert second.json == first.json
     finally:
         subprocess.run([sys.executable, "-m", "cni_plugins.install", "helper", "--stop", "--socket", str(sock)], check=True)
     assert helper_pid(sock) is None and not sock.exists()
+
+
+def test_auto_start_that_fails_runs_the_call_itself(tmp_path, container_ns) -> None:  # type: ignore[no-untyped-def]
+    """A helper that cannot start (its socket's directory is a file) exits at once: the call
+    sees its pipe close and runs in its own process, without waiting out ``READY_WAIT``."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    sock = blocker / "helper.sock"
+    bin_dir = tmp_path / "bin"
+    install(bin_dir, "--helper", "auto", "--helper-socket", str(sock))
+    started = time.monotonic()
+    res = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo")
+    elapsed = time.monotonic() - started
+    assert res.rc == 0, res.stdout
+    assert res.json["interfaces"][0]["name"] == "lo"
+    from cni_plugins.launch import READY_WAIT
+
+    assert elapsed < READY_WAIT, f"{elapsed:.2f} s: the call waited for a helper that had already failed"
 
 
 def test_idle_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
