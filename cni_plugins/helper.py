@@ -362,12 +362,9 @@ def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1) -> 
     directory = os.path.dirname(sock_path) or "."
     os.makedirs(directory, mode=0o700, exist_ok=True)
     lock_fd = os.open(sock_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return 0  # another helper already serves this socket
-        raise
+    if not _try_lock(lock_fd):  # another helper serves this socket, or is starting to
+        if ready_fd <= 2 or not _wait_for_other(sock_path, lock_fd, ready_fd):
+            return 0
     os.ftruncate(lock_fd, 0)
     os.write(lock_fd, f"{os.getpid()}\n".encode())
     _preload()
@@ -389,12 +386,7 @@ def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1) -> 
     bound_inode = os.stat(sock_path).st_ino
     server.listen(128)
     if ready_fd > 2:
-        from cni_plugins.launch import READY
-
-        try:
-            os.write(ready_fd, READY)
-        except OSError:  # the caller stopped waiting: it runs the plugin itself
-            pass
+        _say_ready(ready_fd)
         os.close(ready_fd)  # before any fork: workers must not hold it
     size = workers or max(4, 2 * (os.cpu_count() or 1))
     notify_r, notify_w = os.pipe()
@@ -440,6 +432,48 @@ def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1) -> 
             except OSError:
                 pass
     return 0
+
+
+def _try_lock(lock_fd: int) -> bool:
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+
+
+def _say_ready(ready_fd: int) -> None:
+    from cni_plugins.launch import READY
+
+    try:
+        os.write(ready_fd, READY)
+    except OSError:  # the caller stopped waiting: it runs the plugin itself
+        pass
+
+
+def _wait_for_other(sock_path: str, lock_fd: int, ready_fd: int) -> bool:
+    """Another helper holds the lock (calls that started at the same moment each started
+    one): tell our caller once that one listens, so it is served there rather than in its
+    own process, competing with that helper's start. True if that helper exited first and
+    the lock is ours now; False once our caller was told, or after ``launch.READY_WAIT``."""
+    from cni_plugins.launch import READY_WAIT
+
+    deadline = time.monotonic() + READY_WAIT
+    while time.monotonic() < deadline:
+        if _try_lock(lock_fd):
+            return True
+        try:
+            # Bound after the holder wrote its pid: not a socket file a dead helper left.
+            listening = os.stat(sock_path).st_mtime_ns >= os.fstat(lock_fd).st_mtime_ns
+        except OSError:
+            listening = False
+        if listening:
+            _say_ready(ready_fd)
+            return False
+        time.sleep(0.01)
+    return False
 
 
 def _reap(idle_workers: set[int], busy_workers: set[int]) -> None:

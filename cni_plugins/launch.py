@@ -13,8 +13,9 @@ our package on ``sys.path`` and call ``launch()``. Three paths, cheapest first:
    builtin ``posix`` stands in for ``os`` (whose import, without ``site``, costs ~1.7 ms
    of every call's start).
 3. In ``auto`` mode with no helper listening, this call starts one and waits until it
-   listens (it says so on a pipe, or closes the pipe if it exits first: another helper holds
-   the socket's lock, or it failed), then hands itself over like any later call. That is
+   listens (it says so on a pipe, or closes the pipe if it failed; if another helper holds
+   the socket's lock, ours says so once that one listens), then hands itself over like any
+   later call. That is
    faster than running here while the helper starts: both pay the same imports, and on two
    CPUs they would compete for them.
 4. Otherwise the plugin runs in this process.

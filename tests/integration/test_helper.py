@@ -123,10 +123,12 @@ def test_socket_is_root_only_and_non_root_peers_are_refused(helper_bin) -> None:
 
 
 def _parent(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("PPid:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no PPid for {pid}")
+    """The parent's pid; -1 once the process is gone (a plugin that ran in its own process)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return -1
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:"))
 
 
 def test_auto_start_and_idle_exit(tmp_path, container_ns) -> None:  # type: ignore[no-untyped-def]
@@ -148,6 +150,65 @@ def test_auto_start_and_idle_exit(tmp_path, container_ns) -> None:  # type: igno
     finally:
         subprocess.run([sys.executable, "-m", "cni_plugins.install", "helper", "--stop", "--socket", str(sock)], check=True)
     assert helper_pid(sock) is None and not sock.exists()
+
+
+def test_simultaneous_first_calls_share_one_helper(tmp_path, namespaces) -> None:  # type: ignore[no-untyped-def]
+    """Calls that all find no helper each start one; one wins the socket's lock, the others
+    wait for it to listen and tell their callers: every call is served by the one helper's
+    workers, none in its own process, and the others exit."""
+    sock = tmp_path / "auto" / "helper.sock"
+    bin_dir = tmp_path / "bin"
+    log = tmp_path / "plugin.log"
+    install(bin_dir, "--helper", "auto", "--helper-socket", str(sock))
+    ctrs = [namespaces.make(f"sim{i}") for i in range(6)]
+    env = {"CNI_PY_DEBUG": "1", "CNI_PY_LOG_FILE": str(log)}
+    try:
+        with ThreadPoolExecutor(len(ctrs)) as pool:
+            runs = list(pool.map(lambda ctr: run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(ctr), ifname="lo", env=env), ctrs))
+        assert [r.rc for r in runs] == [0] * len(ctrs), [r.stdout for r in runs]
+        helper = helper_pid(sock)
+        assert helper is not None
+        served_by: dict[int, int] = {}
+        for line in log.read_text().splitlines():
+            if "ADD" in line and (m := re.search(r"\[(\d+)\]", line)):
+                served_by[int(m.group(1))] = _parent(int(m.group(1)))
+        assert served_by and set(served_by.values()) == {helper}, (served_by, helper)
+        ours = [int(pid) for pid in subprocess.run(["pgrep", "-f", str(sock)], capture_output=True, text=True).stdout.split()]
+        strays = [pid for pid in ours if pid != helper and _parent(pid) not in (helper, -1)]  # not the helper, its workers or gone
+        assert helper in ours and not strays, (ours, helper)
+    finally:
+        subprocess.run([sys.executable, "-m", "cni_plugins.install", "helper", "--stop", "--socket", str(sock)], check=True)
+
+
+def test_first_call_takes_over_from_a_helper_that_never_listened(tmp_path, container_ns) -> None:  # type: ignore[no-untyped-def]
+    """The socket's lock is held (here by the test: a helper still starting) and released
+    without anyone listening (that helper died): the helper this call started takes the
+    lock over and serves the call."""
+    import fcntl
+
+    sock = tmp_path / "auto" / "helper.sock"
+    bin_dir = tmp_path / "bin"
+    log = tmp_path / "plugin.log"
+    install(bin_dir, "--helper", "auto", "--helper-socket", str(sock))
+    sock.parent.mkdir(mode=0o700)
+    holder = os.open(str(sock) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            call = pool.submit(run_plugin, bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo", env={"CNI_PY_DEBUG": "1", "CNI_PY_LOG_FILE": str(log)})
+            time.sleep(0.5)
+            assert not call.done()  # waiting for the lock holder to listen
+            os.close(holder)
+            holder = -1
+            res = call.result(timeout=20)
+        assert res.rc == 0, res.stdout
+        helper = helper_pid(sock)
+        served_by = {int(pid) for pid in re.findall(r"\[(\d+)\]", log.read_text())}
+        assert helper is not None and served_by and {_parent(pid) for pid in served_by} == {helper}, (served_by, helper)
+    finally:
+        if holder >= 0:
+            os.close(holder)
+        subprocess.run([sys.executable, "-m", "cni_plugins.install", "helper", "--stop", "--socket", str(sock)], check=True)
 
 
 def test_auto_start_that_fails_runs_the_call_itself(tmp_path, container_ns) -> None:  # type: ignore[no-untyped-def]
