@@ -2,7 +2,7 @@
 
 The executables written by ``cni-plugins install`` are tiny scripts run by ``python -I -S``
 (isolated from the caller's PYTHON* variables, user site-packages and .pth files) that put
-our package on ``sys.path`` and call ``launch()``. Three paths, cheapest first:
+our package on ``sys.path`` and call ``launch()``. Four paths, cheapest first:
 
 1. VERSION is answered here, from the versions written into the launcher at install time:
    no JSON module, no dataclasses, nothing else imported.
@@ -15,9 +15,8 @@ our package on ``sys.path`` and call ``launch()``. Three paths, cheapest first:
 3. In ``auto`` mode with no helper listening, this call starts one and waits until it
    listens (it says so on a pipe, or closes the pipe if it failed; if another helper holds
    the socket's lock, ours says so once that one listens), then hands itself over like any
-   later call. That is
-   faster than running here while the helper starts: both pay the same imports, and on two
-   CPUs they would compete for them.
+   later call. That is faster than running here while the helper starts: both would pay
+   the same imports, competing for the CPUs.
 4. Otherwise the plugin runs in this process.
 """
 
