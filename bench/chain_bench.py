@@ -18,7 +18,8 @@ the two taking turns call by call, so drift on the machine hits both alike):
    container, 60 times (``--quick`` 10), so that both sides of the ratio see the same
    machine speed; each implementation's probes run in a phase of their own.
 4. ``concurrent``: 8 runtimes (processes) adding 400 containers (``--quick`` 96) to one
-   network at once: ADD median, throughput, duplicate addresses.
+   network at once: ADD median, throughput, duplicate addresses, failed ADDs (a failed
+   ADD is counted, its chain DELeted as a runtime would, and the run goes on).
 5. ``ptp``, ``macvlan``: ptp + host-local and macvlan + host-local, N containers each.
 6. ``memory``: peak RSS of one plugin process (``wait4``), and the helper's RSS.
 
@@ -445,16 +446,25 @@ def worker_main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     PLUGIN_ENV.update(spec.get("plugin_env", {}))
     rt = Runtime(spec["bin_dir"], spec["conflist"])
-    adds, ips = [], []
+    adds, ips, failed = [], [], []
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     sys.stdin.readline()  # go
     with netns.entered(spec["host_ns"]):
         for cid, ctr, port in spec["containers"]:
-            total, _ = rt.add(cid, ctr, ports_for(port))
+            try:
+                total, _ = rt.add(cid, ctr, ports_for(port))
+            except RuntimeError as exc:  # as a runtime does: report it, DEL what the chain left
+                failure = {"cid": cid, "add": " ".join(str(exc).split())[:400], "del": ""}
+                try:
+                    rt.delete(cid, ctr, ports_for(port))
+                except RuntimeError as cleanup:
+                    failure["del"] = " ".join(str(cleanup).split())[:400]
+                failed.append(failure)
+                continue
             adds.append(total)
             ips += [ip["address"] for ip in rt.results[cid].get("ips", [])]
-    Path(spec_path).write_text(json.dumps({"adds": adds, "ips": ips}))
+    Path(spec_path).write_text(json.dumps({"adds": adds, "ips": ips, "failed": failed}))
     return 0
 
 
@@ -466,7 +476,7 @@ def scenario_concurrent(impls: list[Impl], nss: Namespaces, work: Path, runtimes
     for k, impl in enumerate(impls):
         new_host(nss, impl, f"conc{k}")
         conflists[impl.name] = chain_conf("podman", "10.88.0.0/16", str(work / f"ipam-conc-{k}"))
-        out[impl.name] = {"adds": [], "ips": [], "wall": []}
+        out[impl.name] = {"adds": [], "ips": [], "wall": [], "failed": []}
     per_round = total // rounds
     made: list[str] = []
     for r in range(rounds):
@@ -496,6 +506,7 @@ def scenario_concurrent(impls: list[Impl], nss: Namespaces, work: Path, runtimes
                 data = json.loads(spec.read_text())
                 out[impl.name]["adds"] += data["adds"]
                 out[impl.name]["ips"] += data["ips"]
+                out[impl.name]["failed"] += data["failed"]
     for impl in impls:
         ips = out[impl.name]["ips"]
         out[impl.name]["duplicates"] = len(ips) - len(set(ips))
@@ -583,6 +594,7 @@ def build_rows(res: dict[str, Any], ours: str, ref: str) -> list[Row]:
         pair(f"{runtimes} runtimes: ADD p95", p95(o["adds"]), p95(r["adds"]))
         rows.append(Row(f"{runtimes} runtimes: throughput", round(o["throughput"], 1), round(r["throughput"], 1), unit="ADD/s", ratio=o["throughput"] / r["throughput"]))
         rows.append(Row(f"{runtimes} runtimes: duplicate addresses", o["duplicates"], r["duplicates"], unit="", target="0", met=o["duplicates"] == 0))
+        rows.append(Row(f"{runtimes} runtimes: failed ADDs (reported, then DELeted)", len(o.get("failed", [])), len(r.get("failed", [])), unit=""))
     for kind in ("ptp", "macvlan"):
         if kind in res:
             o, r, n = res[kind][ours], res[kind][ref], len(res[kind][ours]["add"])
