@@ -1,0 +1,136 @@
+"""Reading one link (RTM_GETLINK) over a plain rtnetlink socket, parsed with ``struct``.
+
+Plugins read links often: a bridge ADD reads six (the bridge, the veth ends, the port's
+state, the MACs for the result). Through pyroute2 each read costs ~0.8 ms in a warm process
+(~0.35 ms decoding every attribute, the rest its request machinery) for a kernel round
+trip of ~5 µs; here it costs tens of µs. Only the fields ``netlink.Link`` has are parsed;
+the kind-specific attributes (``IFLA_INFO_DATA``, ``IFLA_INFO_SLAVE_DATA``) are kept as
+raw bytes and decoded by pyroute2 only if someone asks for them (``netlink.Link.info``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+NETLINK_ROUTE = 0
+RTM_NEWLINK, RTM_GETLINK = 16, 18
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 0x1
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_TXQLEN, IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_EXT_MASK = 1, 3, 4, 5, 10, 13, 16, 18, 29
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_DATA = 1, 2, 5
+RTEXT_FILTER_SKIP_STATS = 1 << 3  # the counters are most of a link's message, and unused here
+OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")  # RFC 2863, as pyroute2 names them
+_NLMSGHDR = struct.Struct("=IHHII")
+_IFINFOMSG = struct.Struct("=BxHiII")
+_RTATTR = struct.Struct("=HH")
+_ERRNO = struct.Struct("=i")
+RECV_SIZE = 1 << 16
+
+
+class LinkGetError(OSError):
+    """The kernel answered an RTM_GETLINK with an error (``errno`` set)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFields:
+    index: int
+    flags: int
+    name: str
+    kind: str
+    mac: str
+    mtu: int
+    operstate: str
+    master: int | None
+    link: int | None
+    txqlen: int
+    message: bytes  # the whole RTM_NEWLINK, for decoding the kind-specific data on demand
+    has_info_data: bool
+    has_port_data: bool
+
+
+class LinkReader:
+    """One rtnetlink socket, opened in the caller's current network namespace."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        self._sock.bind((0, 0))
+        self._seq = 0
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def get(self, *, index: int = 0, name: str = "") -> LinkFields | None:
+        """The link with ``index`` (or named ``name``), None if there is none (ENODEV)."""
+        self._seq += 1
+        attrs = _attr(IFLA_EXT_MASK, struct.pack("=I", RTEXT_FILTER_SKIP_STATS))
+        if name:
+            attrs += _attr(IFLA_IFNAME, os.fsencode(name) + b"\0")
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0) + attrs
+        self._sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST, self._seq, 0) + body)
+        while True:
+            data = self._sock.recv(RECV_SIZE)
+            length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data)
+            if seq != self._seq:
+                continue  # an answer to an earlier request that timed out elsewhere: not ours
+            if kind == NLMSG_ERROR:
+                (code,) = _ERRNO.unpack_from(data, _NLMSGHDR.size)
+                if -code in (errno.ENODEV, errno.ENOENT):
+                    return None
+                raise LinkGetError(-code, os.strerror(-code))
+            if kind != RTM_NEWLINK:
+                raise LinkGetError(errno.EPROTO, f"unexpected netlink message type {kind}")
+            return parse(data[:length])
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    size = _RTATTR.size + len(payload)
+    return _RTATTR.pack(size, kind) + payload + b"\0" * (-size % 4)
+
+
+def _attrs(data: bytes, start: int, end: int) -> dict[int, bytes]:
+    out = {}
+    while start + _RTATTR.size <= end:
+        size, kind = _RTATTR.unpack_from(data, start)
+        if size < _RTATTR.size:
+            break  # malformed: stop rather than loop
+        out[kind & NLA_TYPE_MASK] = data[start + _RTATTR.size : start + size]
+        start += (size + 3) & ~3
+    return out
+
+
+def _u32(value: bytes | None) -> int | None:
+    return struct.unpack("=I", value[:4])[0] if value is not None and len(value) >= 4 else None
+
+
+def _text(value: bytes | None) -> str:
+    return value.split(b"\0", 1)[0].decode("utf-8", "surrogateescape") if value else ""
+
+
+def parse(message: bytes) -> LinkFields:
+    """An RTM_NEWLINK message (with its netlink header) as ``LinkFields``."""
+    _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(message, _NLMSGHDR.size)
+    top = _attrs(message, _NLMSGHDR.size + _IFINFOMSG.size, len(message))
+    info = top.get(IFLA_LINKINFO)
+    nested = _attrs(info, 0, len(info)) if info else {}
+    mac = top.get(IFLA_ADDRESS)
+    state = top.get(IFLA_OPERSTATE)
+    return LinkFields(
+        index=index,
+        flags=flags,
+        name=_text(top.get(IFLA_IFNAME)),
+        kind=_text(nested.get(IFLA_INFO_KIND)),
+        mac=":".join(f"{b:02x}" for b in mac) if mac else "",
+        mtu=_u32(top.get(IFLA_MTU)) or 0,
+        operstate=OPERSTATES[state[0]] if state and state[0] < len(OPERSTATES) else "",
+        master=_u32(top.get(IFLA_MASTER)),
+        link=_u32(top.get(IFLA_LINK)),
+        txqlen=_u32(top.get(IFLA_TXQLEN)) or 0,
+        message=message,
+        has_info_data=IFLA_INFO_DATA in nested,
+        has_port_data=IFLA_INFO_SLAVE_DATA in nested,
+    )
