@@ -23,13 +23,13 @@ import ipaddress
 import os
 import socket
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from cni_plugins import netns
-from cni_plugins.linkget import LinkFields, LinkReader
 from cni_plugins.errors import CNIError, InternalError, TryAgainLater
+from cni_plugins.linkget import LinkFields, LinkReader
 from cni_plugins.types import IPAddress, IPInterface, IPNetwork
 
 IFF_UP = 0x1
@@ -316,11 +316,16 @@ class Netlink:
         from pyroute2.iproute.linux import IPRoute
 
         _teach_pyroute2()
-        if ns is None:
-            return cls(IPRoute(), LinkReader(), label or "host")
-        with netns.entered(ns):
-            ipr, reader = IPRoute(), LinkReader()
-        return cls(ipr, reader, label or (ns if isinstance(ns, str) else f"netns fd {ns}"))
+        with netns.entered(ns) if ns is not None else nullcontext():
+            reader = LinkReader()
+            try:
+                ipr = IPRoute()
+            except BaseException:
+                reader.close()
+                raise
+        if not label:
+            label = "host" if ns is None else ns if isinstance(ns, str) else f"netns fd {ns}"
+        return cls(ipr, reader, label)
 
     def close(self) -> None:
         self._reader.close()
