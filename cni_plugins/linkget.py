@@ -3,9 +3,9 @@
 Plugins read links often: a bridge ADD reads six (the bridge, the veth ends, the port's
 state, the MACs for the result). Through pyroute2 each read costs ~0.8 ms in a warm process
 (~0.35 ms decoding every attribute, the rest its request machinery) for a kernel round
-trip of ~5 µs; here it costs tens of µs. Only the fields ``netlink.Link`` has are parsed;
-the kind-specific attributes (``IFLA_INFO_DATA``, ``IFLA_INFO_SLAVE_DATA``) are kept as
-raw bytes and decoded by pyroute2 only if someone asks for them (``netlink.Link.info``).
+trip of ~5 µs; here it costs tens of µs. Only the fields ``Link`` has are parsed; the
+kind-specific attributes (``IFLA_INFO_DATA``, ``IFLA_INFO_SLAVE_DATA``) are left to a
+decoder the caller gives (``netlink`` hands them to pyroute2 when someone reads them).
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ import errno
 import os
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
+IFF_UP = 0x1
+IFF_PROMISC = 0x100
+IFF_ALLMULTI = 0x200
 NETLINK_ROUTE = 0
 RTM_NEWLINK, RTM_GETLINK = 16, 18
 NLMSG_ERROR = 2
@@ -36,27 +40,43 @@ class LinkGetError(OSError):
     """The kernel answered an RTM_GETLINK with an error (``errno`` set)."""
 
 
-@dataclass(frozen=True, slots=True)
-class LinkFields:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Link:
     index: int
-    flags: int
     name: str
     kind: str
     mac: str
     mtu: int
+    flags: int
     operstate: str
     master: int | None
-    link: int | None
+    link: int | None  # IFLA_LINK: the veth peer's / macvlan master's index (maybe in another ns)
     txqlen: int
-    message: bytes  # the whole RTM_NEWLINK, for decoding the kind-specific data on demand
-    has_info_data: bool
-    has_port_data: bool
+    info: Mapping[str, Any]  # IFLA_INFO_DATA as pyroute2 decodes it (macvlan mode, bridge options...)
+    port: Mapping[str, Any] = field(default_factory=dict)  # IFLA_INFO_SLAVE_DATA: bridge port options (IFLA_BRPORT_MODE ...)
+
+    @property
+    def is_up(self) -> bool:
+        return bool(self.flags & IFF_UP)
+
+    @property
+    def promisc(self) -> bool:
+        return bool(self.flags & IFF_PROMISC)
+
+    @property
+    def allmulti(self) -> bool:
+        return bool(self.flags & IFF_ALLMULTI)
+
+
+KindData = Callable[[bytes, bool], Mapping[str, Any]]
+"""(whole RTM_NEWLINK message, port?) -> IFLA_INFO_SLAVE_DATA if port else IFLA_INFO_DATA, by name."""
 
 
 class LinkReader:
     """One rtnetlink socket, opened in the caller's current network namespace."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind_data: KindData) -> None:
+        self._kind_data = kind_data
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         self._sock.bind((0, 0))
         self._seq = 0
@@ -64,7 +84,7 @@ class LinkReader:
     def close(self) -> None:
         self._sock.close()
 
-    def get(self, *, index: int = 0, name: str = "") -> LinkFields | None:
+    def get(self, *, index: int = 0, name: str = "") -> Link | None:
         """The link with ``index`` (or named ``name``), None if there is none (ENODEV)."""
         self._seq += 1
         attrs = _attr(IFLA_EXT_MASK, struct.pack("=I", RTEXT_FILTER_SKIP_STATS))
@@ -84,7 +104,7 @@ class LinkReader:
                 raise LinkGetError(-code, os.strerror(-code))
             if kind != RTM_NEWLINK:
                 raise LinkGetError(errno.EPROTO, f"unexpected netlink message type {kind}")
-            return parse(data[:length])
+            return parse(data[:length], self._kind_data)
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -111,15 +131,16 @@ def _text(value: bytes | None) -> str:
     return value.split(b"\0", 1)[0].decode("utf-8", "surrogateescape") if value else ""
 
 
-def parse(message: bytes) -> LinkFields:
-    """An RTM_NEWLINK message (with its netlink header) as ``LinkFields``."""
+def parse(message: bytes, kind_data: KindData) -> Link:
+    """An RTM_NEWLINK message (with its netlink header) as a ``Link``; ``kind_data`` is
+    called only for the kind-specific data the message carries."""
     _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(message, _NLMSGHDR.size)
     top = _attrs(message, _NLMSGHDR.size + _IFINFOMSG.size, len(message))
     info = top.get(IFLA_LINKINFO)
     nested = _attrs(info, 0, len(info)) if info else {}
     mac = top.get(IFLA_ADDRESS)
     state = top.get(IFLA_OPERSTATE)
-    return LinkFields(
+    return Link(
         index=index,
         flags=flags,
         name=_text(top.get(IFLA_IFNAME)),
@@ -130,7 +151,6 @@ def parse(message: bytes) -> LinkFields:
         master=_u32(top.get(IFLA_MASTER)),
         link=_u32(top.get(IFLA_LINK)),
         txqlen=_u32(top.get(IFLA_TXQLEN)) or 0,
-        message=message,
-        has_info_data=IFLA_INFO_DATA in nested,
-        has_port_data=IFLA_INFO_SLAVE_DATA in nested,
+        info=kind_data(message, False) if IFLA_INFO_DATA in nested else {},
+        port=kind_data(message, True) if IFLA_INFO_SLAVE_DATA in nested else {},
     )

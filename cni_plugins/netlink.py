@@ -24,17 +24,14 @@ import os
 import socket
 import sys
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from cni_plugins import netns
 from cni_plugins.errors import CNIError, InternalError, TryAgainLater
-from cni_plugins.linkget import LinkFields, LinkReader
+from cni_plugins.linkget import IFF_ALLMULTI as IFF_ALLMULTI, IFF_PROMISC as IFF_PROMISC, IFF_UP as IFF_UP, Link as Link, LinkReader
 from cni_plugins.types import IPAddress, IPInterface, IPNetwork
 
-IFF_UP = 0x1
-IFF_PROMISC = 0x100
-IFF_ALLMULTI = 0x200
 IFA_F_NODAD = 0x02
 IFA_F_TENTATIVE = 0x40
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST, RT_SCOPE_NOWHERE = 0, 253, 254, 255
@@ -147,34 +144,6 @@ def translate_errors(context: str) -> Iterator[None]:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Link:
-    index: int
-    name: str
-    kind: str
-    mac: str
-    mtu: int
-    flags: int
-    operstate: str
-    master: int | None
-    link: int | None  # IFLA_LINK: the veth peer's / macvlan master's index (maybe in another ns)
-    txqlen: int
-    info: Mapping[str, Any]  # IFLA_INFO_DATA as pyroute2 decodes it (macvlan mode, bridge options...)
-    port: Mapping[str, Any] = field(default_factory=dict)  # IFLA_INFO_SLAVE_DATA: bridge port options (IFLA_BRPORT_MODE ...)
-
-    @property
-    def is_up(self) -> bool:
-        return bool(self.flags & IFF_UP)
-
-    @property
-    def promisc(self) -> bool:
-        return bool(self.flags & IFF_PROMISC)
-
-    @property
-    def allmulti(self) -> bool:
-        return bool(self.flags & IFF_ALLMULTI)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Addr:
     index: int
     address: IPInterface
@@ -230,32 +199,13 @@ def _link_data(msg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return data, port
 
 
-def _link_from_msg(msg: Any) -> Link:
-    info = msg.get_attr("IFLA_LINKINFO")
-    data, port = _link_data(msg)
-    return Link(
-        index=msg["index"],
-        name=msg.get_attr("IFLA_IFNAME") or "",
-        kind=(info.get_attr("IFLA_INFO_KIND") if info is not None else "") or "",
-        mac=msg.get_attr("IFLA_ADDRESS") or "",
-        mtu=msg.get_attr("IFLA_MTU") or 0,
-        flags=msg["flags"],
-        operstate=msg.get_attr("IFLA_OPERSTATE") or "",
-        master=msg.get_attr("IFLA_MASTER"),
-        link=msg.get_attr("IFLA_LINK"),
-        txqlen=msg.get_attr("IFLA_TXQLEN") or 0,
-        info=data,
-        port=port,
-    )
-
-
 class _LinkData(Mapping[str, Any]):
     """A link's kind-specific attributes, decoded by pyroute2 from the raw message only when
     first read (most link reads need none of them; decoding them costs ~0.3 ms)."""
 
     __slots__ = ("_message", "_port", "_decoded")
 
-    def __init__(self, message: bytes, *, port: bool) -> None:
+    def __init__(self, message: bytes, port: bool) -> None:
         self._message = message
         self._port = port
         self._decoded: dict[str, Any] | None = None
@@ -284,23 +234,6 @@ class _LinkData(Mapping[str, Any]):
         return repr(self._data())
 
 
-def _link_from_fields(f: LinkFields) -> Link:
-    return Link(
-        index=f.index,
-        name=f.name,
-        kind=f.kind,
-        mac=f.mac,
-        mtu=f.mtu,
-        flags=f.flags,
-        operstate=f.operstate,
-        master=f.master,
-        link=f.link,
-        txqlen=f.txqlen,
-        info=_LinkData(f.message, port=False) if f.has_info_data else {},
-        port=_LinkData(f.message, port=True) if f.has_port_data else {},
-    )
-
-
 class Netlink:
     """rtnetlink in one namespace. Use ``Netlink.open(ns)`` as a context manager."""
 
@@ -317,7 +250,7 @@ class Netlink:
 
         _teach_pyroute2()
         with netns.entered(ns) if ns is not None else nullcontext():
-            reader = LinkReader()
+            reader = LinkReader(_LinkData)
             try:
                 ipr = IPRoute()
             except BaseException:
@@ -345,25 +278,19 @@ class Netlink:
 
     # ------------------------------------------------------------ links
 
-    def links(self) -> list[Link]:
-        with translate_errors(self._ctx("list links")):
-            return [_link_from_msg(m) for m in self._dump(self._ipr.get_links)]
-
     def link(self, name: str) -> Link | None:
         """The link named ``name``, or None. One RTM_GETLINK by name, so the kernel looks it
         up (never a dump of every link: ~0.25 ms per link on the host), read by ``linkget``."""
         if not name or len(name.encode()) > IFNAMSIZ_MAX:
             return None  # no link can have that name
         with translate_errors(self._ctx(f"get link {name}")):
-            fields = self._reader.get(name=name)
-        return _link_from_fields(fields) if fields else None
+            return self._reader.get(name=name)
 
     def link_by_index(self, index: int) -> Link | None:
         if index <= 0:
             return None  # the kernel would read 0 as "by name"
         with translate_errors(self._ctx(f"get link #{index}")):
-            fields = self._reader.get(index=index)
-        return _link_from_fields(fields) if fields else None
+            return self._reader.get(index=index)
 
     def require_link(self, name: str) -> Link:
         link = self.link(name)

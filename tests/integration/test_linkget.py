@@ -12,8 +12,24 @@ from tests.integration.nsutil import path, sh
 
 
 def _as_pyroute2_reads(nl: Netlink, index: int) -> Link:
-    msgs = nl._ipr.get_links(index)  # the reference decoding: pyroute2's own
-    return netlink._link_from_msg(msgs[0])
+    """The same link as pyroute2 gets and decodes it (the reference)."""
+    msg = nl._ipr.get_links(index)[0]
+    info = msg.get_attr("IFLA_LINKINFO")
+    data, port = netlink._link_data(msg)
+    return Link(
+        index=msg["index"],
+        name=msg.get_attr("IFLA_IFNAME") or "",
+        kind=(info.get_attr("IFLA_INFO_KIND") if info is not None else "") or "",
+        mac=msg.get_attr("IFLA_ADDRESS") or "",
+        mtu=msg.get_attr("IFLA_MTU") or 0,
+        flags=msg["flags"],
+        operstate=msg.get_attr("IFLA_OPERSTATE") or "",
+        master=msg.get_attr("IFLA_MASTER"),
+        link=msg.get_attr("IFLA_LINK"),
+        txqlen=msg.get_attr("IFLA_TXQLEN") or 0,
+        info=data,
+        port=port,
+    )
 
 
 def _plain(link: Link) -> dict[str, Any]:
@@ -54,5 +70,8 @@ def test_parse_stops_at_a_truncated_attribute() -> None:
     header = linkget._NLMSGHDR.pack(0, linkget.RTM_NEWLINK, 0, 1, 0) + linkget._IFINFOMSG.pack(0, 1, 5, 0x1, 0)
     name = linkget._attr(linkget.IFLA_IFNAME, b"eth9\0")
     broken = linkget._RTATTR.pack(2, linkget.IFLA_MTU)  # length 2 < header size
-    fields = linkget.parse(header + name + broken + b"\0\0\0\0")
+    def no_kind_data(message: bytes, port: bool) -> dict[str, object]:
+        raise AssertionError("the message carries no kind-specific data")
+
+    fields = linkget.parse(header + name + broken + b"\0\0\0\0", no_kind_data)
     assert fields.index == 5 and fields.name == "eth9" and fields.mtu == 0 and fields.kind == ""
