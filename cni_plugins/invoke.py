@@ -12,7 +12,6 @@ with the same environment, stdin and stdout contract. Any other executable is ex
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from cni_plugins.errors import CNIError, DecodingFailure, InternalError, Invalid
 from cni_plugins.errors import from_json as error_from_json
 from cni_plugins.types import Result
 from cni_plugins.version import result_from_json
+from conf import gojson
 
 IN_PROCESS = True  # the seam above; tests turn it off to compare both paths
 
@@ -76,7 +76,7 @@ def _decode_error(path: str, out: bytes, err: bytes) -> CNIError:
     name = os.path.basename(path)
     if out.strip():
         try:
-            return error_from_json(json.loads(out)).with_context(name)
+            return error_from_json(gojson.loads(out)).with_context(name)
         except ValueError:
             pass
     text = (err or out).decode("utf-8", "replace").strip() or "failed with no output"
@@ -86,7 +86,7 @@ def _decode_error(path: str, out: bytes, err: bytes) -> CNIError:
 def delegate_add(plugin_type: str, stdin: bytes, environ: Mapping[str, str], paths: tuple[str, ...]) -> Result:
     out = run_plugin(find_in_path(plugin_type, paths), "ADD", stdin, environ)
     try:
-        return result_from_json(json.loads(out), f"{plugin_type} result")
+        return result_from_json(gojson.loads(out), f"{plugin_type} result")
     except ValueError as exc:
         raise DecodingFailure(f"{plugin_type}: decode result: {exc}") from None
 

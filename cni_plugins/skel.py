@@ -21,6 +21,7 @@ from cni_plugins import log
 from cni_plugins.errors import CNIError, IncompatibleCNIVersion, InvalidEnvironment, InvalidNetNS, IOFailure, UnknownContainer
 from cni_plugins.types import Result
 from cni_plugins.version import CURRENT_VERSION, SUPPORTED_VERSIONS, at_least, check_supported, result_to_json
+from conf import gojson
 from conf.cni_args import CniArgs
 from conf.netconf import NetConf
 
@@ -194,7 +195,7 @@ def _declared_version(data: bytes) -> str:
     """For an error raised before the config was parsed (a bad environment): the version the
     config declares if it is one we speak, else the newest."""
     try:
-        declared = json.loads(data).get("cniVersion")
+        declared = gojson.loads(data).get("cniVersion")
     except (ValueError, AttributeError):
         declared = None
     return declared if declared in SUPPORTED_VERSIONS else CURRENT_VERSION
@@ -241,7 +242,7 @@ def _check_netns_differs(netns: str, environ: Mapping[str, str]) -> None:
 def _version_reply(plugin: Plugin, data: bytes) -> dict[str, Any]:
     asked = ""
     try:
-        asked = json.loads(data).get("cniVersion", "") if data.strip() else ""
+        asked = gojson.loads(data).get("cniVersion", "") if data.strip() else ""
     except (ValueError, AttributeError):
         pass
     version = asked if asked in plugin.versions else plugin.versions[-1]

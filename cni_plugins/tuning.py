@@ -34,6 +34,7 @@ from cni_plugins.skel import CmdArgs, Plugin
 from cni_plugins.steps import quietly, step
 from cni_plugins.types import Result
 from conf.fields import abs_path_field, bool_field, dict_field, int_field, parse_mac, str_field
+from conf.gojson import GoObject
 
 if TYPE_CHECKING:
     from cni_plugins.netlink import Link, Netlink
@@ -152,22 +153,23 @@ def check_allowlist(keys: list[str], path: str = ALLOWLIST) -> None:
             raise InvalidNetworkConfig(f"sysctl: {key!r} is not allowed by {path}", f"allowed patterns: {', '.join(patterns)}")
 
 
-class _Object(dict[str, Any]):
-    """A JSON object that remembers which of its keys were given more than once."""
+class _Object(GoObject):
+    """A JSON object that remembers which of its keys were given more than once (exactly:
+    ``sysctl`` is a map, whose keys Go compares as written)."""
 
     dups: frozenset[str] = frozenset()
 
 
 def _duplicate_sysctl_keys(data: bytes) -> set[str]:
     """Keys given twice in ``sysctl`` or ``args.cni.sysctl`` (json.loads would keep the last)."""
-    if b'"sysctl"' not in data:
+    if b"sysctl" not in data.lower():
         return set()
 
     def pairs(items: list[tuple[str, Any]]) -> _Object:
         out = _Object()
         seen: set[str] = set()
         for key, value in items:
-            if key in out:
+            if dict.__contains__(out, key):
                 seen.add(key)
             out[key] = value
         out.dups = frozenset(seen)

@@ -8,7 +8,6 @@ chaining and runtimes add keys we do not know about.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from cni_plugins.errors import DecodingFailure, InvalidNetworkConfig
 from cni_plugins.types import DNS, Result, expect_dict
 from cni_plugins.version import DEFAULT_CONFIG_VERSION, parse_version, result_from_json
+from conf import gojson
 from conf.fields import int_field, list_field, str_field, str_list_field
 
 # libcni ValidateNetworkName / ValidateContainerID
@@ -149,7 +149,7 @@ class NetConf:
     def from_bytes(cls, data: bytes) -> NetConf:
         """Parse stdin. Only decoding and the keys every verb needs are checked here."""
         try:
-            raw = json.loads(data)
+            raw = gojson.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise DecodingFailure(f"decode network config from stdin: {exc}", "stdin must hold one JSON object") from None
         if not isinstance(raw, dict):
