@@ -189,3 +189,19 @@ def test_gc_removes_mappings_of_attachments_no_longer_valid(host: Host, namespac
     assert [el[0]["elem"]["val"]["concat"][1] for el in maps["any4_port"]] == [8081]
     assert len(maps["masq4"]) == 1
     assert answers(host.wan, WAN_HOST, 8081, "B")
+
+
+def test_cri_shaped_mapping_forwards_and_is_removed(host: Host, namespaces: Namespaces, servers: Servers) -> None:
+    """containerd's CRI plugin marshals go-cni's PortMapping, which has no JSON tags: the keys
+    arrive as Go field names, on ADD and on both DELs of a pod, as for the reference."""
+    ctr = namespaces.make("ctr")
+    cri = {"HostPort": 18190, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}
+    c = chain(host, [cri])
+    result = host.must_add(c, ctr, "ctr-cri")
+    servers.start(ctr, 80, "K")
+    assert fetch(host.wan, WAN_HOST, 18190) == f"K {WAN_PEER}"
+    assert answers(host.ns, "127.0.0.1", 18190, "K")
+    assert all(r.rc == 0 for r in host.each("CHECK", c, result, ctr, "ctr-cri"))
+    host.delete(c, result, ctr, "ctr-cri")
+    assert fetch(host.wan, WAN_HOST, 18190, timeout=1).startswith("FAIL")
+    assert elements(host.ns, "inet", "cni_py_portmap") == 0
