@@ -26,7 +26,7 @@ from cni_plugins import invoke, log, netns, skel, sysctl
 from cni_plugins.errors import CNIError, ErrorList, InternalError, UnsupportedField
 from cni_plugins.netns import NetNSGone
 from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.steps import prev_result_for_check, quietly, step
+from cni_plugins.steps import options_for_del, prev_result_for_check, quietly, step
 from cni_plugins.types import Interface, IPInterface, Result, Route
 from conf.bridge import BridgeConf
 
@@ -187,7 +187,7 @@ def wait_port_up(host: Netlink, port: Link) -> Link:
 
 def cmd_del(args: CmdArgs) -> None:
     """Container link, IPAM, spoof check, masquerade; each step runs even if another failed."""
-    conf = BridgeConf.from_json(args.conf, args.cni_args)
+    conf = options_for_del("bridge", lambda: BridgeConf.from_json(args.conf, args.cni_args), lambda: BridgeConf.owning_all(args.conf))
     errors = ErrorList("bridge DEL")
     seen: tuple[list[IPInterface] | None, str, str] = (None, "", "")
     if args.netns:

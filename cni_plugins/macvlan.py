@@ -114,12 +114,13 @@ def cmd_add(args: CmdArgs) -> Result:
 
 
 def cmd_del(args: CmdArgs) -> None:
-    """IPAM DEL first, then the link; a missing netns, link or reservation is success."""
-    conf = MacvlanConf.from_json(args)
+    """IPAM DEL first, then the link; a missing netns, link or reservation is success. No
+    option of macvlan's own is read: a DEL does not fail on one it cannot read."""
+    ipam_type = args.conf.ipam_type
     errors = ErrorList("macvlan DEL")
-    if conf.ipam_type:
-        with errors.step(f"IPAM {conf.ipam_type} DEL"):
-            invoke.delegate(conf.ipam_type, "DEL", args.stdin, args.environ, args.path)
+    if ipam_type:
+        with errors.step(f"IPAM {ipam_type} DEL"):
+            invoke.delegate(ipam_type, "DEL", args.stdin, args.environ, args.path)
     if args.netns:
         from cni_plugins.netlink import Netlink
 

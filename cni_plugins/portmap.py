@@ -25,7 +25,7 @@ from typing import Any
 from cni_plugins import log, skel
 from cni_plugins.errors import CNIError, ErrorList, InvalidNetworkConfig, UnsupportedField
 from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.steps import prev_result_for_check
+from cni_plugins.steps import options_for_del, prev_result_for_check
 from cni_plugins.types import IPInterface, Result
 from conf.fields import bool_field, str_field, str_list_field
 from conf.netconf import NetConf, PortMapping
@@ -156,20 +156,24 @@ def cmd_add(args: CmdArgs) -> Result:
 
 
 def cmd_del(args: CmdArgs) -> None:
-    conf = PortMapConf.from_netconf(args.conf, args.ifname, strict=False)
-    if not conf.port_mappings:
+    """This attachment's mappings, from prevResult and runtimeConfig; found by owner when
+    either is missing or unreadable (options that cannot be read: by owner too)."""
+    conf: PortMapConf | None = options_for_del("portmap", lambda: PortMapConf.from_netconf(args.conf, args.ifname, strict=False), lambda: None)
+    mappings_known = conf is not None and args.conf.readable("runtimeConfig")
+    if conf is not None and mappings_known and not conf.port_mappings:
         return  # as the reference: nothing was mapped for this attachment
     errors = ErrorList("portmap DEL")
     owner, what = _owner(args), f"unmap ports of {args.container_id}/{args.ifname}"
     nft = _nft()
-    if args.conf.prev_result is None:
-        for maps, data_maps in layout.all_maps():  # no addresses: find the entries by owner
+    if conf is None or not mappings_known or args.conf.prev_result is None:
+        for maps, data_maps in layout.all_maps():  # no addresses or mappings: find the entries by owner
             with errors.step(f"remove entries of {maps.owners}"):
                 release_all_of(nft, maps, owner, data_maps, what=what)
     else:
         with errors.step("remove port mappings"):
             release_groups(nft, owner, conf.groups(args.conf.name), what=what)
-    _flush_udp(conf, versions=(4, 6) if args.conf.prev_result is None else None)
+    if conf is not None:
+        _flush_udp(conf, versions=(4, 6) if args.conf.prev_result is None else None)
     errors.raise_if_any()
 
 

@@ -147,7 +147,11 @@ def _serve(plugin: Plugin, environ: Mapping[str, str], stdin: BinaryIO | bytes |
         if command == VERSION:
             return _write(stdout, _version_reply(plugin, data))
         args = _parse_env(command, environ)
-        conf = NetConf.from_bytes(data)
+        # DEL never gets stuck on its own input: what it cannot read is left out (and logged),
+        # and the plugin removes what the attachment owns from its own records.
+        conf = NetConf.from_bytes(data, lenient=command == DEL)
+        for problem in conf.unreadable:
+            log.warning(f"DEL: ignoring {problem}")
         cni_version = conf.cni_version
         check_supported(conf.cni_version, plugin.versions)
         if not at_least(conf.cni_version, MIN_VERSION[command]):
@@ -158,8 +162,8 @@ def _serve(plugin: Plugin, environ: Mapping[str, str], stdin: BinaryIO | bytes |
         # Like the reference, only plugins that read CNI_ARGS parse (and can refuse) it.
         cni_args = CniArgs()
         if plugin.cni_args is not None:
-            cni_args = CniArgs.parse(environ.get("CNI_ARGS", ""))
-            if command in (ADD, DEL, CHECK):
+            cni_args = CniArgs.parse(environ.get("CNI_ARGS", ""), lenient=command == DEL)
+            if command in (ADD, CHECK):
                 cni_args.check_known(plugin.cni_args)
         if command in (ADD, CHECK):
             _check_netns_differs(args["CNI_NETNS"], environ)

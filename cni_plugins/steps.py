@@ -4,14 +4,15 @@
 raised inside, so the error JSON says which step failed; with ``CNI_PY_DEBUG=1`` it also
 logs how long the step took. ``quietly`` runs one undo callback of a failed ADD (registered
 on a ``contextlib.ExitStack``): its own failure is logged and the other undo steps still
-run, and the error reported stays the one that stopped the ADD.
+run, and the error reported stays the one that stopped the ADD. ``options_for_del`` keeps a
+DEL going when its options cannot be read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from cni_plugins import log
 from cni_plugins.errors import CNIError, InvalidNetworkConfig
@@ -19,6 +20,8 @@ from cni_plugins.errors import CNIError, InvalidNetworkConfig
 if TYPE_CHECKING:
     from cni_plugins.skel import CmdArgs
     from cni_plugins.types import Interface, Result
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -39,6 +42,17 @@ def quietly(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Non
         fn(*args, **kwargs)
     except CNIError as err:
         log.warning(f"rollback: {what}: {err.msg}")
+
+
+def options_for_del(plugin: str, parse: Callable[[], T], owning_all: Callable[[], T]) -> T:
+    """A DEL's options: ``parse()``, or when they cannot be read, ``owning_all()``, options under
+    which the DEL removes whatever the attachment may own (found by owner, as after an ADD with
+    every feature on). Only ADD and CHECK refuse a config they cannot read."""
+    try:
+        return parse()
+    except CNIError as err:
+        log.warning(f"{plugin} DEL: ignoring options that cannot be read ({err.msg}); removing whatever this attachment owns")
+        return owning_all()
 
 
 def prev_result_for_check(args: CmdArgs, plugin: str) -> Result:

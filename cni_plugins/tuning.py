@@ -31,7 +31,7 @@ from cni_plugins import log, netns, skel, sysctl
 from cni_plugins.errors import CNIError, ErrorList, InvalidEnvironment, InvalidNetworkConfig, IOFailure
 from cni_plugins.netns import NetNSGone
 from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.steps import quietly, step
+from cni_plugins.steps import options_for_del, quietly, step
 from cni_plugins.types import Result
 from conf.fields import abs_path_field, bool_field, dict_field, int_field, parse_mac, str_field
 from conf.gojson import GoObject
@@ -91,6 +91,10 @@ class TuningConf:
 
 def data_dir_of(args: CmdArgs) -> str:
     return abs_path_field(args.conf.raw, "dataDir", DEFAULT_DATA_DIR)
+
+
+def data_dir_for_del(args: CmdArgs) -> str:
+    return options_for_del("tuning", lambda: data_dir_of(args), lambda: DEFAULT_DATA_DIR)
 
 
 def _pick(cni: dict[str, Any], raw: dict[str, Any], key: str, read: Any) -> Any:
@@ -224,7 +228,7 @@ def apply_link(nl: Netlink, link: Link, conf: TuningConf, undo: contextlib.ExitS
 def cmd_del(args: CmdArgs) -> None:
     """Put back what ADD saved. Only dataDir is read from the config: a DEL must not fail on
     an option that made ADD fail. Gone netns or link: nothing to restore, the file goes."""
-    path = backup_path(data_dir_of(args), args)
+    path = backup_path(data_dir_for_del(args), args)
     saved = load_backup(path)
     if saved is None:
         return

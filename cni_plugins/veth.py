@@ -28,7 +28,7 @@ from cni_plugins import invoke, log, skel, sysctl
 from cni_plugins.errors import CNIError, ErrorList, InvalidNetworkConfig
 from cni_plugins.netns import NetNSGone
 from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.steps import prev_container_interface, prev_result_for_check, quietly, step
+from cni_plugins.steps import options_for_del, prev_container_interface, prev_result_for_check, quietly, step
 from cni_plugins.types import DNS, Interface, IPAddress, IPConfig, IPInterface, IPNetwork, Result
 from conf.fields import bool_field, int_field, str_field
 
@@ -152,7 +152,7 @@ def setup_host_side(host: Netlink, veth: Link, ips: tuple[IPConfig, ...]) -> Non
 def cmd_del(args: CmdArgs) -> None:
     """IPAM, the container veth (its host end and routes go with it), masquerade; each step
     runs even if another failed; a missing netns, link or reservation is fine."""
-    conf = VethConf.from_json(args)
+    conf = options_for_del("ptp", lambda: VethConf.from_json(args), lambda: VethConf(ip_masq=True, ip_masq_backend="", mtu=0, ipam_type=args.conf.ipam_type, dns=None))
     errors = ErrorList("ptp DEL")
     if conf.ipam_type:
         with errors.step(f"IPAM {conf.ipam_type} DEL"):

@@ -82,6 +82,11 @@ class BridgeConf:
             dns=conf.dns if dns_set(raw.get("dns")) else None,
         )
 
+    @classmethod
+    def owning_all(cls, conf: NetConf) -> BridgeConf:
+        """For a DEL whose options cannot be read: every per-attachment feature on."""
+        return cls(network=conf.name, ip_masq=True, macspoofchk=True, ipam_type=conf.ipam_type)
+
     def validate_for_add(self) -> None:
         """Combinations the reference refuses at ADD."""
         if self.hairpin and self.promisc:

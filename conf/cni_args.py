@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cni_plugins import log
 from cni_plugins.errors import InvalidEnvironment
 
 _TRUE = ("1", "true", "True", "TRUE")
@@ -19,7 +20,8 @@ class CniArgs:
     pairs: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def parse(cls, text: str) -> CniArgs:
+    def parse(cls, text: str, *, lenient: bool = False) -> CniArgs:
+        """``lenient`` (DEL): a malformed pair is logged and skipped instead of refused."""
         if not text:
             return cls()
         pairs = []
@@ -28,6 +30,9 @@ class CniArgs:
                 continue
             key, sep, value = item.partition("=")
             if not sep or not key:
+                if lenient:
+                    log.warning(f"DEL: ignoring CNI_ARGS pair {item!r}")
+                    continue
                 raise InvalidEnvironment(
                     f"CNI_ARGS: invalid pair {item!r}", 'CNI_ARGS must be "KEY=VALUE" pairs separated by ";"'
                 )

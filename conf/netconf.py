@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
 
-from cni_plugins.errors import DecodingFailure, InvalidNetworkConfig
+from cni_plugins.errors import CNIError, DecodingFailure, InvalidNetworkConfig
 from cni_plugins.types import DNS, Result, expect_dict
 from cni_plugins.version import DEFAULT_CONFIG_VERSION, parse_version, result_from_json
 from conf import gojson
@@ -22,6 +22,8 @@ from conf.fields import int_field, list_field, str_field, str_list_field
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 
 PROTOCOLS = ("tcp", "udp", "sctp")
+
+T = TypeVar("T")
 
 
 def validate_network_name(name: str, where: str = "name") -> None:
@@ -140,14 +142,25 @@ class NetConf:
     valid_attachments: tuple[Attachment, ...] | None
     raw: dict[str, Any]
     data: bytes
+    unreadable: tuple[str, ...] = ()  # lenient parse: the shared keys left out, with why
 
     @property
     def ipam_type(self) -> str:
         return str(self.ipam.get("type", "")) if self.ipam else ""
 
+    def readable(self, key: str) -> bool:
+        """False when a lenient parse left ``key`` out because its value could not be read."""
+        return not any(u.startswith(f"{key}:") for u in self.unreadable)
+
     @classmethod
-    def from_bytes(cls, data: bytes) -> NetConf:
-        """Parse stdin. Only decoding and the keys every verb needs are checked here."""
+    def from_bytes(cls, data: bytes, *, lenient: bool = False) -> NetConf:
+        """Parse stdin. Only decoding and the keys every verb needs are checked here.
+
+        ``lenient`` (DEL): the attachment is named by ``cniVersion``, ``name`` and the
+        environment, which stay strict; a shared key whose value cannot be read
+        (``runtimeConfig``, ``args``, ``prevResult``, ``dns``, ``ipam``, valid attachments)
+        is left out and listed in ``unreadable``, so that a DEL still removes what the
+        attachment owns instead of failing on its own input."""
         try:
             raw = gojson.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -163,25 +176,42 @@ class NetConf:
         ptype = raw.get("type", "")
         if not isinstance(ptype, str):
             raise DecodingFailure(f"type: expected a string, got {ptype!r}")
-        ipam = raw.get("ipam")
-        if ipam is not None:
-            ipam = expect_dict(ipam, "ipam")
-            if not isinstance(ipam.get("type", ""), str):
-                raise DecodingFailure(f"ipam.type: expected a string, got {ipam.get('type')!r}")
-        prev = raw.get("prevResult")
+        unreadable: list[str] = []
+
+        def read(key: str, parse: Callable[[Any], T], default: T) -> T:
+            value = raw.get(key)
+            if value is None:
+                return default
+            try:
+                return parse(value)
+            except CNIError as err:
+                if not lenient:
+                    raise
+                unreadable.append(f"{key}: {err.msg}")
+                return default
+
+        prev = read("prevResult", lambda v: result_from_json(v, "prevResult"), None)
         return cls(
             cni_version=version,
             name=name,
             type=ptype,
-            ipam=ipam or {},
-            dns=DNS.from_json(raw.get("dns"), "dns"),
-            prev_result=result_from_json(prev, "prevResult") if prev is not None else None,
-            runtime_config=RuntimeConfig.from_json(raw.get("runtimeConfig")),
-            args=PluginArgs.from_json(raw.get("args")),
-            valid_attachments=_attachments(raw.get("cni.dev/valid-attachments")),
+            ipam=read("ipam", _ipam, {}),
+            dns=read("dns", lambda v: DNS.from_json(v, "dns"), DNS()),
+            prev_result=prev,
+            runtime_config=read("runtimeConfig", RuntimeConfig.from_json, RuntimeConfig()),
+            args=read("args", PluginArgs.from_json, PluginArgs()),
+            valid_attachments=read("cni.dev/valid-attachments", _attachments, None),
             raw=raw,
             data=data,
+            unreadable=tuple(unreadable),
         )
+
+
+def _ipam(obj: object) -> dict[str, Any]:
+    ipam = expect_dict(obj, "ipam")
+    if not isinstance(ipam.get("type", ""), str):
+        raise DecodingFailure(f"ipam.type: expected a string, got {ipam.get('type')!r}")
+    return ipam
 
 
 def _attachments(obj: object) -> tuple[Attachment, ...] | None:

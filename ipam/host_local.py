@@ -18,9 +18,10 @@ import os
 from cni_plugins import log, skel
 from cni_plugins.errors import CNIError, IOFailure, PluginNotAvailable
 from cni_plugins.skel import CmdArgs, Plugin
+from cni_plugins.steps import options_for_del
 from cni_plugins.types import DNS, Result
 from ipam import allocator
-from ipam.config import IPAMConf, parse_data_dir
+from ipam.config import DEFAULT_DATA_DIR, IPAMConf, parse_data_dir
 from ipam.store import FileStore, Key, validate_component
 
 
@@ -40,9 +41,11 @@ def cmd_add(args: CmdArgs) -> Result:
 
 
 def cmd_del(args: CmdArgs) -> None:
-    conf = IPAMConf.from_netconf(args.conf, args.cni_args)
+    """Only ``dataDir`` is read: what the attachment holds is found by its key, and a DEL does
+    not fail on ranges, requested addresses or capabilities it cannot read."""
+    data_dir = options_for_del("host-local", lambda: parse_data_dir(args.conf.ipam), lambda: DEFAULT_DATA_DIR)
     key = _key(args)
-    store = FileStore(conf.data_dir, conf.name)
+    store = FileStore(data_dir, args.conf.name)
     if not store.exists():
         return  # nothing was ever allocated on this network: nothing to release
     with store:
