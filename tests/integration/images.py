@@ -1,5 +1,6 @@
-"""Test images made from Debian's busybox-static: a rootfs tar (``podman import``) and a
-one-layer OCI image layout tar (``ctr image import``); no registry is involved."""
+"""Test images made from Debian's busybox-static: a rootfs tar (``podman import``), a
+one-layer OCI image layout tar (``ctr image import``) and a pod sandbox image of the same
+layer; no registry is involved."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import platform
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Sequence
 
 from tests.integration.runtimes import BUSYBOX, CTR_IMAGE, need
 
@@ -41,15 +43,17 @@ def busybox_rootfs_tar(dest: Path) -> Path:
     return dest
 
 
-def oci_layout_tar(rootfs: Path, dest: Path, name: str = CTR_IMAGE) -> Path:
-    """A one-layer OCI image layout tar (what ``ctr image import`` reads), named ``name``."""
+def oci_layout_tar(rootfs: Path, dest: Path, name: str = CTR_IMAGE, *, entrypoint: Sequence[str] = (), cmd: Sequence[str] = ("/bin/sh",)) -> Path:
+    """A one-layer OCI image layout tar (what ``ctr image import`` reads), named ``name``,
+    whose config runs ``entrypoint`` + ``cmd``."""
     layer = rootfs.read_bytes()
 
     def digest(data: bytes) -> str:
         return "sha256:" + hashlib.sha256(data).hexdigest()
 
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
-    config = json.dumps({"architecture": arch, "os": "linux", "config": {"Cmd": ["/bin/sh"]}, "rootfs": {"type": "layers", "diff_ids": [digest(layer)]}}).encode()
+    run = {key: list(argv) for key, argv in (("Entrypoint", entrypoint), ("Cmd", cmd)) if argv}
+    config = json.dumps({"architecture": arch, "os": "linux", "config": run, "rootfs": {"type": "layers", "diff_ids": [digest(layer)]}}).encode()
     manifest = json.dumps(
         {
             "schemaVersion": 2,
@@ -77,3 +81,9 @@ def oci_layout_tar(rootfs: Path, dest: Path, name: str = CTR_IMAGE) -> Path:
             ti.size, ti.mode = len(data), 0o644
             tf.addfile(ti, io.BytesIO(data))
     return dest
+
+
+def pause_image_tar(rootfs: Path, dest: Path, name: str) -> Path:
+    """A pod sandbox ("pause") image: the busybox layer, running a static ``sleep`` forever as
+    PID 1 of the pod (the CRI plugin kills it with SIGKILL when the pod stops)."""
+    return oci_layout_tar(rootfs, dest, name, entrypoint=("/bin/sleep", "infinity"), cmd=())

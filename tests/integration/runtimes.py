@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -161,6 +162,11 @@ class Sandbox:
             lines.append(f"mount --bind {empty} {target}")
         return "\n".join(lines)
 
+    def outside(self, path: str) -> str:
+        """The path by which the test process reaches ``path`` of the sandbox's mount
+        namespace (a socket in the sandbox's own /run, say)."""
+        return f"/proc/{self.pid}/root{path}"
+
     def shadow(self, path: str) -> Path:
         """The directory of this test that the sandbox sees at ``path`` (one of SHADOWED)."""
         return self.work / "shadow" / str(SHADOWED.index(path))
@@ -197,14 +203,17 @@ class Sandbox:
         """Run a command of the machine (ip, python) in the network namespace of a container's pid."""
         return self.run("nsenter", "-t", str(pid), "-n", "--", *argv, check=check)
 
-    def fetch(self, url: str, *, in_pid: int | None = None, timeout: float = 3) -> str:
-        """GET ``url`` from the sandbox host (or a container's netns); the body, or 'FAIL ...'."""
+    def fetch(self, url: str, *, in_pid: int | None = None, in_netns: str | None = None, timeout: float = 3) -> str:
+        """GET ``url`` from the sandbox host (or a container's netns, or a named netns of the
+        sandbox); the body, or 'FAIL ...'."""
         code = (
             "import sys, urllib.request\n"
             "try:\n print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode().strip())\n"
             "except Exception as exc:\n print(f'FAIL {exc}')"
         )
         argv = [sys.executable, "-I", "-c", code, url, str(timeout)]
+        if in_netns:
+            argv = ["ip", "netns", "exec", in_netns, *argv]
         proc = self.in_netns_of(in_pid, *argv, check=False) if in_pid else self.run(*argv, check=False)
         return proc.stdout.strip() or f"FAIL {proc.stderr.strip()}"
 
@@ -311,9 +320,11 @@ def host_snapshot() -> dict[str, Any]:
 
 def install_plugins(sb: Sandbox, helper: str, bin_dir: Path | None = None) -> tuple[Path, Path | None, Path | None]:
     """Our plugins in a bin dir by the real installer; with ``helper == "on"`` a warm helper is
-    started inside the sandbox on a private socket. Returns (bin dir, socket, call-count file)."""
+    started inside the sandbox on a private socket; with ``"auto"`` (the installer's default)
+    the first call starts one on the default socket, which is in the sandbox's /run. Returns
+    (bin dir, socket, call-count file)."""
     bin_dir = bin_dir or sb.work / "cnibin"
-    args = ["--helper", "off"]
+    args = ["--helper", "auto" if helper == "auto" else "off"]
     sock = count = None
     if helper == "on":
         sock = sb.work / "helper" / "helper.sock"
@@ -392,10 +403,43 @@ class Podman:
 # ------------------------------------------------------------ containerd
 
 
-class Containerd:
-    """A containerd daemon in the sandbox with its own root, state, socket and config."""
+@dataclass(frozen=True)
+class CriConfig:
+    """containerd's CRI plugin as a node runs it: the CNI dirs it reads (the first conflist of
+    ``conf_dir``, plugins from ``bin_dir``) and the local image every pod's sandbox runs."""
 
-    def __init__(self, sb: Sandbox) -> None:
+    bin_dir: str
+    conf_dir: str
+    sandbox_image: str
+
+    def toml(self) -> str:
+        cri = 'plugins."io.containerd.grpc.v1.cri"'
+        return (
+            f"[{cri}]\n"
+            f'  sandbox_image = "{self.sandbox_image}"\n'
+            "  restrict_oom_score_adj = true\n"  # root here lacks CAP_SYS_RESOURCE
+            "  disable_apparmor = true\n"
+            '  stream_server_address = "127.0.0.1"\n'  # the sandbox's loopback
+            '  stream_server_port = "0"\n'
+            f"[{cri}.containerd]\n"
+            '  snapshotter = "native"\n'
+            '  default_runtime_name = "runc"\n'
+            f"[{cri}.containerd.runtimes.runc]\n"
+            '  runtime_type = "io.containerd.runc.v2"\n'
+            f"[{cri}.containerd.runtimes.runc.options]\n"
+            "  SystemdCgroup = false\n"  # systemd is not PID 1 here: cgroupfs
+            f"[{cri}.cni]\n"
+            f'  bin_dir = "{self.bin_dir}"\n'
+            f'  conf_dir = "{self.conf_dir}"\n'
+            "  max_conf_num = 1\n"
+        )
+
+
+class Containerd:
+    """A containerd daemon in the sandbox with its own root, state, socket and config; its CRI
+    plugin is disabled unless ``cri`` configures it."""
+
+    def __init__(self, sb: Sandbox, cri: CriConfig | None = None) -> None:
         self.sb = sb
         self.state = "/run/cnipy-containerd"  # the sandbox's tmpfs
         self.address = f"{self.state}/containerd.sock"
@@ -404,11 +448,12 @@ class Containerd:
             "version = 2\n"
             f'root = "{sb.work}/containerd-root"\n'
             f'state = "{self.state}"\n'
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            "[grpc]\n"
+            + ("" if cri else 'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
+            + "[grpc]\n"
             f'  address = "{self.address}"\n'
             '[plugins."io.containerd.internal.v1.opt"]\n'
             f'  path = "{sb.work}/containerd-opt"\n'
+            + (cri.toml() if cri else "")
         )
         self.log = sb.work / "containerd.log"
         self.proc: subprocess.Popen[str] | None = None
@@ -422,13 +467,14 @@ class Containerd:
     def daemon_pid(self) -> int | None:
         return child_pid(self.proc.pid) if self.proc else None
 
-    def stop(self) -> int | None:
-        """SIGTERM the daemon and wait for it; its exit status (None if it was not running)."""
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the daemon (SIGTERM: a clean stop) and wait for it; its exit status (None if
+        it was not running). Shims and the containers they hold keep running."""
         if self.proc is None:
             return None
         pid = self.daemon_pid()
         if pid:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, sig)
         try:
             rc = self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
