@@ -21,6 +21,7 @@ from cni_plugins.errors import InvalidNetNS
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
+NSFS_MAGIC = 0x6E736673
 _libc: Any = None
 
 
@@ -55,15 +56,47 @@ def _setns(fd: int, nstype: int) -> None:
 
 
 def open_netns(path: str) -> int:
-    """An fd for the namespace at ``path``; the caller closes it."""
+    """An fd for the namespace at ``path``; the caller closes it.
+
+    What ``path`` names is checked before it is opened (on an ``O_PATH`` descriptor, which
+    opens nothing): a FIFO would block the open until someone writes to it, and opening a
+    device can have effects of its own. Only a file of the namespace file system is opened."""
     if not path:
         raise NetNSGone("no network namespace given", "set CNI_NETNS to the container's namespace path")
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        probe = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NetNSGone(f"network namespace {path} does not exist", "check CNI_NETNS") from None
     except OSError as exc:
         raise InvalidNetNS(f"open network namespace {path}: {exc.strerror}", "check CNI_NETNS") from None
+    try:
+        try:
+            kind = _fs_type(probe)
+        except OSError as exc:
+            raise InvalidNetNS(f"network namespace {path}: {exc.strerror}", "check CNI_NETNS") from None
+        if kind != NSFS_MAGIC:
+            raise InvalidNetNS(f"{path} is not a network namespace", "CNI_NETNS must name a network namespace, e.g. /var/run/netns/<name>")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise InvalidNetNS(f"open network namespace {path}: {exc.strerror}", "check CNI_NETNS") from None
+        opened, probed = os.fstat(fd), os.fstat(probe)
+        if (opened.st_dev, opened.st_ino) != (probed.st_dev, probed.st_ino):
+            os.close(fd)
+            raise InvalidNetNS(f"{path} changed while it was opened", "check CNI_NETNS")
+        return fd
+    finally:
+        os.close(probe)
+
+
+def _fs_type(fd: int) -> int:
+    """``fstatfs(fd).f_type``."""
+    import ctypes
+
+    buf = ctypes.create_string_buffer(256)  # struct statfs: f_type is its first member, a C long
+    if libc().fstatfs(fd, buf) != 0:
+        raise_errno()
+    return ctypes.c_long.from_buffer(buf).value
 
 
 def current_netns_fd() -> int:
