@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Mapping, TextIO
 
-from cni_plugins import log
+from cni_plugins import attachment_lock, cancel, log
 from cni_plugins.errors import CNIError, IncompatibleCNIVersion, InvalidEnvironment, InvalidNetNS, IOFailure, UnknownContainer
 from cni_plugins.types import Result
 from cni_plugins.version import CURRENT_VERSION, SUPPORTED_VERSIONS, at_least, check_supported, result_to_json
@@ -177,12 +177,13 @@ def _serve(plugin: Plugin, environ: Mapping[str, str], stdin: BinaryIO | bytes |
             conf=conf,
             environ=environ,
         )
-        if command == ADD:
-            result = plugin.add(cmd)
-            return _write(stdout, result_to_json(result, conf.cni_version), indent=4)
-        handler = {DEL: plugin.delete, CHECK: plugin.check, STATUS: plugin.status, GC: plugin.gc}[command]
-        if handler is not None:
-            handler(cmd)
+        with attachment_lock.held(plugin.name, conf.name, cmd.container_id, cmd.ifname):  # ADD, CHECK, DEL of one attachment never overlap
+            if command == ADD:
+                result = cancel.run_add(plugin, cmd)  # stops at a safe point if a helper's caller goes away
+                return _write(stdout, result_to_json(result, conf.cni_version), indent=4)
+            handler = {DEL: plugin.delete, CHECK: plugin.check, STATUS: plugin.status, GC: plugin.gc}[command]
+            if handler is not None:
+                handler(cmd)
         return 0
     except CNIError as err:
         _write(stdout, err.to_json(cni_version or _declared_version(data)), indent=4)

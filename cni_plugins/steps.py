@@ -14,7 +14,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
-from cni_plugins import log
+from cni_plugins import cancel, log
 from cni_plugins.errors import CNIError, InvalidNetworkConfig
 
 if TYPE_CHECKING:
@@ -26,7 +26,9 @@ T = TypeVar("T")
 
 @contextlib.contextmanager
 def step(what: str) -> Iterator[None]:
-    """Name the step that failed in the error; with CNI_PY_DEBUG=1, log how long it took."""
+    """Name the step that failed in the error; with CNI_PY_DEBUG=1, log how long it took.
+    Entering a step is a safe point: an ADD whose caller went away stops there (``cancel``)."""
+    cancel.check()
     start = time.perf_counter() if log.debugging() else 0.0
     try:
         yield
