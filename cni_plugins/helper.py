@@ -1,46 +1,48 @@
 """A warm helper: plugin executables hand their call to it, so a call does not pay for
-importing pyroute2 and nftables (~100 ms) every time.
+importing pyroute2 and nftables (~100 ms) every time. docs/helper.md tells the whole story.
 
-Security: it listens only on a unix socket in a root-only directory (0700; socket 0600),
-and serves only peers whose SO_PEERCRED uid is 0. Anything else is refused before anything
-is done for it (no namespace joined, no fd kept), and the caller then runs the plugin itself.
+Shape: a pool manager (this module) owns the listening socket, accepts each connection and
+hands it to one of its pre-forked, pre-warmed workers (``cni_plugins.helper_worker``) over
+that worker's control socket. Workers never hold the listening socket: when the manager
+dies, the socket stops accepting at once and the next call starts a new helper (or runs in
+its own process). The manager forks a replacement as soon as a worker takes a call, so the
+fork of this large process is never on a call's path.
 
-Semantics: each call is served by a worker (pre-forked, see ``serve``) that takes over
-the caller's stdin, stdout and stderr (passed as fds), joins the caller's mount and network
-namespaces and working directory, adopts its environment and umask, and runs exactly the
-``skel.run`` the executable would have run. The exit status goes back to the caller, which
-exits with it. The exec protocol is unchanged: the runtime sees one process that reads
-stdin and writes one JSON document to stdout. A worker then goes back to the helper's own
-namespaces, directory, umask and environment and serves another call (at most
-``CALLS_PER_WORKER``; any call that did not end normally ends the worker).
+Security: the socket is in a root-only directory (0700; socket 0600), and a worker serves a
+caller only if it holds everything the helper holds (``cni_plugins.peer``); any other
+caller runs the plugin in its own process. A launcher names its install (interpreter and
+code paths) in each request; a helper serves only its own install's launchers.
 
-Lifetime: ``--daemon`` detaches; the helper exits after ``--idle`` seconds without calls
-(default 600) and when the code it loaded changes on disk (it then stops taking calls;
-the next caller in ``auto`` mode starts a fresh helper, with the new code).
+Lifetime: started by the first call (``--daemon``), by systemd (socket activation: the
+listening socket arrives as fd 3, readiness is reported with ``sd_notify``), or by hand. It
+exits after ``--idle`` seconds without calls (0: never) and when the code it loaded changes
+on disk (it then stops taking calls; the next call, or systemd, starts one with the new
+code). ``<socket>.lock`` holds its pid (flock'd while it runs); ``<socket>.status`` what
+``cni-plugins helper status`` shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import errno
 import fcntl
+import json
 import os
-import select
+import selectors
 import signal
 import socket
 import struct
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-PROTOCOL = b"cni-py-helper/1"
-MAX_MESSAGE = 1 << 20
-FDS_EXPECTED = 6  # stdin, stdout, stderr, netns, mntns, cwd
-CLONE_NEWNS = 0x00020000
-CLONE_NEWNET = 0x40000000
-PR_SET_PDEATHSIG = 1
-CALLS_PER_WORKER = 200  # then a fresh fork: whatever a call left behind does not pile up
+from cni_plugins import helper_worker, launch, peer
+
+STATUS_EVERY = 0.5  # seconds between rewrites of the status file while calls come in
+STAMP_EVERY = 2.0  # seconds between checks of the code's mtimes while calls come in
 
 
 def _preload() -> None:
@@ -59,7 +61,7 @@ def _preload() -> None:
     root = Path(__file__).resolve().parent.parent
     for pkg in ("cni_plugins", "ipam", "firewall", "conf"):
         for info in pkgutil.iter_modules([str(root / pkg)], prefix=f"{pkg}."):
-            if info.name not in ("cni_plugins.install", "cni_plugins.launch") and not info.ispkg:
+            if info.name not in ("cni_plugins.install", "cni_plugins.helper_units") and not info.ispkg:
                 try:
                     importlib.import_module(info.name)
                 except Exception:  # an optional module that cannot load here: a call that needs it will say so
@@ -81,7 +83,7 @@ def _preload() -> None:
         pass
 
 
-def _code_stamp(root: Path) -> float:
+def code_stamp(root: Path) -> float:
     """The newest mtime of the code workers run (not the runtime side, ``cni_plugins/runtime``,
     which no plugin imports)."""
     newest = 0.0
@@ -96,274 +98,213 @@ def _code_stamp(root: Path) -> float:
     return newest
 
 
-def _setns(fd: int, nstype: int) -> None:
-    from cni_plugins import netns
+@dataclasses.dataclass
+class _Worker:
+    pid: int
+    ctl: socket.socket
+    state: str  # warming, idle, busy, leaving
 
-    netns._setns(fd, nstype)
 
+class _Pool:
+    """The manager's side: workers, the connections waiting for one, the counters."""
 
-def _serve_call(conn: socket.socket, plugin_type: str, umask: int, env: dict[str, str], fds: list[int]) -> bool:
-    """In a worker that took a call: become the caller, run the plugin, report the status.
-    True when the call ran to its end normally (the worker may be reused).
+    def __init__(self, server: socket.socket, identity: helper_worker.Identity, size: int, keep_from_workers: list[Any]) -> None:
+        self.server = server
+        self.identity = identity
+        self.size = size
+        self.keep_from_workers = keep_from_workers  # fds and sockets a worker must not inherit
+        self.workers: dict[int, _Worker] = {}
+        self.idle: list[int] = []  # a stack: the most recently used worker first
+        self.pending: collections.deque[tuple[socket.socket, float]] = collections.deque()
+        self.selector = selectors.DefaultSelector()
+        self.served = self.refused = 0
+        self.last_activity = time.monotonic()
 
-    The caller's stdin/stdout/stderr are let go (replaced by /dev/null) *before* the status
-    is sent: the runtime sees EOF on its pipes as soon as the launcher exits, and closing
-    netlink and nftables sockets (which can wait for a kernel RCU grace period after a
-    transaction that deleted something) happens after the reply, not in the runtime's wait."""
-    rc, clean = 1, False
-    try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # subprocess needs to reap its children
-        stdin, stdout, stderr, net_fd, mnt_fd, cwd_fd = fds
-        _setns(mnt_fd, CLONE_NEWNS)
-        _setns(net_fd, CLONE_NEWNET)
-        os.fchdir(cwd_fd)
-        os.umask(umask)
-        for src, dst in ((stdin, 0), (stdout, 1), (stderr, 2)):
-            os.dup2(src, dst)
-        for fd in (stdin, stdout, stderr, net_fd, mnt_fd, cwd_fd):
-            if fd > 2:
-                os.close(fd)
-        sys.stdin = open(0, "r", closefd=False)
-        sys.stdout = open(1, "w", closefd=False)
-        sys.stderr = open(2, "w", closefd=False)
-        os.environ.clear()
-        os.environ.update(env)
-        from cni_plugins import registry, skel
+    def count(self, state: str) -> int:
+        return sum(1 for w in self.workers.values() if w.state == state)
 
-        rc = skel.run(registry.load(plugin_type).PLUGIN)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        clean = rc in (0, 1)
-    except BaseException as exc:  # the worker must always report, whatever happened
+    def fill(self) -> None:
+        """Keep ``size`` workers ready or warming, and at most twice that in all."""
+        while self.count("idle") + self.count("warming") < self.size and len(self.workers) < 2 * self.size:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                mine.close()
+                for w in self.workers.values():
+                    w.ctl.close()
+                for conn, _ in self.pending:
+                    conn.close()
+                for item in self.keep_from_workers:
+                    item.close() if hasattr(item, "close") else os.close(item)
+                self.selector.close()
+            except BaseException:
+                os._exit(1)
+            helper_worker.run(theirs, self.identity, parent)
+        theirs.close()
+        self.workers[pid] = _Worker(pid, mine, "warming")
+        self.selector.register(mine, selectors.EVENT_READ, pid)
+
+    def accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            self.pending.append((conn, peer.boottime()))
+            self.last_activity = time.monotonic()
+
+    def heard_from(self, pid: int) -> None:
+        worker = self.workers[pid]
         try:
-            os.write(2, f"cni-py helper worker: {exc!r}\n".encode())
+            message = worker.ctl.recv(16)
+        except OSError:
+            message = b""
+        if not message:
+            self.forget(pid)
+            return
+        for byte in message.decode("ascii", "replace"):
+            if byte == "R" and worker.state == "warming":
+                worker.state = "idle"
+            elif byte in "01" and worker.state == "busy":
+                worker.state = "idle"
+            elif byte == "2":
+                worker.state = "leaving"
+            if byte == "S":
+                self.served += 1
+            elif byte == "0":
+                self.refused += 1
+        if worker.state == "idle" and pid not in self.idle:
+            self.idle.append(pid)
+        self.last_activity = time.monotonic()
+
+    def forget(self, pid: int) -> None:
+        worker = self.workers.pop(pid, None)
+        if worker is not None:
+            self.selector.unregister(worker.ctl)
+            worker.ctl.close()
+        if pid in self.idle:
+            self.idle.remove(pid)
+
+    def dispatch(self) -> None:
+        """Hand waiting connections to free workers; drop those their launcher gave up on."""
+        now = peer.boottime()
+        while self.pending:
+            conn, accepted_at = self.pending[0]
+            if now - accepted_at > launch.ACCEPT_WAIT:
+                self.pending.popleft()
+                conn.close()  # its launcher stopped waiting and runs the plugin itself
+                continue
+            if not self.idle:
+                return
+            pid = self.idle.pop()
+            worker = self.workers[pid]
+            try:
+                worker.ctl.sendmsg([b"C" + struct.pack("d", accepted_at)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", conn.fileno()))])
+            except OSError:
+                self.forget(pid)  # it died; the connection waits for another
+                continue
+            self.pending.popleft()
+            conn.close()
+            worker.state = "busy"
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.workers:
+                self.forget(pid)
+
+    def close(self) -> None:
+        """Stop: idle workers see their control socket close and exit; busy ones finish their
+        call first."""
+        for conn, _ in self.pending:
+            conn.close()
+        self.pending.clear()
+        for pid in list(self.workers):
+            self.forget(pid)
+        self.selector.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "calls": self.served,
+            "refused": self.refused,
+            "workers": {state: sorted(w.pid for w in self.workers.values() if w.state == state) for state in ("idle", "busy", "warming", "leaving")},
+        }
+
+
+def listen_fd() -> socket.socket | None:
+    """The listening socket systemd passed (socket activation: LISTEN_PID, LISTEN_FDS, fd 3)."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+        return None
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(key, None)
+    sock = socket.socket(fileno=3)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise SystemExit("cni-plugins helper: the socket passed by systemd is not a listening AF_UNIX SOCK_SEQPACKET socket (ListenSequentialPacket=)")
+    fd = fcntl.fcntl(3, fcntl.F_GETFD)
+    fcntl.fcntl(3, fcntl.F_SETFD, fd | fcntl.FD_CLOEXEC)
+    return sock
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) when it asked to be told; nothing otherwise."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.sendto(message.encode(), address)
         except OSError:
             pass
+
+
+def _bind(sock_path: str) -> tuple[socket.socket, int]:
     try:
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.close(devnull)
-    except OSError:
-        clean = False
-    try:
-        conn.send(str(rc).encode())
-    except OSError:
+        os.unlink(sock_path)
+    except FileNotFoundError:
         pass
-    return clean
-
-
-@dataclasses.dataclass
-class _Home:
-    """Where a worker stands between calls, to go back there after serving one."""
-
-    net: int
-    mnt: int
-    cwd: int
-    umask: int
-    env: dict[str, str]
-    parent: int
-
-    @classmethod
-    def here(cls) -> _Home:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        flags = os.O_RDONLY | os.O_CLOEXEC
-        return cls(
-            net=os.open("/proc/self/ns/net", flags),
-            mnt=os.open("/proc/self/ns/mnt", flags),
-            cwd=os.open(".", flags | os.O_DIRECTORY),
-            umask=umask,
-            env=dict(os.environ),
-            parent=os.getppid(),
-        )
-
-    def back(self) -> None:
-        """Leave the caller's namespaces and settings; close what the call kept open."""
-        import gc
-
-        from cni_plugins import netlink, sysctl
-        from firewall import nft
-
-        netlink.release_kept()
-        nft.release_kept()
-        sysctl.release()  # its dentries would pile up call after call
-        _setns(self.mnt, CLONE_NEWNS)
-        _setns(self.net, CLONE_NEWNET)
-        os.fchdir(self.cwd)
-        os.umask(self.umask)
-        os.environ.clear()
-        os.environ.update(self.env)
-        gc.collect()  # the call's cycles (collection is off during calls)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _parse(data: bytes) -> tuple[str, int, dict[str, str]]:
-    parts = data.split(b"\0")
-    if len(parts) < 3 or parts[0] != PROTOCOL:
-        raise ValueError("not a cni-py helper request")
-    env = {}
-    for item in parts[3:]:
-        key, sep, value = item.decode("utf-8", "surrogateescape").partition("=")
-        if sep:
-            env[key] = value
-    return parts[1].decode(), int(parts[2]), env
-
-
-def _take_call(conn: socket.socket, notify: int) -> bool | None:
-    """In a worker: check the peer, read the request, serve it. None when the call was
-    refused (nothing was done); else whether it ended normally."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    data, ancdata, _flags, _addr = conn.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(FDS_EXPECTED * 4))
-    fds: list[int] = []
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.extend(struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) - len(payload) % 4]))
-    request: tuple[str, int, dict[str, str]] | None = None
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    old_umask = os.umask(0o177)
     try:
-        if uid == 0 and len(fds) == FDS_EXPECTED:  # not root: nothing is done; the caller runs the plugin itself (and fails there)
-            from cni_plugins import registry
-
-            request = _parse(data)
-            if request[0] not in registry.PLUGINS:
-                request = None
-    except (ValueError, OSError):
-        request = None
-    if request is None:
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        return None
-    plugin_type, umask, env = request
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # committed: a stopping helper must not cut the call
-    from cni_plugins import netlink
-    from firewall import nft
-
-    netlink.keep_open_until_exit()  # closing sockets waits for the kernel: do it on exit, after the reply
-    nft.keep_open_until_exit()
-    try:
-        os.write(notify, struct.pack("i", os.getpid()))  # busy: the pool refills now, while this call runs
-        conn.send(b"A")
-    except OSError:
-        os._exit(1)  # the caller went away (it runs the plugin itself); this worker is spent
-    return _serve_call(conn, plugin_type, umask, env, fds)
-
-
-WARM_PREV = {
-    "cniVersion": "1.0.0",
-    "interfaces": [{"name": "br"}, {"name": "veth"}, {"name": "eth0", "sandbox": "/proc/self/ns/net"}],
-    "ips": [{"address": "10.0.0.2/24", "gateway": "10.0.0.1", "interface": 2}],
-    "routes": [{"dst": "0.0.0.0/0"}],
-}
-
-
-def _warm_worker() -> None:
-    """Before a worker takes a call: walk the common paths once (config and result parsing,
-    the skel, a netlink and an nftables read in the helper's own namespace; nothing is
-    changed anywhere). A fresh fork shares every page with the pool manager, and the first
-    touch of each (Python writes reference counts) copies it: ~1,300 page copies, 5-10 ms,
-    would otherwise land inside the call."""
-    import io
-    import json
-
-    from cni_plugins import netlink, registry, skel
-    from conf.netconf import NetConf
-    from firewall.nft import LibNftables
-
-    conf = {"cniVersion": "1.0.0", "name": "warm", "type": "portmap", "prevResult": WARM_PREV, "runtimeConfig": {"portMappings": [{"hostPort": 1, "containerPort": 2, "protocol": "tcp"}]}}
-    data = json.dumps(conf).encode()
-    for plugin_type in ("bridge", "portmap", "firewall", "host-local"):
-        plugin = registry.load(plugin_type).PLUGIN
-        for command in ("VERSION", "ADD"):  # ADD without CNI_CONTAINERID: refused by the skel, before any action
-            skel.run(plugin, environ={"CNI_COMMAND": command}, stdin=data, stdout=io.StringIO(), stderr=io.StringIO())
-    NetConf.from_bytes(data)
-    with netlink.Netlink.open(None, label="warm-up") as nl:
-        nl.link("lo")
-        nl.link_by_index(1)
-        nl.addresses(index=1, family=socket.AF_INET)
-    LibNftables().list_chain("inet", "cni_py_warm_up", "none")
-
-
-def _worker(server: socket.socket, notify: int, parent: int) -> None:
-    """A pre-forked worker: warm up, then serve calls one at a time, going back to its own
-    namespaces between them, for up to ``CALLS_PER_WORKER`` calls; it exits after a call
-    that did not end normally, when going back fails, or when the pool manager is gone.
-    Never returns."""
-    import gc
-
-    gc.disable()  # collected between calls, off the callers' path
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    code = 0
-    try:
-        _die_with_parent()
-        home = _Home.here()
-        if home.parent != parent:
-            raise SystemExit(0)  # the pool manager died before we asked to follow it
-        try:
-            _warm_worker()
-        except Exception:  # a warm-up is an optimisation only
-            pass
-        served = 0
-        while served < CALLS_PER_WORKER:
-            try:
-                conn, _ = server.accept()
-            except (InterruptedError, ConnectionAbortedError, BlockingIOError):
-                continue
-            try:
-                outcome = _take_call(conn, notify)  # None: refused, nothing done
-            except OSError:
-                outcome = None
-            conn.close()
-            if outcome is None:
-                continue
-            served += 1
-            if not outcome or served >= CALLS_PER_WORKER:
-                break
-            home.back()
-            if os.getppid() != home.parent:
-                break  # the pool manager is gone: do not serve an orphaned socket
-            os.write(notify, struct.pack("i", -os.getpid()))  # idle again
-    except BaseException:  # never fall back into the pool manager's code
-        code = 1
+        server.bind(sock_path)
     finally:
-        os._exit(code)
+        os.umask(old_umask)
+    os.chmod(sock_path, 0o600)
+    server.listen(128)
+    return server, os.stat(sock_path).st_ino
 
 
-def _die_with_parent() -> None:
-    """SIGTERM when the pool manager dies (an idle worker then exits; a busy one finishes)."""
-    from cni_plugins import netns
-
-    netns.libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _spawn_worker(server: socket.socket, notify_r: int, notify_w: int) -> int:
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        os.close(notify_r)
-        _worker(server, notify_w, parent)
-    return pid
-
-
-def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1) -> int:
-    """Serve calls with a pool of pre-forked workers (``workers`` idle at all times; default
-    twice the CPUs, at least 4). Each worker accepts on the socket itself and serves exactly
-    one call (it joins the caller's namespaces, so it cannot be reused); the pool manager
-    forks a replacement as soon as a worker takes a call, so the fork of this large process
-    is never on a call's path. ``ready_fd``: a pipe that gets ``launch.READY`` once the
-    socket listens (the call that started this helper waits for it); an early return or an
-    exception closes it by ending the process."""
+def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1, install: str = "") -> int:
+    """Serve calls on ``sock_path`` (or on the socket systemd passed) with a pool of
+    ``workers`` ready workers (default twice the CPUs, at least 4). ``ready_fd``: a pipe that
+    gets ``launch.READY`` once the socket listens (the call that started this helper waits
+    for it); an early return or an exception closes it by ending the process."""
     import gc
 
+    activated = listen_fd()
+    me = peer.Credentials.of("self")
+    if me.cap_eff & launch.HELPER_NEEDS != launch.HELPER_NEEDS:
+        print("cni-plugins helper: needs CAP_NET_ADMIN, CAP_SYS_ADMIN and CAP_SYS_CHROOT", file=sys.stderr)
+        return 1
     directory = os.path.dirname(sock_path) or "."
     os.makedirs(directory, mode=0o700, exist_ok=True)
     lock_fd = os.open(sock_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     if not _try_lock(lock_fd):  # another helper serves this socket, or is starting to
-        if ready_fd <= 2 or not _wait_for_other(sock_path, lock_fd, ready_fd):
+        if activated is not None:
+            _take_over(sock_path, lock_fd)
+        elif ready_fd <= 2 or not _wait_for_other(sock_path, lock_fd, ready_fd):
             return 0
     os.ftruncate(lock_fd, 0)
     os.write(lock_fd, f"{os.getpid()}\n".encode())
@@ -371,72 +312,105 @@ def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1) -> 
     gc.collect()
     gc.freeze()  # workers then never touch (copy) the preloaded objects' pages for collection
     root = Path(__file__).resolve().parent.parent
-    stamp = _code_stamp(root)
-    try:
-        os.unlink(sock_path)
-    except FileNotFoundError:
-        pass
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    old_umask = os.umask(0o177)
-    try:
-        server.bind(sock_path)
-    finally:
-        os.umask(old_umask)
-    os.chmod(sock_path, 0o600)
-    bound_inode = os.stat(sock_path).st_ino
-    server.listen(128)
+    stamp = code_stamp(root)
+    if not install:
+        from cni_plugins import install as installer
+
+        install = installer.install_id()
+    if activated is not None:
+        server, bound_inode = activated, -1
+    else:
+        server, bound_inode = _bind(sock_path)
+    server.setblocking(False)
     if ready_fd > 2:
         _say_ready(ready_fd)
         os.close(ready_fd)  # before any fork: workers must not hold it
-    size = workers or max(4, 2 * (os.cpu_count() or 1))
-    notify_r, notify_w = os.pipe()
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    idle_workers: set[int] = set()
-    busy_workers: set[int] = set()
-    last = time.monotonic()
-    last_stamp_check = last
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    flags = {"stop": False, "status": True}
+    signal.signal(signal.SIGTERM, lambda *_: flags.update(stop=True))
+    signal.signal(signal.SIGINT, lambda *_: flags.update(stop=True))
+    signal.signal(signal.SIGUSR1, lambda *_: flags.update(status=True))
+    identity = helper_worker.Identity(install=install, creds=me)
+    pool = _Pool(server, identity, workers or max(4, 2 * (os.cpu_count() or 1)), [server, lock_fd, wake_r, wake_w])
+    pool.selector.register(server, selectors.EVENT_READ, "accept")
+    pool.selector.register(wake_r, selectors.EVENT_READ, "wake")
+    started = time.time()
+    status_path = sock_path + ".status"
+    last_status = last_stamp_check = 0.0
+    sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {sock_path}")
     try:
-        while not stop["now"]:
-            while len(idle_workers) < size and len(idle_workers) + len(busy_workers) < 2 * size and not stop["now"]:
-                idle_workers.add(_spawn_worker(server, notify_r, notify_w))
-            ready, _, _ = select.select([notify_r], [], [], 1.0)
+        while not flags["stop"]:
+            pool.fill()
+            for key, _ in pool.selector.select(timeout=1.0):
+                if key.data == "accept":
+                    pool.accept()
+                elif key.data == "wake":
+                    _drain(wake_r)
+                elif key.data in pool.workers:
+                    pool.heard_from(key.data)
+            pool.reap()
+            pool.dispatch()
             now = time.monotonic()
-            if ready:
-                data = os.read(notify_r, 4096)
-                for (pid,) in struct.iter_unpack("i", data[: len(data) - len(data) % 4]):
-                    if pid > 0:  # took a call
-                        idle_workers.discard(pid)
-                        busy_workers.add(pid)
-                    else:  # done, and waiting for the next one
-                        busy_workers.discard(-pid)
-                        idle_workers.add(-pid)
-                last = now
-            _reap(idle_workers, busy_workers)
-            if not ready and idle and now - last > idle:
+            busy = pool.count("busy") + len(pool.pending)
+            if idle and not busy and now - pool.last_activity > idle:
                 break
-            if ready and now - last_stamp_check > 2.0:
+            if pool.last_activity > last_stamp_check and now - last_stamp_check > STAMP_EVERY:
                 last_stamp_check = now
-                if _code_stamp(root) != stamp:
+                if code_stamp(root) != stamp:
                     break  # our code changed: let callers run the new code
+            if flags["status"] or (pool.last_activity > last_status and now - last_status > STATUS_EVERY):
+                answer = _read_small(status_path + ".ask") if flags["status"] else ""
+                flags["status"] = False
+                last_status = now
+                _write_status(status_path, {"pid": os.getpid(), "started": started, "socket": sock_path, "activated": activated is not None, "install": install, "root": str(root), "stamp": stamp, **pool.snapshot(), "answer": answer})
     finally:
-        try:
-            if os.stat(sock_path).st_ino == bound_inode:  # still ours, not a newer helper's
-                os.unlink(sock_path)
-        except OSError:
-            pass
-        server.close()
-        for pid in idle_workers:  # idle ones only: a busy worker finishes its call, then sees we are gone
+        sd_notify("STOPPING=1")
+        if bound_inode >= 0:
             try:
-                os.kill(pid, signal.SIGTERM)
+                if os.stat(sock_path).st_ino == bound_inode:  # still ours, not a newer helper's
+                    os.unlink(sock_path)
+            except OSError:
+                pass
+        server.close()
+        pool.close()
+        for leftover in (status_path, status_path + ".ask"):
+            try:
+                os.unlink(leftover)
             except OSError:
                 pass
     return 0
 
 
-def _try_lock(lock_fd: int) -> bool:
+def _drain(fd: int) -> None:
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _read_small(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read(256)
+    except (OSError, ValueError):
+        return ""
+
+
+def _write_status(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _try_lock(lock_fd: int, shared: bool = False) -> bool:
+    try:
+        fcntl.flock(lock_fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         return True
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
@@ -445,10 +419,8 @@ def _try_lock(lock_fd: int) -> bool:
 
 
 def _say_ready(ready_fd: int) -> None:
-    from cni_plugins.launch import READY
-
     try:
-        os.write(ready_fd, READY)
+        os.write(ready_fd, launch.READY)
     except OSError:  # the caller stopped waiting: it runs the plugin itself
         pass
 
@@ -458,42 +430,79 @@ def _wait_for_other(sock_path: str, lock_fd: int, ready_fd: int) -> bool:
     one): tell our caller once that one listens, so it is served there rather than in its
     own process, competing with that helper's start. True if that helper exited first and
     the lock is ours now; False once our caller was told, or after ``launch.READY_WAIT``."""
-    from cni_plugins.launch import READY_WAIT
-
-    deadline = time.monotonic() + READY_WAIT
+    deadline = time.monotonic() + launch.READY_WAIT
     while time.monotonic() < deadline:
         if _try_lock(lock_fd):
             return True
-        try:
-            # Bound after the holder wrote its pid: not a socket file a dead helper left.
-            listening = os.stat(sock_path).st_mtime_ns >= os.fstat(lock_fd).st_mtime_ns
-        except OSError:
-            listening = False
-        if listening:
+        if _listening(sock_path):
             _say_ready(ready_fd)
             return False
         time.sleep(0.01)
     return False
 
 
-def _reap(idle_workers: set[int], busy_workers: set[int]) -> None:
-    """Collect exited workers (done with their calls, or died)."""
-    while True:
+def _listening(sock_path: str) -> bool:
+    """Whether someone accepts connections on ``sock_path`` (not a socket file a dead helper
+    left; the probe's connection is refused by the worker it reaches, as a caller gone)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) as probe:
+        probe.setblocking(False)
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        idle_workers.discard(pid)
-        busy_workers.discard(pid)
+            probe.connect(sock_path)
+        except BlockingIOError:  # a full backlog: someone listens
+            return True
+        except OSError:
+            return False
+        return True
+
+
+def _take_over(sock_path: str, lock_fd: int, wait: float = 10.0) -> None:
+    """Socket activation while a helper started by a call still holds the lock: that helper
+    no longer gets calls (systemd owns the socket now); ask it to stop and take its place."""
+    pid = _holder(sock_path)
+    if pid and _is_helper(pid):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + wait
+    while not _try_lock(lock_fd):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"cni-plugins helper: {sock_path}.lock is held by pid {pid}, which did not stop")
+        time.sleep(0.05)
+
+
+def _holder(sock_path: str) -> int:
+    try:
+        return int(Path(sock_path + ".lock").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _is_helper(pid: int) -> bool:
+    try:
+        return b"cni_plugins" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def running(sock_path: str) -> int:
+    """The pid of the helper serving ``sock_path``, 0 if none runs (its lock is free)."""
+    try:
+        fd = os.open(sock_path + ".lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        if _try_lock(fd, shared=True):
+            return 0
+    finally:
+        os.close(fd)
+    return _holder(sock_path)
 
 
 def stop(sock_path: str, timeout: float = 5.0) -> int:
-    """Stop the helper serving ``sock_path`` (its pid is in the lock file); 0 if none runs."""
-    try:
-        pid = int(Path(sock_path + ".lock").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+    """Stop the helper serving ``sock_path``; 0 if none runs (or once it stopped)."""
+    pid = running(sock_path)
+    if not pid:
         return 0
     try:
         os.kill(pid, signal.SIGTERM)
@@ -501,13 +510,66 @@ def stop(sock_path: str, timeout: float = 5.0) -> int:
         return 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not running(sock_path):
             return 0
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    if running(sock_path) == pid:
+        os.kill(pid, signal.SIGKILL)
     return 0
+
+
+def status(sock_path: str, wait: float = 2.0) -> dict[str, Any] | None:
+    """What the helper serving ``sock_path`` says about itself, plus its workers as /proc sees
+    them; None if none runs. It is asked for a fresh answer (a token in ``<socket>.status.ask``
+    and SIGUSR1) and the answer carrying that token is awaited, for ``wait`` seconds at most."""
+    pid = running(sock_path)
+    if not pid:
+        return None
+    path = Path(sock_path + ".status")
+    token = f"{os.getpid()}-{time.monotonic_ns()}"
+    ask = Path(sock_path + ".status.ask")
+    try:
+        fd = os.open(ask, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "w") as fh:
+            fh.write(token)
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return None
+    except OSError:
+        token = ""
+    data: dict[str, Any] = {"pid": pid}
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+        if not token or data.get("answer") == token or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    data.pop("answer", None)
+    try:
+        data["children"] = sorted(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    except OSError:
+        data["children"] = []
+    return data
+
+
+def describe(data: dict[str, Any] | None, sock_path: str) -> str:
+    """``status`` for a person."""
+    if data is None:
+        return f"helper: not running (socket {sock_path})"
+    started = data.get("started")
+    since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)) if started else "?"
+    workers = data.get("workers", {})
+    lines = [
+        f"helper: running, pid {data.get('pid')}, since {since}" + (f" ({time.time() - started:.0f} s)" if started else ""),
+        f"socket: {data.get('socket', sock_path)}" + (" (socket activation)" if data.get("activated") else ""),
+        f"code: {data.get('root', '?')}, install {data.get('install', '?')}, stamp {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(data.get('stamp', 0)))}",
+        f"calls served: {data.get('calls', '?')}, refused: {data.get('refused', '?')}",
+        "workers: " + ", ".join(f"{len(pids)} {state} {pids}" for state, pids in workers.items() if pids) if workers else "workers: ?",
+    ]
+    return "\n".join(lines)
 
 
 def _daemonize() -> None:
@@ -523,17 +585,24 @@ def _daemonize() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cni-plugins helper", description="warm helper for cni-py plugin executables")
-    parser.add_argument("--socket", default="/run/cni-py/helper.sock")
+    parser.add_argument("--socket", default="", help="default: this install's socket in /run/cni-py")
     parser.add_argument("--idle", type=float, default=600.0, help="exit after this many idle seconds (0: never)")
     parser.add_argument("--daemon", action="store_true", help="detach from the terminal")
+    parser.add_argument("--workers", type=int, default=0, help="ready workers (default: twice the CPUs, at least 4)")
+    parser.add_argument("--install-id", default="", help=argparse.SUPPRESS)  # set by launchers and units
     parser.add_argument("--ready-fd", type=int, default=-1, help=argparse.SUPPRESS)  # set by launch._start_helper
     opts = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("cni-plugins helper: must run as root", file=sys.stderr)
         return 1
+    sock_path = opts.socket
+    if not sock_path:
+        from cni_plugins import install as installer
+
+        sock_path = installer.default_socket()
     if opts.daemon:
         _daemonize()
-    return serve(opts.socket, opts.idle, ready_fd=opts.ready_fd)
+    return serve(sock_path, opts.idle, workers=opts.workers, ready_fd=opts.ready_fd, install=opts.install_id)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
-"""``cni-plugins``: install our plugin executables into a CNI bin dir, and list them.
+"""``cni-plugins``: install our plugin executables into a CNI bin dir, list them, run the
+warm helper and say how it is doing.
 
 An executable is named by its CNI type and is a short script for this virtualenv's
 interpreter, run with ``-I -S``: a runtime can exec it with a bare environment (no PATH,
 PYTHONPATH or virtualenv activation) and the caller's PYTHON* variables are ignored.
+
+An install is named by its interpreter and code paths (``install_id``): its launchers use
+a helper socket of their own (``<run dir>/helper-<id>.sock``) and name the install in every
+request, so a helper only ever runs the code its launchers were installed from.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from pathlib import Path
 from cni_plugins import registry
 
 DEFAULT_DIR = "/opt/cni/bin"
-DEFAULT_HELPER_SOCKET = "/run/cni-py/helper.sock"
+DEFAULT_RUN_DIR = "/run/cni-py"
+DEFAULT_UNIT_DIR = "/etc/systemd/system"
+DEFAULT_UNIT_NAME = "cni-py-helper"
 MARKER = "# cni-py launcher:"
 
 
@@ -39,12 +46,26 @@ def package_root() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
 
-def launcher_text(plugin_type: str, *, helper: str = "", auto_start: bool = False, interpreter: str | None = None) -> str:
-    """The executable for ``plugin_type``. ``helper``: the warm helper's socket ('' = none)."""
+def install_id(interpreter: str | None = None) -> str:
+    """This install's name: a digest of the interpreter and the code paths its launchers use."""
+    import hashlib
+
+    key = "\0".join([interpreter or sys.executable, *search_path()])
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def default_socket(run_dir: str = DEFAULT_RUN_DIR, interpreter: str | None = None) -> str:
+    return os.path.join(run_dir, f"helper-{install_id(interpreter)}.sock")
+
+
+def launcher_text(plugin_type: str, *, helper: str = "", auto_start: bool = False, interpreter: str | None = None, run_dir: str = DEFAULT_RUN_DIR) -> str:
+    """The executable for ``plugin_type``. ``helper``: the warm helper's socket ('' = none);
+    ``run_dir``: where the attachment locks live."""
     interpreter = interpreter or sys.executable
     paths = search_path()
     head, tail = paths[:2], paths[2:]
     versions = tuple(registry.load(plugin_type).PLUGIN.versions)
+    ident = install_id(interpreter)
     return (
         f"#!{interpreter} -IS\n"
         f"{MARKER} {plugin_type} {package_root()}\n"
@@ -52,7 +73,7 @@ def launcher_text(plugin_type: str, *, helper: str = "", auto_start: bool = Fals
         f"sys.path[:0] = {head!r}\n"
         f"sys.path += {tail!r}\n"
         "from cni_plugins.launch import launch\n"
-        f"launch({plugin_type!r}, {versions!r}, {helper!r}, {auto_start!r})\n"
+        f"launch({plugin_type!r}, {versions!r}, {helper!r}, {auto_start!r}, {ident!r}, {run_dir!r})\n"
     )
 
 
@@ -71,13 +92,13 @@ def read_marker(path: str) -> tuple[str, str] | None:
     return None
 
 
-def install(target: Path, types: list[str], *, helper: str = "", auto_start: bool = False) -> list[Path]:
+def install(target: Path, types: list[str], *, helper: str = "", auto_start: bool = False, run_dir: str = DEFAULT_RUN_DIR) -> list[Path]:
     target.mkdir(parents=True, exist_ok=True)
     written = []
     for plugin_type in types:
         dest = target / plugin_type
         tmp = target / f".{plugin_type}.tmp{os.getpid()}"
-        tmp.write_text(launcher_text(plugin_type, helper=helper, auto_start=auto_start))
+        tmp.write_text(launcher_text(plugin_type, helper=helper, auto_start=auto_start, run_dir=run_dir))
         tmp.chmod(0o755)
         os.replace(tmp, dest)  # atomic: a runtime exec'ing it never sees half a file
         written.append(dest)
@@ -85,6 +106,28 @@ def install(target: Path, types: list[str], *, helper: str = "", auto_start: boo
     for pkg in ("cni_plugins", "ipam", "firewall", "conf"):
         compileall.compile_dir(str(Path(package_root()) / pkg), quiet=1)
     return written
+
+
+def _helper_command(args: argparse.Namespace) -> int:
+    from cni_plugins import helper as helper_daemon
+
+    sock = args.socket or default_socket(args.run_dir)
+    action = "stop" if args.stop else args.action
+    if action == "stop":
+        return helper_daemon.stop(sock)
+    if action == "status":
+        data = helper_daemon.status(sock)
+        if args.json:
+            import json
+
+            print(json.dumps({"running": data is not None, "socket": sock, **(data or {})}, indent=2))
+        else:
+            print(helper_daemon.describe(data, sock))
+        return 0 if data is not None else 3  # 3: not running, as systemctl status says
+    argv = ["--socket", sock, "--idle", str(args.idle), *(["--daemon"] if args.daemon else [])]
+    if args.workers:
+        argv += ["--workers", str(args.workers)]
+    return helper_daemon.main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,21 +141,25 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="warm helper: auto = use it and start it on demand (default), on = use it if running, off = never",
     )
-    p_install.add_argument("--helper-socket", default=DEFAULT_HELPER_SOCKET, help=f"helper socket (default {DEFAULT_HELPER_SOCKET})")
+    p_install.add_argument("--run-dir", default="", help=f"root-only directory of the helper's socket and the attachment locks (default {DEFAULT_RUN_DIR}, or the directory of --helper-socket)")
+    p_install.add_argument("--helper-socket", default="", help="helper socket (default: <run dir>/helper-<install id>.sock)")
+    p_install.add_argument("--systemd", action="store_true", help="also write a .socket and a .service unit that start the helper at boot")
+    p_install.add_argument("--unit-dir", default=DEFAULT_UNIT_DIR, help=f"where --systemd writes the units (default {DEFAULT_UNIT_DIR})")
+    p_install.add_argument("--unit-name", default=DEFAULT_UNIT_NAME, help=f"the units' name (default {DEFAULT_UNIT_NAME})")
     p_install.add_argument("types", nargs="*", help="plugin types to install (default: all available)")
     sub.add_parser("list", help="list the plugin types this installation provides")
-    p_helper = sub.add_parser("helper", help="run the warm helper (see cni_plugins/helper.py)")
-    p_helper.add_argument("--socket", default=DEFAULT_HELPER_SOCKET)
+    p_helper = sub.add_parser("helper", help="run the warm helper, or say how it is doing, or stop it (docs/helper.md)")
+    p_helper.add_argument("action", nargs="?", choices=("run", "status", "stop"), default="run")
+    p_helper.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=f"the install's run dir (default {DEFAULT_RUN_DIR})")
+    p_helper.add_argument("--socket", default="", help="default: this install's socket in --run-dir")
     p_helper.add_argument("--idle", type=float, default=600.0, help="exit after this many idle seconds (0: never)")
+    p_helper.add_argument("--workers", type=int, default=0, help="ready workers (default: twice the CPUs, at least 4)")
     p_helper.add_argument("--daemon", action="store_true", help="detach")
-    p_helper.add_argument("--stop", action="store_true", help="stop the helper serving --socket")
+    p_helper.add_argument("--stop", action="store_true", help="the same as the action stop")
+    p_helper.add_argument("--json", action="store_true", help="status as JSON")
     args = parser.parse_args(argv)
     if args.cmd == "helper":
-        from cni_plugins import helper as helper_daemon
-
-        if args.stop:
-            return helper_daemon.stop(args.socket)
-        return helper_daemon.main(["--socket", args.socket, "--idle", str(args.idle), *(["--daemon"] if args.daemon else [])])
+        return _helper_command(args)
     available = registry.available()
     if args.cmd == "list":
         print("\n".join(available))
@@ -120,9 +167,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in args.types if t not in available]
     if unknown:
         parser.error(f"unknown plugin type(s): {', '.join(unknown)}; available: {', '.join(available)}")
-    socket_path = "" if args.helper == "off" else args.helper_socket
-    for path in install(Path(args.dir), args.types or available, helper=socket_path, auto_start=args.helper == "auto"):
+    if args.systemd and args.helper == "off":
+        parser.error("--systemd needs the helper (--helper auto or on)")
+    run_dir = os.path.abspath(args.run_dir or (os.path.dirname(args.helper_socket) if args.helper_socket else DEFAULT_RUN_DIR))
+    sock = "" if args.helper == "off" else os.path.abspath(args.helper_socket or default_socket(run_dir))
+    for path in install(Path(args.dir), args.types or available, helper=sock, auto_start=args.helper == "auto", run_dir=run_dir):
         print(path)
+    if args.systemd:
+        from cni_plugins import helper_units
+
+        for path in helper_units.write(Path(args.unit_dir), args.unit_name, sock, install_id()):
+            print(path)
+        print(f"next: systemctl daemon-reload && systemctl enable --now {args.unit_name}.socket {args.unit_name}.service", file=sys.stderr)
     return 0
 
 
