@@ -3,6 +3,8 @@ namespaces that are removed even when a test fails, and a runner for the executa
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,43 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.integration.nsutil import Namespaces, PluginRun, path, run_plugin, sweep_dead_runs
+from tests.integration.nsutil import Namespaces, PluginRun, path, poll, run_plugin, sweep_dead_runs
+
+# Directories outside pytest's basetemp that tests of this session give helpers (a socket
+# there must be reachable by a non-root user): tests/integration/test_helper.py.
+OUTSIDE_PREFIX = f"/tmp/cnitest-helper-{os.getpid()}-"
+
+
+def helper_processes(*marks: str) -> list[int]:
+    """Helpers (and their workers) whose command line names one of ``marks`` (their sockets'
+    directories): a helper's workers are forks of it, with the same command line."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if "cni_plugins" in cmdline and "helper" in cmdline and any(m in cmdline for m in marks):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_stray_helpers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every helper a test started (on a socket of this session) is stopped by the end of the
+    session; one that is not fails the run (and is killed, so that none is left behind)."""
+    yield
+    marks = (str(tmp_path_factory.getbasetemp()), OUTSIDE_PREFIX)
+    poll(lambda: not helper_processes(*marks), timeout=10)  # workers of a stopped helper finish their exit
+    strays = helper_processes(*marks)
+    for pid in strays:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not strays, f"helper processes left running by the tests: {strays}"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,12 +56,36 @@ def _sweep_namespaces_of_killed_runs() -> None:
     sweep_dead_runs()
 
 
+def install_cmd(target: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(target), *args]
+
+
 @pytest.fixture(scope="session")
-def cni_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Our plugins, installed by the real installer into a fresh CNI bin dir (no warm helper:
-    every call runs in its own process; tests/integration/test_helper.py covers the helper)."""
+def cni_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run dir of ``cni_bin``'s install (its helper's socket, the attachment locks):
+    private to this session, never the machine's /run/cni-py."""
+    return tmp_path_factory.mktemp("cnirun")
+
+
+@pytest.fixture(scope="session")
+def cni_bin(tmp_path_factory: pytest.TempPathFactory, cni_run_dir: Path) -> Iterator[Path]:
+    """Our plugins, installed by the real installer as it installs by default: the first
+    call starts a warm helper that serves this and every later call. The helper is stopped
+    at the end of the session. ``cni_bin_no_helper`` is the same install without it."""
     target = tmp_path_factory.mktemp("cnibin")
-    subprocess.run([sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(target), "--helper", "off"], check=True, capture_output=True)
+    subprocess.run(install_cmd(target, "--run-dir", str(cni_run_dir)), check=True, capture_output=True)
+    try:
+        yield target
+    finally:
+        subprocess.run([sys.executable, "-m", "cni_plugins.install", "helper", "stop", "--run-dir", str(cni_run_dir)], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def cni_bin_no_helper(tmp_path_factory: pytest.TempPathFactory, cni_run_dir: Path) -> Path:
+    """Our plugins with ``--helper off``: every call runs in its own process, as the
+    reference's do (same run dir, so both take the same attachment locks)."""
+    target = tmp_path_factory.mktemp("cnibin-nohelper")
+    subprocess.run(install_cmd(target, "--helper", "off", "--run-dir", str(cni_run_dir)), check=True, capture_output=True)
     return target
 
 
