@@ -117,7 +117,7 @@ class _Pool:
         self.idle: list[int] = []  # a stack: the most recently used worker first
         self.pending: collections.deque[tuple[socket.socket, float]] = collections.deque()
         self.selector = selectors.DefaultSelector()
-        self.served = self.refused = 0
+        self.served = self.refused = self.gone = 0
         self.last_activity = time.monotonic()
 
     def count(self, state: str) -> int:
@@ -179,6 +179,8 @@ class _Pool:
                 self.served += 1
             elif byte == "0":
                 self.refused += 1
+            elif byte == "G":
+                self.gone += 1
         if worker.state == "idle" and pid not in self.idle:
             self.idle.append(pid)
         self.last_activity = time.monotonic()
@@ -238,6 +240,7 @@ class _Pool:
         return {
             "calls": self.served,
             "refused": self.refused,
+            "caller gone": self.gone,
             "workers": {state: sorted(w.pid for w in self.workers.values() if w.state == state) for state in ("idle", "busy", "warming", "leaving")},
         }
 
@@ -256,18 +259,29 @@ def listen_fd() -> socket.socket | None:
     return sock
 
 
-def sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify) when it asked to be told; nothing otherwise."""
-    address = os.environ.get("NOTIFY_SOCKET", "")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+class _Notify:
+    """systemd's notification socket (Type=notify), connected before the helper moves to its
+    own network namespace (an abstract socket address belongs to a network namespace)."""
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        address = os.environ.pop("NOTIFY_SOCKET", "")
+        if not address:
+            return
+        if address.startswith("@"):
+            address = "\0" + address[1:]
         try:
-            sock.sendto(message.encode(), address)
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self.sock.connect(address)
         except OSError:
-            pass
+            self.sock = None
+
+    def send(self, message: str) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.send(message.encode())
+            except OSError:
+                pass
 
 
 def _bind(sock_path: str) -> tuple[socket.socket, int]:
@@ -294,6 +308,7 @@ def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1, ins
     import gc
 
     activated = listen_fd()
+    notify = _Notify()
     me = peer.Credentials.of("self")
     if me.cap_eff & launch.HELPER_NEEDS != launch.HELPER_NEEDS:
         print("cni-plugins helper: needs CAP_NET_ADMIN, CAP_SYS_ADMIN and CAP_SYS_CHROOT", file=sys.stderr)
@@ -308,6 +323,7 @@ def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1, ins
             return 0
     os.ftruncate(lock_fd, 0)
     os.write(lock_fd, f"{os.getpid()}\n".encode())
+    _settle()
     _preload()
     gc.collect()
     gc.freeze()  # workers then never touch (copy) the preloaded objects' pages for collection
@@ -332,16 +348,20 @@ def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1, ins
     signal.signal(signal.SIGINT, lambda *_: flags.update(stop=True))
     signal.signal(signal.SIGUSR1, lambda *_: flags.update(status=True))
     identity = helper_worker.Identity(install=install, creds=me)
-    pool = _Pool(server, identity, workers or max(4, 2 * (os.cpu_count() or 1)), [server, lock_fd, wake_r, wake_w])
+    pool = _Pool(server, identity, workers or max(4, 2 * (os.cpu_count() or 1)), [server, lock_fd, wake_r, wake_w, *([notify.sock] if notify.sock else [])])
     pool.selector.register(server, selectors.EVENT_READ, "accept")
     pool.selector.register(wake_r, selectors.EVENT_READ, "wake")
     started = time.time()
     status_path = sock_path + ".status"
     last_status = last_stamp_check = 0.0
-    sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {sock_path}")
+    announced = False
     try:
         while not flags["stop"]:
             pool.fill()
+            if not announced and pool.count("idle") >= pool.size:
+                # Ready once its workers are: the first call then finds them warm, not warming.
+                notify.send(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {sock_path}")
+                announced = True
             for key, _ in pool.selector.select(timeout=1.0):
                 if key.data == "accept":
                     pool.accept()
@@ -365,7 +385,7 @@ def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1, ins
                 last_status = now
                 _write_status(status_path, {"pid": os.getpid(), "started": started, "socket": sock_path, "activated": activated is not None, "install": install, "root": str(root), "stamp": stamp, **pool.snapshot(), "answer": answer})
     finally:
-        sd_notify("STOPPING=1")
+        notify.send("STOPPING=1")
         if bound_inode >= 0:
             try:
                 if os.stat(sock_path).st_ino == bound_inode:  # still ours, not a newer helper's
@@ -380,6 +400,21 @@ def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1, ins
             except OSError:
                 pass
     return 0
+
+
+def _settle() -> None:
+    """Live in a network namespace of its own (empty but for ``lo``), not in whichever one the
+    call that started this helper ran in (``ip netns exec`` into a namespace that is deleted
+    later, say): the helper would keep that namespace alive, and whoever deletes it and kills
+    what is left in it would kill the helper. Workers join each caller's namespaces anyway;
+    the helper's sockets are paths, which no network namespace scopes."""
+    from cni_plugins import netns
+
+    try:
+        if netns.libc().unshare(helper_worker.CLONE_NEWNET) != 0:
+            netns.raise_errno()
+    except OSError as exc:
+        print(f"cni-plugins helper: staying in the network namespace it was started in: unshare: {exc.strerror}", file=sys.stderr)
 
 
 def _drain(fd: int) -> None:
@@ -566,7 +601,7 @@ def describe(data: dict[str, Any] | None, sock_path: str) -> str:
         f"helper: running, pid {data.get('pid')}, since {since}" + (f" ({time.time() - started:.0f} s)" if started else ""),
         f"socket: {data.get('socket', sock_path)}" + (" (socket activation)" if data.get("activated") else ""),
         f"code: {data.get('root', '?')}, install {data.get('install', '?')}, stamp {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(data.get('stamp', 0)))}",
-        f"calls served: {data.get('calls', '?')}, refused: {data.get('refused', '?')}",
+        f"calls served: {data.get('calls', '?')} (the caller went away before the end: {data.get('caller gone', '?')}), refused: {data.get('refused', '?')}",
         "workers: " + ", ".join(f"{len(pids)} {state} {pids}" for state, pids in workers.items() if pids) if workers else "workers: ?",
     ]
     return "\n".join(lines)

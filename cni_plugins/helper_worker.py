@@ -389,6 +389,10 @@ def run(ctl: socket.socket, identity: Identity, parent: int) -> NoReturn:
                 ctl.send(b"0")  # refused; free again
                 continue
             served += 1
+            from cni_plugins import cancel
+
+            if cancel.requested():
+                ctl.send(b"G")  # its caller went away before the end
             if not outcome or served >= CALLS_PER_WORKER:
                 ctl.send(b"2")  # this worker ends (the manager forks another)
                 break
