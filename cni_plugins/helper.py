@@ -141,7 +141,10 @@ class _Pool:
                 for conn, _ in self.pending:
                     conn.close()
                 for item in self.keep_from_workers:
-                    item.close() if hasattr(item, "close") else os.close(item)
+                    if isinstance(item, int):
+                        os.close(item)
+                    else:
+                        item.close()
                 self.selector.close()
             except BaseException:
                 os._exit(1)
