@@ -290,6 +290,15 @@ def _serve_call(conn: socket.socket, plugin_type: str, umask: int, run_dir: str,
         release_streams()
     except OSError:
         clean = False
+    try:
+        from cni_plugins import netlink
+
+        # Before the reply: a rtnetlink socket opened in the container's namespace keeps that
+        # namespace alive (a runtime that deletes it after the call expects it to go). The
+        # nftables contexts, whose freeing can wait for the kernel, are freed after the reply.
+        netlink.release_kept()
+    except Exception:
+        clean = False
     _tell(conn, str(rc).encode())
     return clean
 

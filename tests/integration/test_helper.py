@@ -225,6 +225,41 @@ def test_socket_is_root_only_and_a_raw_non_root_peer_is_refused(open_install, he
     assert res.stdout.startswith("N") and "not root" in res.stdout, res.stdout
 
 
+@pytest.mark.parametrize("pidfd", ["SO_PEERPIDFD", "start time (before Linux 6.5)"])
+def test_the_caller_is_the_process_that_connected(tmp_path, pidfd, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The caller check reads /proc/<pid> of the pid recorded at connect, and proves that pid
+    was still that process: by the pidfd the kernel recorded, or (kernels without it) by a
+    start no later than the accept. A caller that is gone is refused."""
+    import socket as sk
+
+    from cni_plugins import peer
+
+    if pidfd != "SO_PEERPIDFD":
+        monkeypatch.setattr(peer, "SO_PEERPIDFD", 0x7FFF)  # an option no kernel knows: as before 6.5
+    me = peer.Credentials.of("self")
+    path_ = str(tmp_path / "s.sock")
+    server = sk.socket(sk.AF_UNIX, sk.SOCK_SEQPACKET)
+    server.bind(path_)
+    server.listen(1)
+    client = subprocess.Popen([sys.executable, "-c", "import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.connect(sys.argv[1]); sys.stdin.read()", path_], stdin=subprocess.PIPE)
+    try:
+        conn, _ = server.accept()
+        accepted_at = peer.boottime()
+        assert peer.refusal(conn, me, accepted_at) == ""
+        if pidfd != "SO_PEERPIDFD":
+            assert peer.refusal(conn, me, accepted_at - 60) == "the caller's pid was reused"  # it started after that "accept"
+        assert client.stdin is not None
+        client.stdin.close()
+        client.wait(timeout=10)
+        assert peer.refusal(conn, me, accepted_at) == "the caller is gone"
+        conn.close()
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+        server.close()
+
+
 def test_a_caller_with_its_own_pid_namespace_and_proc(auto_bin, host_ns, container_ns) -> None:  # type: ignore[no-untyped-def]
     """``unshare --pid --mount-proc``: a worker could not find itself in that /proc; the
     helper says no and the call runs in the caller's process, with the own-namespace guard."""
@@ -383,6 +418,7 @@ def test_dead_manager_costs_at_most_one_call(auto_bin, host_ns, container_ns, na
         assert new_manager and new_manager != manager
         # A first call (the helper starts) takes ~0.3-0.6 s here, 8 at once up to ~1.4 s.
         assert max(t for t, _ in calls) < 2.5, calls
+        print(f"dead manager, 8 calls at once: {sorted(round(t, 2) for t, _ in calls)} s")
         assert status(sock)["calls"] >= 8
         rc, out = stalled.result()
         assert rc == 0 and out["interfaces"][2]["name"] == "eth0"  # the orphaned worker finished its call
@@ -414,6 +450,7 @@ def test_stuck_manager_costs_at_most_one_call(auto_bin, container_ns, namespaces
         os.kill(manager, signal.SIGCONT)
     assert [rc for _, rc in calls] == [0] * 8
     assert all(ACCEPT_WAIT <= t < ACCEPT_WAIT + 2.0 for t, _ in calls), calls  # + a call in its own process
+    print(f"stopped manager, 8 calls at once: {sorted(round(t, 2) for t, _ in calls)} s")
     served = status(sock)["calls"]
     assert run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo").rc == 0
     assert helper_pid(sock) == manager and status(sock)["calls"] == served + 1
