@@ -6,7 +6,7 @@ import ipaddress
 from typing import Any
 
 from firewall import masq
-from firewall.model import Owner
+from firewall.model import Owner, short_hash
 from firewall.nft import FakeNft
 
 A = Owner(network="net1", container_id="aaa", ifname="eth0")
@@ -29,7 +29,7 @@ def owners(nft: FakeNft, v: int = 4) -> dict[str, Any]:
 
 
 def test_chain_names_are_plain_words() -> None:
-    assert chain("10.88.0.0/16") == f"masq-{masq.short_hash('net1', 12)}-10_88_0_0-16"
+    assert chain("10.88.0.0/16") == f"masq-{short_hash('net1', 12)}-10_88_0_0-16"
     assert chain("fd00:88::/64").endswith("-fd00_88__-64")
 
 

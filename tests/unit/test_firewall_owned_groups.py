@@ -13,7 +13,7 @@ from firewall.owned import Entry, EntryTaken, Group, OwnedMaps, claim_groups, pr
 T = {"family": "inet", "table": "g"}
 PORTS = OwnedMaps(family="inet", table="g", owners="port_owners")
 ADDRS = OwnedMaps(family="inet", table="g", owners="addr_owners")
-SETUP = [
+SETUP: list[dict[str, Any]] = [
     {"add": {"table": {"family": "inet", "name": "g"}}},
     {"add": {"map": {**T, "name": "port_owners", "type": ["inet_proto", "inet_service"], "map": "mark"}}},
     {"add": {"map": {**T, "name": "port_addr", "type": ["inet_proto", "inet_service"], "map": "ipv4_addr"}}},

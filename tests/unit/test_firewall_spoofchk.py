@@ -14,7 +14,7 @@ T = {"family": "bridge", "table": "cni_py_macspoof"}
 def state(nft: FakeNft) -> tuple[dict[str, int], set[tuple[str, str]]]:
     owners = {k.strip('"'): e[1] for k, e in nft.elements("bridge", "cni_py_macspoof", "owners").items()}
     allowed = {tuple(e["elem"]["val"]["concat"]) for e in nft.elements("bridge", "cni_py_macspoof", "allowed").values()}
-    return owners, allowed  # type: ignore[return-value]
+    return owners, allowed
 
 
 def test_setup_batch_is_the_expected_json() -> None:

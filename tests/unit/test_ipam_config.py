@@ -68,7 +68,7 @@ def test_requested_ips_from_all_sources_are_matched_to_range_sets() -> None:
     assert c.requested == (IP("10.1.0.9"),)
 
 
-BAD = [
+BAD: list[tuple[str, Any, dict[str, Any], str, str, str]] = [
     # (id, ipam, top-level extras, cni_args, version, words)
     ("no-ipam", None, {}, "", "1.0.0", "missing 'ipam'"),
     ("no-ranges", {}, {}, "", "1.0.0", "no IP ranges"),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cni_plugins.errors import CNIError
+from cni_plugins.types import IPAddress
 from ipam import allocator
 from ipam.config import parse_range_set
 from ipam.store import INDEX_DIR, STAMP_FILE, FileStore, Key, iter_index_names, parse_owner
@@ -71,7 +72,12 @@ def test_release_reads_only_the_index_entry(tmp_path: Path, monkeypatch: pytest.
         add(tmp_path, f"c{i}")
     scans: list[str] = []
     real_scan = FileStore._scan
-    monkeypatch.setattr(FileStore, "_scan", lambda self: scans.append(self.dir) or real_scan(self))
+
+    def counted_scan(self: FileStore) -> dict[IPAddress, Key | None]:
+        scans.append(self.dir)
+        return real_scan(self)
+
+    monkeypatch.setattr(FileStore, "_scan", counted_scan)
     assert delete(tmp_path, "c7") == ("10.1.0.9",)
     assert delete(tmp_path, "c7") == ()  # idempotent, still no scan
     assert add(tmp_path, "new") == "10.1.0.22"

@@ -164,7 +164,7 @@ class Harness:
         rc = skel.run(portmap.PLUGIN, environ=env, stdin=json.dumps(obj).encode(), stdout=out, stderr=io.StringIO())
         return rc, json.loads(out.getvalue()) if out.getvalue().strip() else None
 
-    def held(self, owners: str = "any4_owners") -> dict[str, Any]:
+    def held(self, owners: str = "any4_owners") -> dict[int, int]:
         return {json.loads(k)["concat"][1]: v[1] for k, v in self.nft.elements("inet", "cni_py_portmap", owners).items()}
 
     def addr(self, name: str = "any4_addr") -> dict[Any, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
         ("tcp web -> outside:7777 sees host", dict(sees="host", must_fail=False)),
     ],
 )
-def test_check_lines(text: str, want: dict) -> None:  # type: ignore[type-arg]
+def test_check_lines(text: str, want: dict[str, Any]) -> None:
     check = parse_check(text, "x")
     assert isinstance(check, Check)
     for key, value in want.items():
@@ -49,7 +50,7 @@ def test_bad_check_lines(text: str, says: str) -> None:
 BRIDGE = {"cniVersion": "1.0.0", "name": "n1", "plugins": [{"type": "bridge", "ipam": {"type": "host-local", "subnet": "10.1.0.0/24"}}]}
 
 
-def write(tmp_path: Path, doc: dict) -> Path:  # type: ignore[type-arg]
+def write(tmp_path: Path, doc: dict[str, Any]) -> Path:
     path = tmp_path / "s.yaml"
     path.write_text(json.dumps(doc))
     return path
@@ -89,7 +90,7 @@ def test_load_keeps_a_given_data_dir_and_reads_files(tmp_path: Path) -> None:
         ({"containers": [{"name": "a"}], "checks": ["tcp a -> localhost:80"]}, "use 'host -> localhost'"),
     ],
 )
-def test_load_errors_name_the_problem(tmp_path: Path, doc: dict, says: str) -> None:  # type: ignore[type-arg]
+def test_load_errors_name_the_problem(tmp_path: Path, doc: dict[str, Any], says: str) -> None:
     with pytest.raises(ScenarioError, match=says):
         load(write(tmp_path, doc), tmp_path / "ipam")
 

@@ -10,7 +10,7 @@ import pytest
 
 from cni_plugins import skel
 from cni_plugins.errors import InvalidNetworkConfig
-from cni_plugins.skel import CmdArgs, Plugin
+from cni_plugins.skel import CmdArgs, Handler, Plugin
 from cni_plugins.types import IPConfig, Result
 from cni_plugins.version import SUPPORTED_VERSIONS
 
@@ -35,8 +35,11 @@ class Recorder:
             self.calls.append(("ADD", a))
             return Result(ips=(IPConfig(address=ipaddress.ip_interface("10.0.0.2/24"), gateway=ipaddress.ip_address("10.0.0.1")),))
 
-        def rec(verb: str):  # type: ignore[no-untyped-def]
-            return lambda a: self.calls.append((verb, a))
+        def rec(verb: str) -> Handler:
+            def handler(a: CmdArgs) -> None:
+                self.calls.append((verb, a))
+
+            return handler
 
         return Plugin(name="fake", add=add, delete=rec("DEL"), check=rec("CHECK"), status=rec("STATUS"), gc=rec("GC"), about="fake", **kw)
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 
 from cni_plugins.errors import CNIError
 from cni_plugins.version import SUPPORTED_VERSIONS, convert, parse_version, result_from_json, result_to_json
 
-RESULT_1X = {
+RESULT_1X: dict[str, Any] = {
     "cniVersion": "1.1.0",
     "interfaces": [
         {"name": "cni0", "mac": "76:e8:b5:d2:7e:3f"},
