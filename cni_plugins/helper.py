@@ -1,14 +1,15 @@
 """A warm helper: plugin executables hand their call to it, so a call does not pay for
 importing pyroute2 and nftables (~100 ms) every time. docs/helper.md tells the whole story.
 
-Shape: a pool manager (this module) owns the listening socket, accepts each connection and
-hands it to one of its pre-forked, pre-warmed workers (``cni_plugins.helper_worker``) over
-that worker's control socket. Workers never hold the listening socket: when the manager
+Shape: a pool manager (this module) owns the listening socket, accepts each connection,
+checks the caller (``cni_plugins.peer``), says ``A`` and hands the connection to one of its
+pre-forked, pre-warmed workers (``cni_plugins.helper_worker``) over that worker's control
+socket. Workers never hold the listening socket: when the manager
 dies, the socket stops accepting at once and the next call starts a new helper (or runs in
 its own process). The manager forks a replacement as soon as a worker takes a call, so the
 fork of this large process is never on a call's path.
 
-Security: the socket is in a root-only directory (0700; socket 0600), and a worker serves a
+Security: the socket is in a root-only directory (0700; socket 0600), and the helper serves a
 caller only if it holds everything the helper holds (``cni_plugins.peer``); any other
 caller runs the plugin in its own process. A launcher names its install (interpreter and
 code paths) in each request; a helper serves only its own install's launchers.
@@ -178,9 +179,8 @@ class _Pool:
                 worker.state = "idle"
             elif byte == "2":
                 worker.state = "leaving"
-            if byte == "S":
-                self.served += 1
-            elif byte == "0":
+            if byte == "0":  # the worker refused the request (another install, malformed)
+                self.served -= 1
                 self.refused += 1
             elif byte == "G":
                 self.gone += 1
@@ -207,16 +207,28 @@ class _Pool:
                 continue
             if not self.idle:
                 return
-            pid = self.idle.pop()
-            worker = self.workers[pid]
-            try:
-                worker.ctl.sendmsg([b"C" + struct.pack("d", accepted_at)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", conn.fileno()))])
-            except OSError:
-                self.forget(pid)  # it died; the connection waits for another
-                continue
             self.pending.popleft()
-            conn.close()
-            worker.state = "busy"
+            why = peer.refusal(conn, self.identity.creds, accepted_at)
+            try:
+                conn.send(launch.REFUSED + why.encode() if why else launch.ACCEPTED)
+            except OSError:
+                why = why or "gone"  # the launcher went away: nothing to hand over
+            if why:
+                self.refused += 1
+                conn.close()
+                continue
+            while self.idle:  # "A" said a worker takes it: the launcher sends its request meanwhile
+                pid = self.idle.pop()
+                worker = self.workers[pid]
+                try:
+                    worker.ctl.sendmsg([b"C"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", conn.fileno()))])
+                except OSError:
+                    self.forget(pid)  # it died; another one takes the connection
+                    continue
+                worker.state = "busy"
+                self.served += 1
+                break
+            conn.close()  # handed over (or, with no worker left, the launcher reads EOF: "died")
 
     def reap(self) -> None:
         while True:

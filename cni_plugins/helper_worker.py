@@ -1,13 +1,14 @@
 """A helper's worker: a pre-forked, pre-warmed process that serves one call at a time.
 
-The pool manager (``cni_plugins.helper``) accepts each connection and hands it over on the
-worker's control socket; the worker never holds the listening socket. A call, in order:
+The pool manager (``cni_plugins.helper``) accepts each connection, checks the caller and
+hands the connection over on the worker's control socket; the worker never holds the
+listening socket. A call, in order:
 
-1. Check the caller (``peer.refusal``): refused, it is told ``N`` and runs the plugin in its
-   own process; nothing was done here.
-2. ``A``: the launcher sends the request (install, plugin type, umask, run dir, environment)
-   with its stdin, stdout, stderr, network and mount namespaces and working directory as
-   file descriptors. A request for another install (another code) is refused the same way.
+1. The manager has checked the caller (``peer.refusal``) and told it ``A``; the launcher
+   sends its request (install, plugin type, umask, run dir, environment) with its stdin,
+   stdout, stderr, network and mount namespaces and working directory as file descriptors.
+2. A request for another install (another code) is refused: ``N``, nothing was done, and
+   the launcher runs the plugin in its own process.
 3. Become the caller: join its mount and network namespaces, directory, umask, streams and
    environment; the connection is watched (see ``_Watch``); stdin is read; ``V<cniVersion>``
    tells the launcher which version an error would be reported in, should this worker die.
@@ -192,15 +193,10 @@ def _tell(conn: socket.socket, message: bytes) -> bool:
         return False
 
 
-def _take_call(conn: socket.socket, accepted_at: float, identity: Identity, home: _Home, ctl: socket.socket) -> bool | None:
-    """Check the caller, read its request, serve it. None when it was refused or went away
-    before anything was done; else whether the call ended normally."""
-    why = peer.refusal(conn, identity.creds, accepted_at)
-    if why:
-        _tell(conn, launch.REFUSED + why.encode())
-        return None
-    if not _tell(conn, launch.ACCEPTED):
-        return None
+def _take_call(conn: socket.socket, identity: Identity, home: _Home) -> bool | None:
+    """Read the request of a caller the manager checked and told ``A``, and serve it. None
+    when it was refused or went away before anything was done; else whether the call ended
+    normally."""
     conn.settimeout(REQUEST_WAIT)
     try:
         data, ancdata, flags, _addr = conn.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(FDS_EXPECTED * 4), socket.MSG_CMSG_CLOEXEC)
@@ -221,7 +217,6 @@ def _take_call(conn: socket.socket, accepted_at: float, identity: Identity, home
         _tell(conn, launch.REFUSED + str(exc).encode())
         return None
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # committed: a stopping helper must not cut the call
-    ctl.send(b"S")  # counted as served from here on
     from cni_plugins import netlink
     from firewall import nft
 
@@ -290,15 +285,6 @@ def _serve_call(conn: socket.socket, plugin_type: str, umask: int, run_dir: str,
         release_streams()
     except OSError:
         clean = False
-    try:
-        from cni_plugins import netlink
-
-        # Before the reply: a rtnetlink socket opened in the container's namespace keeps that
-        # namespace alive (a runtime that deletes it after the call expects it to go). The
-        # nftables contexts, whose freeing can wait for the kernel, are freed after the reply.
-        netlink.release_kept()
-    except Exception:
-        clean = False
     _tell(conn, str(rc).encode())
     return clean
 
@@ -339,22 +325,22 @@ def _warm() -> None:
     LibNftables().list_chain("inet", "cni_py_warm_up", "none")
 
 
-def _next_conn(ctl: socket.socket) -> tuple[socket.socket, float] | None:
-    """The next connection the manager hands over, with when it was accepted; None when the
-    manager is gone (or tells this worker to stop)."""
+def _next_conn(ctl: socket.socket) -> socket.socket | None:
+    """The next connection the manager hands over; None when the manager is gone (or tells
+    this worker to stop)."""
     while True:
         try:
-            data, ancdata, _flags, _addr = ctl.recvmsg(64, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+            data, ancdata, _flags, _addr = ctl.recvmsg(16, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
         except InterruptedError:
             continue
         if not data:
             return None
         fds = [fd for level, kind, payload in ancdata if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS for (fd,) in struct.iter_unpack("i", payload[: len(payload) - len(payload) % 4])]
-        if data[:1] != b"C" or len(fds) != 1 or len(data) < 9:
+        if data != b"C" or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
             return None
-        return socket.socket(fileno=fds[0]), struct.unpack("d", data[1:9])[0]
+        return socket.socket(fileno=fds[0])
 
 
 def run(ctl: socket.socket, identity: Identity, parent: int) -> NoReturn:
@@ -388,9 +374,9 @@ def run(ctl: socket.socket, identity: Identity, parent: int) -> NoReturn:
             handed = _next_conn(ctl)
             if handed is None:
                 break
-            conn, accepted_at = handed
+            conn = handed
             try:
-                outcome = _take_call(conn, accepted_at, identity, home, ctl)
+                outcome = _take_call(conn, identity, home)
             except OSError:
                 outcome = None
             conn.close()
@@ -400,13 +386,12 @@ def run(ctl: socket.socket, identity: Identity, parent: int) -> NoReturn:
             served += 1
             from cni_plugins import cancel
 
-            if cancel.requested():
-                ctl.send(b"G")  # its caller went away before the end
+            gone = b"G" if cancel.requested() else b""  # its caller went away before the end
             if not outcome or served >= CALLS_PER_WORKER:
-                ctl.send(b"2")  # this worker ends (the manager forks another)
+                ctl.send(gone + b"2")  # this worker ends (the manager forks another)
                 break
             home.back()
-            ctl.send(b"1")  # free again
+            ctl.send(gone + b"1")  # free again
     except BaseException as exc:  # never fall back into the manager's code
         code = 1
         try:
