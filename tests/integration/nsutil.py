@@ -39,7 +39,7 @@ def sh(*argv: str, ns: str | None = None, check: bool = True, input: str | None 
 def sweep_dead_runs() -> list[str]:
     """Delete ``cnitest-<pid>-...`` namespaces left by test processes that were killed
     (a SIGKILLed pytest cannot run its fixtures' cleanup). Returns what was removed."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(NETNS_DIR)
     except FileNotFoundError:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from cni_plugins.version import SUPPORTED_VERSIONS
+from tests.integration.conftest import Runner
 from tests.integration.nsutil import Namespaces, addrs, ip_json, links, path, ping, poll, sh
 
 SUBNET, SUBNET6 = "10.91.0.0/24", "fd00:91::/64"
@@ -114,7 +115,7 @@ def peer_seen_by_outside(wan: str, ctr: str, target: str) -> str:
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
-def test_two_containers_gateway_and_masquerade(plugin, namespaces, host_ns, tmp_path, version) -> None:  # type: ignore[no-untyped-def]
+def test_two_containers_gateway_and_masquerade(plugin: Runner, namespaces: Namespaces, host_ns: str, tmp_path: Path, version: str) -> None:
     """ADD two containers -> they ping each other and the gateway, reach the outside world with
     the host's address as source; CHECK; DEL, DEL again; nothing is left."""
     wan = make_wan(namespaces, host_ns)
@@ -154,7 +155,7 @@ def test_two_containers_gateway_and_masquerade(plugin, namespaces, host_ns, tmp_
 # ---------------------------------------------------------------- options that change behaviour
 
 
-def test_dual_stack_connectivity_and_ipv6_masquerade(plugin, namespaces, host_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_dual_stack_connectivity_and_ipv6_masquerade(plugin: Runner, namespaces: Namespaces, host_ns: str, tmp_path: Path) -> None:
     wan = make_wan(namespaces, host_ns)
     conf = bconf(tmp_path, "1.1.0", ipam="dual", isDefaultGateway=True, ipMasq=True)
     ctrs = [namespaces.make("c1"), namespaces.make("c2")]
@@ -177,7 +178,7 @@ def test_dual_stack_connectivity_and_ipv6_masquerade(plugin, namespaces, host_ns
     assert_clean(host_ns, tmp_path)
 
 
-def test_without_ipmasq_the_outside_cannot_answer(plugin, namespaces, host_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_without_ipmasq_the_outside_cannot_answer(plugin: Runner, namespaces: Namespaces, host_ns: str, tmp_path: Path) -> None:
     """The control for the masquerade tests: same topology, ipMasq off, no reply comes back."""
     wan = make_wan(namespaces, host_ns)
     ctr = namespaces.make("c1")
@@ -185,7 +186,7 @@ def test_without_ipmasq_the_outside_cannot_answer(plugin, namespaces, host_ns, t
     assert peer_seen_by_outside(wan, ctr, WAN_PEER).startswith("(no answer")
 
 
-def test_is_default_gateway_adds_the_default_route(plugin, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_is_default_gateway_adds_the_default_route(plugin: Runner, namespaces: Namespaces, tmp_path: Path) -> None:
     plain, default = namespaces.make("c1"), namespaces.make("c2")
     out = plugin("bridge", "ADD", bconf(tmp_path, isGateway=True), netns=plain, container_id="a").ok()
     assert "routes" not in out and "default" not in sh("ip", "route", ns=plain).stdout
@@ -194,21 +195,21 @@ def test_is_default_gateway_adds_the_default_route(plugin, namespaces, tmp_path)
     assert f"default via {GW} dev eth0" in sh("ip", "route", ns=default).stdout
 
 
-def test_is_gateway_puts_the_gateway_on_the_bridge_and_forwards(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_is_gateway_puts_the_gateway_on_the_bridge_and_forwards(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     out = plugin("bridge", "ADD", bconf(tmp_path, isGateway=True), netns=container_ns).ok()
     assert out["ips"][0]["gateway"] == GW and f"{GW}/24" in addrs(host_ns, "cnitbr0")
     assert sh("sysctl", "-n", "net.ipv4.ip_forward", ns=host_ns).stdout.strip() == "1"
     assert ping(container_ns, GW)
 
 
-def test_mtu_applies_to_the_veth_pair_and_a_new_bridge(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_mtu_applies_to_the_veth_pair_and_a_new_bridge(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     out = plugin("bridge", "ADD", bconf(tmp_path, mtu=1380), netns=container_ns).ok()
     host = links(host_ns)
     assert links(container_ns)["eth0"]["mtu"] == 1380
     assert host[out["interfaces"][1]["name"]]["mtu"] == 1380 and host["cnitbr0"]["mtu"] == 1380
 
 
-def test_hairpin_mode_sets_the_port_flag_and_excludes_promisc(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_hairpin_mode_sets_the_port_flag_and_excludes_promisc(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     on, off = namespaces.make("c1"), namespaces.make("c2")
     veth_on = plugin("bridge", "ADD", bconf(tmp_path, hairpinMode=True), netns=on, container_id="a").ok()["interfaces"][1]["name"]
     veth_off = plugin("bridge", "ADD", bconf(tmp_path), netns=off, container_id="b").ok()["interfaces"][1]["name"]
@@ -218,12 +219,12 @@ def test_hairpin_mode_sets_the_port_flag_and_excludes_promisc(plugin, host_ns, n
     assert bad.rc == 1 and bad.json["code"] == 7 and "hairpin" in bad.json["msg"] and "promisc" in bad.json["msg"]
 
 
-def test_promisc_mode_on_the_bridge(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_promisc_mode_on_the_bridge(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     plugin("bridge", "ADD", bconf(tmp_path, promiscMode=True), netns=container_ns).ok()
     assert links(host_ns)["cnitbr0"]["promiscuity"] >= 1
 
 
-def test_port_isolation_keeps_containers_apart_but_not_from_the_gateway(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_port_isolation_keeps_containers_apart_but_not_from_the_gateway(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     conf = bconf(tmp_path, isGateway=True, portIsolation=True)
     ctrs = [namespaces.make("c1"), namespaces.make("c2")]
     results = [plugin("bridge", "ADD", conf, netns=c, container_id=f"id{i}").ok() for i, c in enumerate(ctrs)]
@@ -233,7 +234,7 @@ def test_port_isolation_keeps_containers_apart_but_not_from_the_gateway(plugin, 
     assert not ping(ctrs[0], addrs(ctrs[1], "eth0")[0].split("/")[0])
 
 
-def test_macspoofchk_drops_frames_from_another_mac(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_macspoofchk_drops_frames_from_another_mac(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     guarded, neighbour, unguarded = namespaces.make("c1"), namespaces.make("c2"), namespaces.make("c3")
     plugin("bridge", "ADD", bconf(tmp_path, macspoofchk=True), netns=guarded, container_id="a").ok()
     plugin("bridge", "ADD", bconf(tmp_path), netns=neighbour, container_id="b").ok()
@@ -247,7 +248,7 @@ def test_macspoofchk_drops_frames_from_another_mac(plugin, host_ns, namespaces, 
     assert not ping(guarded, target)  # with it the frames are dropped at the bridge port
 
 
-def test_enabledad_and_arp_notify(plugin, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_enabledad_and_arp_notify(plugin: Runner, namespaces: Namespaces, tmp_path: Path) -> None:
     default, dad = namespaces.make("c1"), namespaces.make("c2")
     plugin("bridge", "ADD", bconf(tmp_path, ipam="dual"), netns=default, container_id="a").ok()
     plugin("bridge", "ADD", bconf(tmp_path, ipam="dual", enabledad=True), netns=dad, container_id="b").ok()
@@ -259,8 +260,8 @@ def test_enabledad_and_arp_notify(plugin, namespaces, tmp_path) -> None:  # type
     assert read(dad, "ipv6/conf/eth0/accept_dad") == "1" and read(dad, "ipv6/conf/eth0/enhanced_dad") == "1"
 
 
-def test_mac_sources_later_ones_win(plugin, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    cases = [
+def test_mac_sources_later_ones_win(plugin: Runner, namespaces: Namespaces, tmp_path: Path) -> None:
+    cases: list[tuple[dict[str, Any], str, str]] = [
         ({}, "IgnoreUnknown=1;MAC=0a:00:00:00:00:01", "0a:00:00:00:00:01"),
         ({"args": {"cni": {"mac": "0a:00:00:00:00:02"}}}, "IgnoreUnknown=1;MAC=0a:00:00:00:00:01", "0a:00:00:00:00:02"),
         ({"args": {"cni": {"mac": "0a:00:00:00:00:02"}}, "runtimeConfig": {"mac": "0a:00:00:00:00:03"}}, "IgnoreUnknown=1;MAC=0a:00:00:00:00:01", "0a:00:00:00:00:03"),
@@ -273,7 +274,7 @@ def test_mac_sources_later_ones_win(plugin, namespaces, tmp_path) -> None:  # ty
     assert bad.rc == 1 and "CNI_ARGS MAC" in bad.json["msg"]
 
 
-def test_force_address_replaces_a_foreign_bridge_address(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_force_address_replaces_a_foreign_bridge_address(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     sh("ip", "link", "add", "cnitbr0", "type", "bridge", ns=host_ns)
     sh("ip", "addr", "add", "10.91.0.254/24", "dev", "cnitbr0", ns=host_ns)
     bad = plugin("bridge", "ADD", bconf(tmp_path, isGateway=True), netns=namespaces.make("c1"), container_id="a")
@@ -283,7 +284,7 @@ def test_force_address_replaces_a_foreign_bridge_address(plugin, host_ns, namesp
     assert [a for a in addrs(host_ns, "cnitbr0") if "." in a] == [f"{GW}/24"]
 
 
-def test_l2_only_and_disable_container_interface(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_l2_only_and_disable_container_interface(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     l2, down = namespaces.make("c1"), namespaces.make("c2")
     out = plugin("bridge", "ADD", bconf(tmp_path, ipam={}), netns=l2, container_id="a").ok()
     assert "ips" not in out and "UP" in links(l2)["eth0"]["flags"]
@@ -293,19 +294,20 @@ def test_l2_only_and_disable_container_interface(plugin, host_ns, namespaces, tm
     assert bad.rc == 1 and "disableContainerInterface" in bad.json["msg"]
 
 
-def test_config_dns_replaces_ipam_dns_and_iptables_backend_is_a_note(plugin, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_config_dns_replaces_ipam_dns_and_iptables_backend_is_a_note(plugin: Runner, container_ns: str, tmp_path: Path) -> None:
     conf = bconf(tmp_path, ipMasq=True, ipMasqBackend="iptables", dns={"nameservers": ["192.0.2.53"], "search": ["example.org"]})
     run = plugin("bridge", "ADD", conf, netns=container_ns)
     assert run.ok()["dns"] == {"nameservers": ["192.0.2.53"], "search": ["example.org"]}
     assert "note: ipMasqBackend: iptables" in run.stderr
 
 
-def test_vlan_needs_bridge_vlan_filtering(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_vlan_needs_bridge_vlan_filtering(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     """vlan/vlanTrunk: an access/trunk port on a VLAN-filtering bridge. This kernel may lack
     VLAN filtering; then ADD must refuse clearly and leave nothing behind."""
     supported = sh("ip", "link", "add", "vfprobe", "type", "bridge", "vlan_filtering", "1", ns=host_ns, check=False).returncode == 0
     sh("ip", "link", "del", "vfprobe", ns=host_ns, check=False)
-    for i, opts in enumerate(({"vlan": 100}, {"vlanTrunk": [{"id": 101}, {"minID": 200, "maxID": 210}]})):
+    vlan_opts: tuple[dict[str, Any], ...] = ({"vlan": 100}, {"vlanTrunk": [{"id": 101}, {"minID": 200, "maxID": 210}]})
+    for i, opts in enumerate(vlan_opts):
         run = plugin("bridge", "ADD", bconf(tmp_path, isGateway=True, **opts), netns=namespaces.make(f"v{i}"), container_id=f"id{i}")
         if supported:
             out = run.ok()
@@ -326,7 +328,7 @@ def test_vlan_needs_bridge_vlan_filtering(plugin, host_ns, namespaces, tmp_path)
 # ---------------------------------------------------------------- failures, DEL and GC
 
 
-def test_failing_ipam_leaves_nothing_behind(plugin, cni_bin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_failing_ipam_leaves_nothing_behind(plugin: Runner, cni_bin: Path, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     fake = tmp_path / "fakebin"
     fake.mkdir()
     (fake / "failipam").write_text('#!/bin/sh\necho \'{"cniVersion": "1.0.0", "code": 11, "msg": "pool busy"}\'\nexit 1\n')
@@ -338,7 +340,7 @@ def test_failing_ipam_leaves_nothing_behind(plugin, cni_bin, host_ns, container_
     assert_clean(host_ns, tmp_path)
 
 
-def test_interface_name_clash_touches_nothing(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_interface_name_clash_touches_nothing(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "other", ns=container_ns)
     run = plugin("bridge", "ADD", bconf(tmp_path, ipMasq=True), netns=container_ns)
     assert run.rc == 1 and run.json["msg"].startswith("veth: ") and "already exists" in run.json["msg"]
@@ -346,7 +348,7 @@ def test_interface_name_clash_touches_nothing(plugin, host_ns, container_ns, tmp
     assert_clean(host_ns, tmp_path)
 
 
-def test_a_full_bridge_is_named_and_the_add_rolled_back(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_full_bridge_is_named_and_the_add_rolled_back(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     """The kernel caps a bridge at 1,023 ports (EXFULL past it): the error says so, and the
     veth made before that step is removed."""
     fill = ["link add cnitbr0 type bridge"] + [f"link add fp{i} type veth peer name fq{i}\nlink set fp{i} master cnitbr0" for i in range(1023)]
@@ -359,7 +361,7 @@ def test_a_full_bridge_is_named_and_the_add_rolled_back(plugin, host_ns, contain
     assert reserved(tmp_path) == set() and all(not elems for elems in nft_elements(host_ns).values())
 
 
-def test_a_route_the_kernel_refuses_rolls_back_masquerade_and_all(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_route_the_kernel_refuses_rolls_back_masquerade_and_all(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     """Routes go in after the gateway and masquerade (they wait for RTNL, which the link-up's
     announcements hold); a gateway that is not on-link fails there and every step is undone."""
     ipam = {"type": "host-local", "dataDir": str(tmp_path / "ipam"), "ranges": [[{"subnet": SUBNET}]], "routes": [{"dst": "198.51.100.0/24", "gw": "203.0.113.1"}]}
@@ -369,7 +371,7 @@ def test_a_route_the_kernel_refuses_rolls_back_masquerade_and_all(plugin, host_n
     assert_clean(host_ns, tmp_path)
 
 
-def test_failure_after_masquerade_rolls_back_every_step(cni_bin, host_ns, container_ns, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_failure_after_masquerade_rolls_back_every_step(cni_bin: Path, host_ns: str, container_ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process (inside host_ns) with the last step made to fail: the error names it and
     masquerade, spoof check, address and veth are all undone."""
     import io
@@ -391,7 +393,7 @@ def test_failure_after_masquerade_rolls_back_every_step(cni_bin, host_ns, contai
     assert_clean(host_ns, tmp_path)
 
 
-def test_del_when_netns_is_gone_or_not_given(plugin, namespaces, host_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_del_when_netns_is_gone_or_not_given(plugin: Runner, namespaces: Namespaces, host_ns: str, tmp_path: Path) -> None:
     conf = bconf(tmp_path, ipMasq=True, macspoofchk=True)
     gone, blank, bare = namespaces.make("c1"), namespaces.make("c2"), namespaces.make("c3")
     results = {ns: plugin("bridge", "ADD", conf, netns=ns, container_id=ns).ok() for ns in (gone, blank, bare)}
@@ -403,7 +405,7 @@ def test_del_when_netns_is_gone_or_not_given(plugin, namespaces, host_ns, tmp_pa
     assert all(not elems for elems in nft_elements(host_ns).values()), nft_elements(host_ns)
 
 
-def test_check_names_what_differs(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_check_names_what_differs(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     conf = bconf(tmp_path, isDefaultGateway=True, ipMasq=True, macspoofchk=True, hairpinMode=True)
     out = plugin("bridge", "ADD", conf, netns=container_ns).ok()
     plugin("bridge", "CHECK", with_prev(conf, out), netns=container_ns).ok()
@@ -417,7 +419,7 @@ def test_check_names_what_differs(plugin, host_ns, container_ns, tmp_path) -> No
     assert plugin("bridge", "CHECK", conf, netns=container_ns).json["msg"].startswith("bridge CHECK: required prevResult missing")
 
 
-def test_gc_drops_firewall_state_of_attachments_not_valid(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_gc_drops_firewall_state_of_attachments_not_valid(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     conf = bconf(tmp_path, "1.1.0", ipMasq=True, macspoofchk=True)
     keep, stale = namespaces.make("c1"), namespaces.make("c2")
     plugin("bridge", "ADD", conf, netns=keep, container_id="keep").ok()
@@ -439,7 +441,7 @@ REFERENCE = Path("/usr/lib/cni")
 
 
 @pytest.mark.skipif(not (REFERENCE / "bridge").exists(), reason="reference plugins not installed in /usr/lib/cni")
-def test_reference_and_ours_on_one_bridge_reach_each_other(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_reference_and_ours_on_one_bridge_reach_each_other(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     from tests.integration.nsutil import run_plugin
 
     conf = bconf(tmp_path, "1.0.0", isGateway=True)
@@ -457,7 +459,7 @@ def test_reference_and_ours_on_one_bridge_reach_each_other(plugin, host_ns, name
     assert ip_json("addr", "show", "dev", "cnitbr0", ns=host_ns)[0]["addr_info"]
 
 
-def test_parallel_adds_on_a_new_bridge(cni_bin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_parallel_adds_on_a_new_bridge(cni_bin: Path, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     """Eight ADDs racing to create the bridge, its gateway address and the nft tables all succeed."""
     from concurrent.futures import ThreadPoolExecutor
 

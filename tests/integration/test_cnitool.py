@@ -31,7 +31,7 @@ def netconf(tmp_path: Path) -> Path:
     return d
 
 
-def test_add_check_del_with_cache(cni_bin, host_ns, container_ns, netconf, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_add_check_del_with_cache(cni_bin: Path, host_ns: str, container_ns: str, netconf: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     env = {"NETCONFPATH": str(netconf), "CNI_PATH": str(cni_bin), "CNI_CACHE_DIR": str(cache), "CNI_IFNAME": "lo"}
     add = cnitool(host_ns, env, "add", "lonet", path(container_ns))
@@ -50,7 +50,7 @@ def test_add_check_del_with_cache(cni_bin, host_ns, container_ns, netconf, tmp_p
     assert cnitool(host_ns, env, "del", "lonet", path(container_ns)).returncode == 0  # idempotent
 
 
-def test_gc_dels_cached_attachments(cni_bin, host_ns, container_ns, netconf, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_gc_dels_cached_attachments(cni_bin: Path, host_ns: str, container_ns: str, netconf: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     env = {"NETCONFPATH": str(netconf), "CNI_PATH": str(cni_bin), "CNI_CACHE_DIR": str(cache), "CNI_IFNAME": "lo"}
     assert cnitool(host_ns, env, "add", "lonet", path(container_ns)).returncode == 0
@@ -60,7 +60,7 @@ def test_gc_dels_cached_attachments(cni_bin, host_ns, container_ns, netconf, tmp
     assert "UP" not in links(container_ns)["lo"]["flags"]
 
 
-def test_errors_are_clear(cni_bin, host_ns, container_ns, netconf, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_errors_are_clear(cni_bin: Path, host_ns: str, container_ns: str, netconf: Path, tmp_path: Path) -> None:
     env = {"NETCONFPATH": str(netconf), "CNI_PATH": str(cni_bin), "CNI_CACHE_DIR": str(tmp_path / "c")}
     res = cnitool(host_ns, env, "add", "nosuchnet", path(container_ns))
     assert res.returncode == 1 and 'no net configuration with name "nosuchnet"' in res.stderr

@@ -124,10 +124,11 @@ def test_del_with_unreadable_input_removes_everything(host: Host, namespaces: Na
 
 
 def test_loopback_and_static_del_with_unreadable_input(host: Host, container_ns: str) -> None:
-    for conf in (
+    confs: tuple[dict[str, Any], ...] = (
         {"cniVersion": "1.0.0", "name": "lo", "type": "loopback", **BROKEN["loopback"], **SHARED_BROKEN},
         {"cniVersion": "1.0.0", "name": "st", "type": "macvlan", "master": "wan0", "ipam": {"type": "static", "addresses": "bogus"}, **SHARED_BROKEN},
-    ):
+    )
+    for conf in confs:
         run = host.run(conf["type"], "DEL", conf, container_ns, "c1")
         assert run.rc == 0, f"{conf['type']} DEL failed: {run.stdout} {run.stderr}"
 

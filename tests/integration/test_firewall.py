@@ -40,7 +40,8 @@ def fw(net: str, version: str = "1.0.0", **opts: Any) -> dict[str, Any]:
 
 
 def addr(result: dict[str, Any], v: int = 4) -> str:
-    return next(ip["address"].split("/")[0] for ip in result["ips"] if (":" in ip["address"]) == (v == 6))
+    found: str = next(ip["address"].split("/")[0] for ip in result["ips"] if (":" in ip["address"]) == (v == 6))
+    return found
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -15,7 +15,7 @@ from tests.integration.nsutil import path
 MAPS = OwnedMaps(family="inet", table="cnitest_owned", owners="owners")
 A = Owner(network="net", container_id="aaa", ifname="eth0")
 B = Owner(network="net", container_id="bbb", ifname="eth0")
-SETUP = [
+SETUP: list[dict[str, Any]] = [
     {"add": {"table": {"family": "inet", "name": "cnitest_owned"}}},
     {"add": {"map": {"family": "inet", "table": "cnitest_owned", "name": "owners", "type": ["inet_proto", "inet_service"], "map": "mark"}}},
     {"add": {"map": {"family": "inet", "table": "cnitest_owned", "name": "addr", "type": ["inet_proto", "inet_service"], "map": "ipv4_addr"}}},

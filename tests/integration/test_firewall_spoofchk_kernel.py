@@ -20,7 +20,7 @@ def nft_in(ns: str) -> LibNftables:
 def state(nft: LibNftables) -> tuple[set[str], set[tuple[str, str]]]:
     owners = {str(el[0]["elem"]["val"]) for el in nft.list_map("bridge", "cni_py_macspoof", "owners")}
     allowed = {tuple(el["elem"]["val"]["concat"]) for el in nft.list_map("bridge", "cni_py_macspoof", "allowed")}
-    return owners, allowed  # type: ignore[return-value]
+    return owners, allowed
 
 
 def test_setup_teardown_and_gc(host_ns: str) -> None:

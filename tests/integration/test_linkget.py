@@ -54,7 +54,9 @@ def test_every_field_matches_pyroute2(container_ns: str) -> None:
         for name in names:
             raw = nl.require_link(name)
             assert _plain(raw) == _plain(_as_pyroute2_reads(nl, raw.index)), name
-            assert _plain(nl.link_by_index(raw.index)) == _plain(raw)  # type: ignore[arg-type]
+            by_index = nl.link_by_index(raw.index)
+            assert by_index is not None, name
+            assert _plain(by_index) == _plain(raw)
             seen += 1
         assert seen == len(names)
         v0 = nl.require_link("v0")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cni_plugins.version import SUPPORTED_VERSIONS
-from tests.integration.nsutil import links, path
+from tests.integration.conftest import Runner
+from tests.integration.nsutil import Namespaces, links, path
 
 
 def lo_up(ns: str) -> bool:
@@ -13,7 +14,7 @@ def lo_up(ns: str) -> bool:
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
-def test_add_check_del(plugin, namespaces, version: str) -> None:  # type: ignore[no-untyped-def]
+def test_add_check_del(plugin: Runner, namespaces: Namespaces, version: str) -> None:
     ctr = namespaces.make("lo")
     conf = {"cniVersion": version, "name": "lonet", "type": "loopback"}
     from tests.integration.nsutil import sh
@@ -37,14 +38,14 @@ def test_add_check_del(plugin, namespaces, version: str) -> None:  # type: ignor
     plugin("loopback", "DEL", conf, netns=ctr, ifname="lo").ok()  # DEL again: still fine
 
 
-def test_prev_result_passes_through(plugin, container_ns) -> None:  # type: ignore[no-untyped-def]
+def test_prev_result_passes_through(plugin: Runner, container_ns: str) -> None:
     prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}], "ips": [{"interface": 0, "address": "10.1.0.5/24"}], "dns": {}}
     conf = {"cniVersion": "1.0.0", "name": "lonet", "type": "loopback", "prevResult": prev}
     assert plugin("loopback", "ADD", conf, netns=container_ns, ifname="lo").ok() == prev
     assert lo_up(container_ns)
 
 
-def test_del_succeeds_when_namespace_is_gone(plugin, namespaces) -> None:  # type: ignore[no-untyped-def]
+def test_del_succeeds_when_namespace_is_gone(plugin: Runner, namespaces: Namespaces) -> None:
     ctr = namespaces.make("gone")
     conf = {"cniVersion": "1.0.0", "name": "lonet", "type": "loopback"}
     plugin("loopback", "ADD", conf, netns=ctr, ifname="lo").ok()

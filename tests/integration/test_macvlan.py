@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from cni_plugins.version import SUPPORTED_VERSIONS
-from tests.integration.nsutil import addrs, ip_json, links, path, ping, sh
+from tests.integration.conftest import Runner
+from tests.integration.nsutil import Namespaces, addrs, ip_json, links, path, ping, sh
 
 SUBNET = "10.93.0.0/24"
 
@@ -62,7 +63,7 @@ def with_prev(c: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
-def test_add_check_del(plugin, host_ns, container_ns, tmp_path, version) -> None:  # type: ignore[no-untyped-def]
+def test_add_check_del(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path, version: str) -> None:
     master = make_master(host_ns)
     c = conf(tmp_path, version, dns={"nameservers": ["192.0.2.53"]})
     out = plugin("macvlan", "ADD", c, netns=container_ns).ok()
@@ -90,7 +91,7 @@ def test_add_check_del(plugin, host_ns, container_ns, tmp_path, version) -> None
     plugin("macvlan", "DEL", c, netns=container_ns).ok()  # again: still fine
 
 
-def test_bridge_mode_containers_reach_each_other(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bridge_mode_containers_reach_each_other(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     make_master(host_ns)
     a, b = namespaces.make("mva"), namespaces.make("mvb")
     c = conf(tmp_path, mode="bridge")
@@ -99,7 +100,7 @@ def test_bridge_mode_containers_reach_each_other(plugin, host_ns, namespaces, tm
     assert ping(a, "10.93.0.3") and ping(b, "10.93.0.2")
 
 
-def test_private_mode_isolates(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_private_mode_isolates(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     make_master(host_ns)
     a, b = namespaces.make("mva"), namespaces.make("mvb")
     c = conf(tmp_path, mode="private")
@@ -110,7 +111,7 @@ def test_private_mode_isolates(plugin, host_ns, namespaces, tmp_path) -> None:  
 
 
 @pytest.mark.parametrize("mode", ["vepa", "passthru"])
-def test_other_modes(plugin, host_ns, container_ns, tmp_path, mode) -> None:  # type: ignore[no-untyped-def]
+def test_other_modes(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path, mode: str) -> None:
     make_master(host_ns)
     c = conf(tmp_path, mode=mode)
     out = plugin("macvlan", "ADD", c, netns=container_ns).ok()
@@ -118,13 +119,13 @@ def test_other_modes(plugin, host_ns, container_ns, tmp_path, mode) -> None:  # 
     plugin("macvlan", "CHECK", with_prev(c, out), netns=container_ns).ok()
 
 
-def test_unknown_mode_is_a_config_error(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_mode_is_a_config_error(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     make_master(host_ns)
     bad = plugin("macvlan", "ADD", conf(tmp_path, mode="source"), netns=container_ns)
     assert bad.rc == 1 and bad.json["code"] == 7 and "mode" in bad.json["msg"]
 
 
-def test_master_defaults_to_default_route_interface(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_master_defaults_to_default_route_interface(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     make_master(host_ns, "mvm0")
     second = make_master(host_ns, "mvm1", default_route=True)
     c = conf(tmp_path, master=None)
@@ -133,30 +134,30 @@ def test_master_defaults_to_default_route_interface(plugin, host_ns, container_n
     plugin("macvlan", "CHECK", with_prev(c, out), netns=container_ns).ok()
 
 
-def test_no_master_and_no_default_route_is_clear(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_no_master_and_no_default_route_is_clear(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     bad = plugin("macvlan", "ADD", conf(tmp_path, master=None), netns=container_ns)
     assert bad.rc == 1 and bad.json["code"] == 7 and "master" in bad.json["msg"] and "default route" in bad.json["msg"]
 
 
-def test_missing_master_is_named_and_nothing_left(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_master_is_named_and_nothing_left(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     bad = plugin("macvlan", "ADD", conf(tmp_path, master="nosuchmaster"), netns=container_ns)
     assert bad.rc == 1 and bad.json["code"] == 7 and "'nosuchmaster'" in bad.json["msg"]
     assert reserved(tmp_path) == set() and set(links(container_ns)) == {"lo"}
 
 
-def test_loopback_master_is_refused(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_loopback_master_is_refused(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     bad = plugin("macvlan", "ADD", conf(tmp_path, master="lo"), netns=container_ns)
     assert bad.rc == 1 and "'lo'" in bad.json["msg"] and "loopback" in bad.json["msg"]
     assert set(links(container_ns)) == {"lo"}
 
 
-def test_mtu(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_mtu(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     make_master(host_ns, mtu=1500)
     plugin("macvlan", "ADD", conf(tmp_path, mtu=1280), netns=container_ns).ok()
     assert macvlan_info(container_ns)["mtu"] == 1280
 
 
-def test_mtu_above_master_is_refused(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_mtu_above_master_is_refused(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     make_master(host_ns, mtu=1500)
     bad = plugin("macvlan", "ADD", conf(tmp_path, mtu=9000), netns=container_ns)
     assert bad.rc == 1 and bad.json["code"] == 7 and "mtu" in bad.json["msg"] and "1500" in bad.json["msg"]
@@ -167,7 +168,7 @@ def test_mtu_above_master_is_refused(plugin, host_ns, container_ns, tmp_path) ->
     "source",
     ["conf", "CNI_ARGS", "args", "runtimeConfig"],
 )
-def test_mac_sources_and_precedence(plugin, host_ns, container_ns, tmp_path, source) -> None:  # type: ignore[no-untyped-def]
+def test_mac_sources_and_precedence(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path, source: str) -> None:
     make_master(host_ns)
     c = conf(tmp_path, mac="c2:00:00:00:00:01")
     cni_args = ""
@@ -184,7 +185,7 @@ def test_mac_sources_and_precedence(plugin, host_ns, container_ns, tmp_path, sou
     plugin("macvlan", "CHECK", with_prev(c, out), netns=container_ns, cni_args=cni_args).ok()
 
 
-def test_invalid_mac_names_its_source(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_mac_names_its_source(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     make_master(host_ns)
     bad = plugin("macvlan", "ADD", conf(tmp_path, runtimeConfig={"mac": "zz:00"}), netns=container_ns)
     assert bad.rc == 1 and bad.json["code"] == 7 and "runtimeConfig.mac" in bad.json["msg"]
@@ -192,7 +193,7 @@ def test_invalid_mac_names_its_source(plugin, host_ns, container_ns, tmp_path) -
     assert bad.rc == 1 and bad.json["code"] == 4 and "FOO" in bad.json["msg"]
 
 
-def test_link_in_container(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_link_in_container(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     make_master(container_ns, "cmaster")
     c = conf(tmp_path, master="cmaster", linkInContainer=True)
     out = plugin("macvlan", "ADD", c, netns=container_ns).ok()
@@ -205,14 +206,14 @@ def test_link_in_container(plugin, host_ns, container_ns, tmp_path) -> None:  # 
     assert "eth0" not in links(container_ns) and "cmaster" in links(container_ns)
 
 
-def test_bcqueuelen(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bcqueuelen(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     make_master(host_ns)
     plugin("macvlan", "ADD", conf(tmp_path, bcqueuelen=123), netns=container_ns).ok()
     assert macvlan_info(container_ns)["bcqueuelen"] == 123
 
 
 @pytest.mark.parametrize("ipam", [None, {}], ids=["no-ipam", "empty-ipam"])
-def test_l2_only(plugin, host_ns, container_ns, tmp_path, ipam) -> None:  # type: ignore[no-untyped-def]
+def test_l2_only(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path, ipam: dict[str, Any] | None) -> None:
     make_master(host_ns)
     c = conf(tmp_path, ipam=ipam)
     out = plugin("macvlan", "ADD", c, netns=container_ns).ok()
@@ -224,7 +225,7 @@ def test_l2_only(plugin, host_ns, container_ns, tmp_path, ipam) -> None:  # type
     assert "eth0" not in links(container_ns)
 
 
-def test_add_failure_after_ipam_leaves_nothing(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_add_failure_after_ipam_leaves_nothing(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     make_master(host_ns)
     c = conf(tmp_path)
     c["ipam"]["routes"] = [{"dst": "10.251.0.0/16", "gw": "192.0.2.1"}]  # gateway off-link: the route add fails
@@ -233,7 +234,7 @@ def test_add_failure_after_ipam_leaves_nothing(plugin, host_ns, container_ns, tm
     assert set(links(container_ns)) == {"lo"} and reserved(tmp_path) == set()
 
 
-def test_existing_ifname_is_refused_and_kept(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_existing_ifname_is_refused_and_kept(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     make_master(host_ns)
     sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p", ns=container_ns)
     bad = plugin("macvlan", "ADD", conf(tmp_path), netns=container_ns)
@@ -242,7 +243,7 @@ def test_existing_ifname_is_refused_and_kept(plugin, host_ns, container_ns, tmp_
     assert not [n for n in links(container_ns) if n.startswith("mv")]
 
 
-def test_del_without_netns(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_del_without_netns(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     make_master(host_ns)
     ctr = namespaces.make("gone")
     c = conf(tmp_path)
@@ -254,7 +255,7 @@ def test_del_without_netns(plugin, host_ns, namespaces, tmp_path) -> None:  # ty
     plugin("macvlan", "DEL", c, netns="").ok()  # containerd: no CNI_NETNS on DEL
 
 
-def test_del_releases_ip_when_netns_empty(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_del_releases_ip_when_netns_empty(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     make_master(host_ns)
     c = conf(tmp_path)
     plugin("macvlan", "ADD", c, netns=container_ns).ok()
@@ -262,7 +263,7 @@ def test_del_releases_ip_when_netns_empty(plugin, host_ns, container_ns, tmp_pat
     assert reserved(tmp_path) == set()
 
 
-def test_check_detects_drift(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_check_detects_drift(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     make_master(host_ns)
     c = conf(tmp_path)
     out = plugin("macvlan", "ADD", c, netns=container_ns).ok()
@@ -279,7 +280,7 @@ def test_check_detects_drift(plugin, host_ns, container_ns, tmp_path) -> None:  
     assert missing.rc == 1 and "prevResult" in missing.json["msg"]
 
 
-def test_status_and_gc_delegate_to_ipam(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_status_and_gc_delegate_to_ipam(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     make_master(host_ns)
     a, b = namespaces.make("mva"), namespaces.make("mvb")
     c = conf(tmp_path, "1.1.0")
@@ -297,7 +298,7 @@ def test_status_and_gc_delegate_to_ipam(plugin, host_ns, namespaces, tmp_path) -
     assert bad.rc == 1 and bad.json["code"] == 50
 
 
-def test_l2_only_with_a_pre_0_3_version_is_refused_before_anything_is_made(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_l2_only_with_a_pre_0_3_version_is_refused_before_anything_is_made(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     make_master(host_ns)
     bad = plugin("macvlan", "ADD", conf(tmp_path, "0.2.0", ipam=None), netns=container_ns)
     assert bad.rc == 1 and bad.json["code"] == 1 and "0.3.0" in bad.json["details"]
@@ -306,7 +307,7 @@ def test_l2_only_with_a_pre_0_3_version_is_refused_before_anything_is_made(plugi
 
 @pytest.mark.skipif(not Path("/usr/lib/cni/macvlan").exists(), reason="reference macvlan not installed")
 @pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0"])
-def test_result_and_link_match_the_reference(plugin, namespaces, tmp_path, version) -> None:  # type: ignore[no-untyped-def]
+def test_result_and_link_match_the_reference(plugin: Runner, namespaces: Namespaces, tmp_path: Path, version: str) -> None:
     from tests.integration.nsutil import run_plugin
 
     seen = {}
@@ -322,7 +323,7 @@ def test_result_and_link_match_the_reference(plugin, namespaces, tmp_path, versi
     assert seen["ours"] == seen["reference"]
 
 
-def test_host_link_with_the_container_name_does_not_collide(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_host_link_with_the_container_name_does_not_collide(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     """The link is born under a temporary name in the container and renamed there, so a host
     link already called eth0 is no obstacle and is left alone."""
     make_master(host_ns)

@@ -4,9 +4,11 @@ field, no traceback, a non-zero exit, and nothing changed in the target namespac
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
+from tests.integration.conftest import Runner
 from tests.integration.nsutil import links, path, sh
 
 GOOD = {"cniVersion": "1.0.0", "name": "errnet", "type": "loopback"}
@@ -35,13 +37,13 @@ CASES = [
 
 
 @pytest.mark.parametrize("env,stdin,code,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input(plugin, container_ns, env, stdin, code, words) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input(plugin: Runner, container_ns: str, env: dict[str, str | None], stdin: dict[str, Any] | bytes, code: int, words: str) -> None:
     sh("ip", "link", "set", "lo", "down", ns=container_ns)
     before = links(container_ns)
     full_env = {"CNI_NETNS": path(container_ns), **env}
     overrides = {k: v for k, v in full_env.items() if k != "CNI_NETNS" and v is not None}
     removed = [k for k, v in full_env.items() if v is None]
-    res = plugin("loopback", env.get("CNI_COMMAND", "ADD"), stdin, netns=full_env.get("CNI_NETNS") or "",
+    res = plugin("loopback", env.get("CNI_COMMAND") or "ADD", stdin, netns=full_env.get("CNI_NETNS") or "",
                  ifname=env.get("CNI_IFNAME", "lo") or "", container_id=env.get("CNI_CONTAINERID", "ctr1") or "",
                  env={**overrides, **{k: None for k in removed}})
     assert res.rc != 0

@@ -5,7 +5,7 @@ DEL a no-op; compared with the reference binary where it is installed."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -16,7 +16,7 @@ REFERENCE = Path("/usr/lib/cni/static")
 
 
 def conf(version: str = "1.0.0", **top: Any) -> dict[str, Any]:
-    ipam = {"type": "static", "addresses": [{"address": "10.90.0.5/24", "gateway": "10.90.0.1"}, {"address": "fd90::5/64"}],
+    ipam: dict[str, Any] = {"type": "static", "addresses": [{"address": "10.90.0.5/24", "gateway": "10.90.0.1"}, {"address": "fd90::5/64"}],
             "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.91.0.0/16", "gw": "10.90.0.254"}],
             "dns": {"nameservers": ["10.90.0.53"], "domain": "example.org", "search": ["example.org"]}}
     if version < "0.3.0":
@@ -24,8 +24,14 @@ def conf(version: str = "1.0.0", **top: Any) -> dict[str, Any]:
     return {"cniVersion": version, "name": "staticnet", "type": "bridge", "ipam": ipam, **top}
 
 
+class Static(Protocol):
+    """``static(command, conf, cni_args)``: the installed static IPAM run in container_ns."""
+
+    def __call__(self, command: str, c: dict[str, Any], cni_args: str = "", bin_dir: Path | None = None) -> PluginRun: ...
+
+
 @pytest.fixture
-def static(cni_bin: Path, container_ns: str):  # type: ignore[no-untyped-def]
+def static(cni_bin: Path, container_ns: str) -> Static:
     def run(command: str, c: dict[str, Any], cni_args: str = "", bin_dir: Path | None = None) -> PluginRun:
         return run_plugin(bin_dir or cni_bin, "static", command, c, netns=path(container_ns), cni_args=cni_args)
 
@@ -33,7 +39,7 @@ def static(cni_bin: Path, container_ns: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
-def test_add_check_del_every_version(static, version: str) -> None:  # type: ignore[no-untyped-def]
+def test_add_check_del_every_version(static: Static, version: str) -> None:
     out = static("ADD", conf(version)).ok()
     assert out["cniVersion"] == version and "interfaces" not in out
     if version < "0.3.0":
@@ -62,7 +68,7 @@ CASES = [
 
 @pytest.mark.parametrize("top,cni_args", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 @pytest.mark.skipif(not REFERENCE.exists(), reason="reference static plugin not installed")
-def test_sources_match_the_reference(static, top: dict[str, Any], cni_args: str) -> None:  # type: ignore[no-untyped-def]
+def test_sources_match_the_reference(static: Static, top: dict[str, Any], cni_args: str) -> None:
     ours = static("ADD", conf(**top), cni_args).ok()
     theirs = static("ADD", conf(**top), cni_args, bin_dir=REFERENCE.parent).ok()
     assert ours == theirs
@@ -77,6 +83,6 @@ def test_sources_match_the_reference(static, top: dict[str, Any], cni_args: str)
     ],
     ids=["not-cidr", "cni-args-not-cidr", "unknown-cni-arg"],
 )
-def test_bad_input(static, c: dict[str, Any], cni_args: str, words: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input(static: Static, c: dict[str, Any], cni_args: str, words: str) -> None:
     res = static("ADD", c, cni_args)
     assert res.rc == 1 and words in res.json["msg"] + res.json.get("details", "") and "Traceback" not in res.stderr

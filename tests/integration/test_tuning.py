@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from cni_plugins.version import SUPPORTED_VERSIONS, result_to_json, result_from_json
-from tests.integration.nsutil import links, path, sh
+from tests.integration.conftest import Runner
+from tests.integration.nsutil import Namespaces, links, path, sh
 
 REFERENCE = Path("/usr/lib/cni/tuning")
 
@@ -43,7 +44,8 @@ def conf(tmp_path: Path, ns: str, version: str = "1.0.0", **opts: Any) -> dict[s
 
 
 def link(ns: str) -> dict[str, Any]:
-    return links(ns)["eth0"]
+    eth0: dict[str, Any] = links(ns)["eth0"]
+    return eth0
 
 
 def sysctl(ns: str, key: str) -> str:
@@ -51,7 +53,7 @@ def sysctl(ns: str, key: str) -> str:
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
-def test_no_options_passes_prev_result_through(plugin, ctr, tmp_path, version) -> None:  # type: ignore[no-untyped-def]
+def test_no_options_passes_prev_result_through(plugin: Runner, ctr: str, tmp_path: Path, version: str) -> None:
     c = {k: v for k, v in conf(tmp_path, ctr, version).items() if k != "dataDir"}  # podman's bare {"type": "tuning"}
     assert plugin("tuning", "ADD", c, netns=ctr).ok() == c["prevResult"]
     if version >= "0.4.0":
@@ -62,7 +64,7 @@ def test_no_options_passes_prev_result_through(plugin, ctr, tmp_path, version) -
 @pytest.mark.skipif(not REFERENCE.exists(), reason="reference tuning not installed")
 @pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0"])
 @pytest.mark.parametrize("opts", [{}, {"mac": "c2:00:00:00:00:07"}], ids=["bare", "mac"])
-def test_result_matches_reference(plugin, host_ns, ctr, tmp_path, version, opts) -> None:  # type: ignore[no-untyped-def]
+def test_result_matches_reference(plugin: Runner, host_ns: str, ctr: str, tmp_path: Path, version: str, opts: dict[str, Any]) -> None:
     from tests.integration.nsutil import run_plugin
 
     c = conf(tmp_path, ctr, version, **opts)
@@ -71,7 +73,7 @@ def test_result_matches_reference(plugin, host_ns, ctr, tmp_path, version, opts)
     assert plugin("tuning", "ADD", c, netns=ctr).ok() == ref
 
 
-def test_missing_prev_result(plugin, ctr, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_prev_result(plugin: Runner, ctr: str, tmp_path: Path) -> None:
     c = conf(tmp_path, ctr)
     del c["prevResult"]
     bad = plugin("tuning", "ADD", c, netns=ctr)
@@ -79,7 +81,7 @@ def test_missing_prev_result(plugin, ctr, tmp_path) -> None:  # type: ignore[no-
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
-def test_attributes_add_check_del(plugin, ctr, tmp_path, version) -> None:  # type: ignore[no-untyped-def]
+def test_attributes_add_check_del(plugin: Runner, ctr: str, tmp_path: Path, version: str) -> None:
     before = link(ctr)
     c = conf(tmp_path, ctr, version, mac="c2:00:00:00:00:01", mtu=1400, promisc=True, allmulti=True, txQLen=77)
     out = plugin("tuning", "ADD", c, netns=ctr).ok()
@@ -103,7 +105,7 @@ def test_attributes_add_check_del(plugin, ctr, tmp_path, version) -> None:  # ty
     plugin("tuning", "DEL", c, netns=ctr).ok()
 
 
-def test_allmulti_false_turns_it_off_and_back(plugin, ctr, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_allmulti_false_turns_it_off_and_back(plugin: Runner, ctr: str, tmp_path: Path) -> None:
     sh("ip", "link", "set", "eth0", "allmulticast", "on", ns=ctr)
     c = conf(tmp_path, ctr, allmulti=False)
     plugin("tuning", "ADD", c, netns=ctr).ok()
@@ -113,7 +115,7 @@ def test_allmulti_false_turns_it_off_and_back(plugin, ctr, tmp_path) -> None:  #
 
 
 @pytest.mark.parametrize("source", ["conf", "CNI_ARGS", "runtimeConfig", "args"])
-def test_mac_sources_and_precedence(plugin, ctr, tmp_path, source) -> None:  # type: ignore[no-untyped-def]
+def test_mac_sources_and_precedence(plugin: Runner, ctr: str, tmp_path: Path, source: str) -> None:
     c = conf(tmp_path, ctr, mac="c2:00:00:00:00:01")
     cni_args, want = "", "c2:00:00:00:00:01"
     if source != "conf":
@@ -126,7 +128,7 @@ def test_mac_sources_and_precedence(plugin, ctr, tmp_path, source) -> None:  # t
     assert link(ctr)["address"] == want and out["interfaces"][2]["mac"] == want
 
 
-def test_args_cni_overrides_every_option(plugin, ctr, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_args_cni_overrides_every_option(plugin: Runner, ctr: str, tmp_path: Path) -> None:
     cni = {"mtu": 1300, "promisc": True, "allmulti": True, "txQLen": 55, "sysctl": {"net.ipv4.conf.IFNAME.arp_filter": "1"}}
     c = conf(tmp_path, ctr, mtu=1400, promisc=False, allmulti=False, txQLen=66, sysctl={"net.ipv4.conf.IFNAME.arp_filter": "0"}, args={"cni": cni})
     out = plugin("tuning", "ADD", c, netns=ctr).ok()
@@ -136,7 +138,7 @@ def test_args_cni_overrides_every_option(plugin, ctr, tmp_path) -> None:  # type
     plugin("tuning", "CHECK", {**c, "prevResult": out}, netns=ctr).ok()
 
 
-def test_sysctls_in_the_container_only(plugin, host_ns, ctr, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sysctls_in_the_container_only(plugin: Runner, host_ns: str, ctr: str, tmp_path: Path) -> None:
     host_before = sysctl(host_ns, "net.core.somaxconn")
     c = conf(tmp_path, ctr, sysctl={"net.core.somaxconn": "1234", "net.ipv4.conf.IFNAME.arp_filter": "1", "net.ipv4.conf.all.arp_ignore": "1"})
     out = plugin("tuning", "ADD", c, netns=ctr).ok()
@@ -150,7 +152,7 @@ def test_sysctls_in_the_container_only(plugin, host_ns, ctr, tmp_path) -> None: 
     assert drift.rc == 1 and "net.core.somaxconn" in drift.json["msg"]
 
 
-def test_sysctl_on_dotted_interface_name(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sysctl_on_dotted_interface_name(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     sh("ip", "link", "add", "eth0.5", "type", "veth", "peer", "name", "tunpeer5", "netns", host_ns, ns=container_ns)
     prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0.5", "sandbox": path(container_ns)}]}
     c = {"cniVersion": "1.0.0", "name": "tunnet", "type": "tuning", "prevResult": prev, "sysctl": {"net.ipv4.conf.IFNAME.arp_filter": "1", "net.ipv6.conf.eth0.5.accept_ra": "0"}}
@@ -170,12 +172,12 @@ def test_sysctl_on_dotted_interface_name(plugin, host_ns, container_ns, tmp_path
         ("fs.file-max", "net.*"),
     ],
 )
-def test_sysctl_key_refused(plugin, ctr, tmp_path, key, words) -> None:  # type: ignore[no-untyped-def]
+def test_sysctl_key_refused(plugin: Runner, ctr: str, tmp_path: Path, key: str, words: str) -> None:
     bad = plugin("tuning", "ADD", conf(tmp_path, ctr, sysctl={key: "1"}), netns=ctr)
     assert bad.rc == 1 and bad.json["code"] == 7 and words in bad.json["msg"] and key in bad.json["msg"]
 
 
-def test_duplicate_sysctl_keys_refused(plugin, ctr, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_duplicate_sysctl_keys_refused(plugin: Runner, ctr: str, tmp_path: Path) -> None:
     body = json.dumps(conf(tmp_path, ctr))[:-1] + ', "sysctl": {"net.core.somaxconn": "1", "net.core.somaxconn": "2"}}'
     bad = plugin("tuning", "ADD", body.encode(), netns=ctr)
     assert bad.rc == 1 and bad.json["code"] == 7 and "duplicated" in bad.json["msg"]
@@ -183,7 +185,7 @@ def test_duplicate_sysctl_keys_refused(plugin, ctr, tmp_path) -> None:  # type: 
     assert same.rc == 1 and same.json["code"] == 7 and "same sysctl" in same.json["msg"]
 
 
-def test_failed_add_leaves_nothing(plugin, ctr, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_failed_add_leaves_nothing(plugin: Runner, ctr: str, tmp_path: Path) -> None:
     before = link(ctr)
     c = conf(tmp_path, ctr, sysctl={"net.ipv4.conf.IFNAME.arp_filter": "1"}, mac="c2:00:00:00:00:01", promisc=True, mtu=70000)
     bad = plugin("tuning", "ADD", c, netns=ctr)
@@ -198,17 +200,17 @@ def test_failed_add_leaves_nothing(plugin, ctr, tmp_path) -> None:  # type: igno
 
 
 @pytest.mark.parametrize("data_dir, words", [("relative/dir", "absolute"), ("/run/../etc", "'..'")])
-def test_data_dir_validated(plugin, ctr, tmp_path, data_dir, words) -> None:  # type: ignore[no-untyped-def]
+def test_data_dir_validated(plugin: Runner, ctr: str, tmp_path: Path, data_dir: str, words: str) -> None:
     bad = plugin("tuning", "ADD", {**conf(tmp_path, ctr, mtu=1400), "dataDir": data_dir}, netns=ctr)
     assert bad.rc == 1 and bad.json["code"] == 7 and "dataDir" in bad.json["msg"] and words in bad.json["msg"]
 
 
-def test_bad_container_id_refused(plugin, ctr, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_container_id_refused(plugin: Runner, ctr: str, tmp_path: Path) -> None:
     bad = plugin("tuning", "ADD", conf(tmp_path, ctr, mtu=1400), netns=ctr, container_id="../x")
     assert bad.rc == 1 and bad.json["code"] == 4
 
 
-def test_del_with_netns_gone_or_empty_drops_backup(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_del_with_netns_gone_or_empty_drops_backup(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     for netns_on_del in ("gone", ""):
         ns = namespaces.make("tun")
         sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", f"tp{netns_on_del or 'e'}", "netns", host_ns, ns=ns)
@@ -224,7 +226,7 @@ def test_del_with_netns_gone_or_empty_drops_backup(plugin, host_ns, namespaces, 
         assert not backup.exists()
 
 
-def test_second_add_keeps_the_first_originals(plugin, ctr, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_second_add_keeps_the_first_originals(plugin: Runner, ctr: str, tmp_path: Path) -> None:
     mtu = link(ctr)["mtu"]
     plugin("tuning", "ADD", conf(tmp_path, ctr, mtu=1400), netns=ctr).ok()
     plugin("tuning", "ADD", conf(tmp_path, ctr, mtu=1300), netns=ctr).ok()
@@ -234,7 +236,7 @@ def test_second_add_keeps_the_first_originals(plugin, ctr, tmp_path) -> None:  #
 
 @pytest.mark.skipif(not REFERENCE.exists(), reason="reference tuning not installed")
 @pytest.mark.parametrize("adder, deleter", [("ours", "reference"), ("reference", "ours")])
-def test_backup_interoperates_with_reference(plugin, host_ns, ctr, tmp_path, adder, deleter) -> None:  # type: ignore[no-untyped-def]
+def test_backup_interoperates_with_reference(plugin: Runner, host_ns: str, ctr: str, tmp_path: Path, adder: str, deleter: str) -> None:
     from tests.integration.nsutil import run_plugin
 
     def run(who: str, cmd: str, c: dict[str, Any]) -> Any:
@@ -252,7 +254,7 @@ def test_backup_interoperates_with_reference(plugin, host_ns, ctr, tmp_path, add
     assert os.listdir(tmp_path / "tuning") == []
 
 
-def test_chained_after_ptp(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_chained_after_ptp(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     """A conflist as a runtime runs it: ptp, then tuning with prevResult; DEL in reverse."""
     ptp = {"cniVersion": "1.0.0", "name": "chain", "type": "ptp", "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"), "subnet": "10.95.0.0/24"}}
     first = plugin("ptp", "ADD", ptp, netns=container_ns).ok()

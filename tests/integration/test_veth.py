@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from cni_plugins.version import SUPPORTED_VERSIONS
+from tests.integration.conftest import Runner
 from tests.integration.nsutil import Namespaces, addrs, ip_json, links, path, ping, run_plugin, sh
 
 REFERENCE = Path("/usr/lib/cni")
@@ -92,7 +93,7 @@ def source_seen_by(wan: str, ctr: str) -> str:
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
-def test_add_check_del(plugin, host_ns, container_ns, tmp_path, version) -> None:  # type: ignore[no-untyped-def]
+def test_add_check_del(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path, version: str) -> None:
     c = vconf(tmp_path, version)
     out = plugin("ptp", "ADD", c, netns=container_ns).ok()
     [veth] = host_veths(host_ns)
@@ -120,7 +121,7 @@ def test_add_check_del(plugin, host_ns, container_ns, tmp_path, version) -> None
 
 
 @pytest.mark.skipif(not (REFERENCE / "ptp").exists(), reason="reference ptp not installed")
-def test_same_routes_and_addresses_as_the_reference(plugin, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_same_routes_and_addresses_as_the_reference(plugin: Runner, namespaces: Namespaces, tmp_path: Path) -> None:
     """Reference ptp in one host/container pair, ours in another: same kernel state."""
     state = {}
     for who in ("reference", "ours"):
@@ -139,7 +140,7 @@ def test_same_routes_and_addresses_as_the_reference(plugin, namespaces, tmp_path
     assert state["ours"] == state["reference"]
 
 
-def test_two_containers_reach_each_other_through_the_host(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_two_containers_reach_each_other_through_the_host(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     a, b = namespaces.make("pa"), namespaces.make("pb")
     c = vconf(tmp_path)
     plugin("ptp", "ADD", c, netns=a, container_id="a").ok()
@@ -149,7 +150,7 @@ def test_two_containers_reach_each_other_through_the_host(plugin, host_ns, names
     assert "10.94.0.3" not in neighbours  # same subnet, yet routed through the gateway
 
 
-def test_dual_stack(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_dual_stack(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     a, b = namespaces.make("pa"), namespaces.make("pb")
     c = vconf(tmp_path, six=True)
     out = plugin("ptp", "ADD", c, netns=a, container_id="a").ok()
@@ -162,9 +163,10 @@ def test_dual_stack(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ign
 
 
 @pytest.mark.parametrize("backend", [None, "nftables", "iptables"])
-def test_masquerade_reaches_beyond_the_host(plugin, host_ns, namespaces, tmp_path, backend) -> None:  # type: ignore[no-untyped-def]
+def test_masquerade_reaches_beyond_the_host(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path, backend: str | None) -> None:
     wan, ctr = make_wan(namespaces, host_ns), namespaces.make("pc")
-    c = vconf(tmp_path, ipMasq=True, **({"ipMasqBackend": backend} if backend else {}))
+    extra: dict[str, Any] = {"ipMasqBackend": backend} if backend else {}
+    c = vconf(tmp_path, ipMasq=True, **extra)
     run = plugin("ptp", "ADD", c, netns=ctr)
     out = run.ok()
     assert ("served by nftables" in run.stderr) == (backend == "iptables")
@@ -175,13 +177,13 @@ def test_masquerade_reaches_beyond_the_host(plugin, host_ns, namespaces, tmp_pat
     assert_clean(host_ns, tmp_path)
 
 
-def test_without_ipmasq_the_outside_cannot_answer(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_without_ipmasq_the_outside_cannot_answer(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     wan, ctr = make_wan(namespaces, host_ns), namespaces.make("pc")
     plugin("ptp", "ADD", vconf(tmp_path), netns=ctr).ok()
     assert source_seen_by(wan, ctr) == "(no answer)"
 
 
-def test_veth_name_is_the_same_plugin(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_veth_name_is_the_same_plugin(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     c = vconf(tmp_path) | {"type": "veth"}
     out = plugin("veth", "ADD", c, netns=container_ns).ok()
     assert out["ips"][0]["address"] == "10.94.0.2/24"
@@ -189,7 +191,7 @@ def test_veth_name_is_the_same_plugin(plugin, host_ns, container_ns, tmp_path) -
     assert_clean(host_ns, tmp_path)
 
 
-def test_mtu(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_mtu(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     plugin("ptp", "ADD", vconf(tmp_path, mtu=1280), netns=container_ns).ok()
     [veth] = host_veths(host_ns)
     assert links(container_ns)["eth0"]["mtu"] == 1280 and links(host_ns)[veth]["mtu"] == 1280
@@ -201,29 +203,30 @@ def test_mtu(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[n
      ({"nameservers": ["198.51.100.1"]}, {"nameservers": ["198.51.100.1"]}), ({"search": []}, {})],
     ids=["none", "empty", "set", "empty-list"],
 )
-def test_dns_overrides_ipam_only_when_set(plugin, host_ns, container_ns, tmp_path, dns, want) -> None:  # type: ignore[no-untyped-def]
+def test_dns_overrides_ipam_only_when_set(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path, dns: dict[str, Any] | None, want: dict[str, Any]) -> None:
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 192.0.2.53\nsearch ipam.example\n")
-    c = vconf(tmp_path, **({"dns": dns} if dns is not None else {}))
+    extra: dict[str, Any] = {"dns": dns} if dns is not None else {}
+    c = vconf(tmp_path, **extra)
     c["ipam"]["resolvConf"] = str(resolv)
     assert plugin("ptp", "ADD", c, netns=container_ns).ok()["dns"] == want
 
 
-def test_ipam_is_required(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_ipam_is_required(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     c = {k: v for k, v in vconf(tmp_path).items() if k != "ipam"}
     bad = plugin("ptp", "ADD", c, netns=container_ns)
     assert bad.rc == 1 and bad.json["code"] == 7 and "ipam" in bad.json["msg"]
     plugin("ptp", "DEL", c, netns=container_ns).ok()
 
 
-def test_bad_options_are_named(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_options_are_named(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     for opts, word in (({"ipMasqBackend": "pf"}, "ipMasqBackend"), ({"mtu": -1}, "mtu"), ({"ipMasq": "yes"}, "ipMasq")):
         bad = plugin("ptp", "ADD", vconf(tmp_path, **opts), netns=container_ns)
         assert bad.rc == 1 and bad.json["code"] == 7 and word in bad.json["msg"]
     assert_clean(host_ns, tmp_path)
 
 
-def test_failed_route_rolls_everything_back(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_failed_route_rolls_everything_back(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     c = vconf(tmp_path, ipMasq=True, routes=[{"dst": "10.251.0.0/16", "gw": "198.51.100.1"}])  # gateway off-link
     bad = plugin("ptp", "ADD", c, netns=container_ns)
     assert bad.rc == 1 and "configure eth0" in bad.json["msg"] and "10.251.0.0/16" in bad.json["msg"]
@@ -231,7 +234,7 @@ def test_failed_route_rolls_everything_back(plugin, host_ns, container_ns, tmp_p
     assert_clean(host_ns, tmp_path)
 
 
-def test_failure_in_masquerade_rolls_back_every_step(cni_bin, host_ns, container_ns, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_failure_in_masquerade_rolls_back_every_step(cni_bin: Path, host_ns: str, container_ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process (inside host_ns): masquerade is set up, then fails; all of ADD is undone."""
     from cni_plugins import netns, skel, veth
     from cni_plugins.errors import CNIError
@@ -253,7 +256,7 @@ def test_failure_in_masquerade_rolls_back_every_step(cni_bin, host_ns, container
     assert_clean(host_ns, tmp_path)
 
 
-def test_existing_ifname_is_refused_and_kept(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_existing_ifname_is_refused_and_kept(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "other0", ns=container_ns)
     bad = plugin("ptp", "ADD", vconf(tmp_path), netns=container_ns)
     assert bad.rc == 1 and "already exists" in bad.json["msg"]
@@ -262,7 +265,7 @@ def test_existing_ifname_is_refused_and_kept(plugin, host_ns, container_ns, tmp_
 
 
 @pytest.mark.parametrize("how", ["netns-gone", "netns-empty", "no-prev-result"])
-def test_del_without_netns_or_prev_result(plugin, host_ns, namespaces, tmp_path, how) -> None:  # type: ignore[no-untyped-def]
+def test_del_without_netns_or_prev_result(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path, how: str) -> None:
     ctr = namespaces.make("pg")
     c = vconf(tmp_path, ipMasq=True)
     out = plugin("ptp", "ADD", c, netns=ctr).ok()
@@ -278,7 +281,7 @@ def test_del_without_netns_or_prev_result(plugin, host_ns, namespaces, tmp_path,
     plugin("ptp", "DEL", c, netns="").ok()
 
 
-def test_check_names_what_differs(plugin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_check_names_what_differs(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     c = vconf(tmp_path, ipMasq=True)
     prev = with_prev(c, plugin("ptp", "ADD", c, netns=container_ns).ok())
     [veth] = host_veths(host_ns)
@@ -295,7 +298,7 @@ def test_check_names_what_differs(plugin, host_ns, container_ns, tmp_path) -> No
     assert no_prev.rc == 1 and "prevResult" in no_prev.json["msg"]
 
 
-def test_status_and_gc(plugin, host_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_status_and_gc(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     a, b = namespaces.make("pa"), namespaces.make("pb")
     c = vconf(tmp_path, "1.1.0", ipMasq=True)
     plugin("ptp", "STATUS", c).ok()
