@@ -16,7 +16,7 @@ import pytest
 
 from cni_plugins.version import SUPPORTED_VERSIONS
 from tests.integration.conftest import Runner
-from tests.integration.nsutil import Namespaces, addrs, ip_json, links, path, ping, run_plugin, sh
+from tests.integration.nsutil import Namespaces, addrs, ip_json, links, path, ping, poll, run_plugin, sh
 
 REFERENCE = Path("/usr/lib/cni")
 SUBNET, SUBNET6 = "10.94.0.0/24", "fd00:94::/64"
@@ -60,7 +60,10 @@ def with_prev(c: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
 
 
 def assert_clean(host_ns: str, tmp_path: Path) -> None:
-    assert host_veths(host_ns) == [] and reserved(tmp_path) == set() and masq_elements(host_ns) == []
+    # A veth whose peer's namespace was just deleted goes when the kernel frees that namespace,
+    # a few milliseconds later and on its own schedule: wait for it, not for the plugin.
+    assert poll(lambda: host_veths(host_ns) == [], timeout=2), host_veths(host_ns)
+    assert reserved(tmp_path) == set() and masq_elements(host_ns) == []
 
 
 def make_wan(namespaces: Namespaces, host_ns: str) -> str:
