@@ -33,7 +33,7 @@ class CriError(AssertionError):
 @functools.cache
 def api() -> ModuleType:
     """The compiled messages of cri_api.proto (compiled once per test process)."""
-    from grpc_tools import protoc  # type: ignore[import-untyped]
+    from grpc_tools import protoc
 
     out = Path(tempfile.mkdtemp(prefix="cnipy-cri-"))
     try:
@@ -64,7 +64,7 @@ class Cri:
     """RuntimeService and ImageService of a CRI runtime listening on a unix socket."""
 
     def __init__(self, socket: str, timeout: float = 120) -> None:
-        import grpc  # type: ignore[import-untyped]
+        import grpc
 
         self.pb = api()
         self.timeout = timeout

@@ -190,14 +190,14 @@ class Sandbox:
     def popen(self, *argv: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[str]:
         full = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "TMPDIR": str(self.work / "tmp"), **(env or {})}
         (self.work / "tmp").mkdir(exist_ok=True)
-        out = open(log, "a") if log else subprocess.DEVNULL
+        out = open(log, "a") if log else None
         try:
-            proc = subprocess.Popen(self.argv(*argv), env=full, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(self.argv(*argv), env=full, stdin=subprocess.DEVNULL, stdout=out if out is not None else subprocess.DEVNULL, stderr=subprocess.STDOUT, text=True)
             self.procs.append(proc)
             return proc
         finally:
-            if log:
-                out.close()  # type: ignore[union-attr]
+            if out is not None:
+                out.close()
 
     def in_netns_of(self, pid: int, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a command of the machine (ip, python) in the network namespace of a container's pid."""
@@ -388,7 +388,8 @@ class Podman:
         return self("run", "-d", "--name", name, "--cgroup-parent", self.sb.cgroup_parent, *args).stdout.strip()
 
     def inspect(self, name: str) -> dict[str, Any]:
-        return json.loads(self("inspect", name).stdout)[0]  # type: ignore[no-any-return]
+        found: dict[str, Any] = json.loads(self("inspect", name).stdout)[0]
+        return found
 
     def pid(self, name: str) -> int:
         return int(self.inspect(name)["State"]["Pid"])

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,7 +51,7 @@ BRIDGE = {
 }
 
 
-def write(tmp_path: Path, doc: dict) -> Path:  # type: ignore[type-arg]
+def write(tmp_path: Path, doc: dict[str, Any]) -> Path:
     path = tmp_path / "scenario.yaml"
     path.write_text(json.dumps(doc))  # JSON is YAML
     return path
@@ -61,7 +62,9 @@ def test_shipped_scenario_passes(cni_bin: Path, path: Path) -> None:
     proc, pid = scenario(cni_bin, path)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
-    total = int(re.search(r"^== all (\d+) checks passed \(", out, re.M).group(1))  # type: ignore[union-attr]
+    summary = re.search(r"^== all (\d+) checks passed \(", out, re.M)
+    assert summary, out
+    total = int(summary.group(1))
     results = [line for line in out.splitlines() if line.startswith(("ok ", "FAIL"))]
     assert len(results) == total and all(line.startswith("ok ") for line in results)
     assert re.search(r"^ok +nothing left behind", out, re.M)
