@@ -3,7 +3,7 @@
 Two namespaces stand for two hosts: "full" gets N containers (podman's bridge network, our
 bridge + host-local), "small" gets one. After a settling pause, one more container is ADDed
 and DELeted on each, taking turns, P times; every named step of the ADD (``step(...)`` in
-cni_plugins/bridge.py), every netlink request and every sysctl access is timed. The table
+cni_plugins/plugins/bridge.py), every netlink request and every sysctl access is timed. The table
 lists each one's median on both hosts and the difference, largest first: what the attached
 containers cost a new ADD, apart from machine-speed drift (the two sides run seconds apart).
 Everything runs in this one process, as in a warm helper worker. With ``--chain`` every
@@ -41,7 +41,9 @@ from typing import Any, Callable, Iterator
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cni_plugins import bridge, netlink, netns, skel, steps, sysctl  # noqa: E402
+from cni_plugins.plugins import bridge
+from cni_plugins.kernel import netlink, netns, sysctl
+from cni_plugins.protocol import skel, steps  # noqa: E402
 import our_plugins  # noqa: E402  (bench/our_plugins.py)
 
 _spent: dict[str, float] = {}
@@ -84,7 +86,7 @@ def _rest_of_chain(command: str, conf: dict[str, Any], env: dict[str, str], port
     """portmap and firewall after the bridge (before it for DEL, with ``prev`` the chain's
     result as a runtime passes it), untimed: in this process, or exec'd from ``exec_dir``.
     Returns the chain's result after them (ADD)."""
-    from cni_plugins import firewall, portmap
+    from cni_plugins.plugins import firewall, portmap
 
     plugins = [portmap.PLUGIN, firewall.PLUGIN] if command == "ADD" else [firewall.PLUGIN, portmap.PLUGIN]
     timed_before = dict(_spent)  # their netlink and sysctl calls are not the bridge's

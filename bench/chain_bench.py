@@ -51,7 +51,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cni_plugins import netns  # noqa: E402
+from cni_plugins.kernel import netns  # noqa: E402
 from our_plugins import install as ours_install, start_helper, stop_helper  # noqa: E402
 
 PATH_ENV = "/usr/sbin:/usr/bin:/sbin:/bin"

@@ -32,7 +32,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cni_plugins import bridge, firewall, netns, portmap, skel  # noqa: E402
+from cni_plugins.plugins import bridge, firewall, portmap
+from cni_plugins.kernel import netns
+from cni_plugins.protocol import skel  # noqa: E402
 import our_plugins  # noqa: E402  (bench/our_plugins.py)
 from chain_bench import chain_conf, ip_batch  # noqa: E402  (podman's chain, as chain_bench runs it)
 

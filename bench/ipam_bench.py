@@ -43,7 +43,7 @@ def in_process(command: str, conf: bytes, cid: str) -> float:
     """The same call through ``skel.run`` in this process: the plugin's own work, no interpreter start."""
     import io
 
-    from cni_plugins import skel
+    from cni_plugins.protocol import skel
     from ipam import host_local
 
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": "/var/run/netns/bench-none", "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}

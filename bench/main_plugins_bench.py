@@ -5,7 +5,7 @@ throwaway "host" namespace first, so every plugin (and its IPAM) runs there, nev
 machine itself; each implementation gets its own container namespace and dataDir. Ours is
 installed into a temporary CNI bin dir as by default, with a warm helper on a private socket
 that this script starts and stops (our host-local is found there, as a runtime would
-find it; the delegation then runs in-process, see ``cni_plugins.invoke``), the reference's
+find it; the delegation then runs in-process, see ``cni_plugins.protocol.invoke``), the reference's
 is ``/usr/lib/cni`` (its ptp/macvlan exec its host-local). Calls of the two alternate, so
 drift on the machine hits both alike.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cni_plugins import netns  # noqa: E402
+from cni_plugins.kernel import netns  # noqa: E402
 import our_plugins  # noqa: E402  (bench/our_plugins.py)
 
 CHAINS = {

@@ -65,7 +65,8 @@ def handler(env: dict[str, str], i: int) -> float:
     import io
 
     sys.path.insert(0, str(ROOT))
-    from cni_plugins import portmap, skel
+    from cni_plugins.plugins import portmap
+    from cni_plugins.protocol import skel
 
     out = io.StringIO()
     start = time.perf_counter()
@@ -121,7 +122,7 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=1000, help="containers (default 1000)")
     parser.add_argument("--reference", default="/usr/lib/cni/portmap")
     parser.add_argument("--json", help="write all timings here")
-    parser.add_argument("--helper", action="store_true", help="also time ours through the warm helper (cni_plugins/helper.py)")
+    parser.add_argument("--helper", action="store_true", help="also time ours through the warm helper (cni_plugins/helper/server.py)")
     parser.add_argument("--inner", help=argparse.SUPPRESS)
     parser.add_argument("--netns", help=argparse.SUPPRESS)
     args = parser.parse_args()

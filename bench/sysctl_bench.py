@@ -1,5 +1,5 @@
 """What a sysctl access costs with many network namespaces around, through /proc/sys and
-through a private procfs instance (``cni_plugins.sysctl``).
+through a private procfs instance (``cni_plugins.kernel.sysctl``).
 
 Every namespace that touched its net.* sysctls leaves dentries named "ipv4"/"ipv6" under one
 shared parent in /proc's dcache, and a lookup compares against all of them. A bridge ADD
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from cni_plugins import netns, sysctl
+from cni_plugins.kernel import netns, sysctl
 netns.libc()  # loaded before any sysctl access in a plugin (setns on Python 3.11)
 if sys.argv[2] == "proc":
     sysctl._Instance.unavailable = True

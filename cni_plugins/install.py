@@ -14,48 +14,21 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import importlib.util
 import os
 import sys
-import sysconfig
 from pathlib import Path
 
-from cni_plugins import registry
+from cni_plugins.helper.protocol import socket_path
+from cni_plugins.protocol import registry
+from cni_plugins.protocol.installed import DEFAULT_RUN_DIR, MARKER, install_id, package_root, search_path
 
 DEFAULT_DIR = "/opt/cni/bin"
-DEFAULT_RUN_DIR = "/run/cni-py"
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
 DEFAULT_UNIT_NAME = "cni-py-helper"
-MARKER = "# cni-py launcher:"
-
-
-def search_path() -> list[str]:
-    """Directories the launcher puts on sys.path: our package root, our site-packages, nftables."""
-    paths = [str(Path(__file__).resolve().parent.parent), sysconfig.get_paths()["purelib"]]
-    spec = importlib.util.find_spec("nftables")
-    if spec is not None and spec.origin:
-        paths.append(str(Path(spec.origin).resolve().parent.parent))
-    out: list[str] = []
-    for p in paths:
-        if p not in out:
-            out.append(p)
-    return out
-
-
-def package_root() -> str:
-    return str(Path(__file__).resolve().parent.parent)
-
-
-def install_id(interpreter: str | None = None) -> str:
-    """This install's name: a digest of the interpreter and the code paths its launchers use."""
-    import hashlib
-
-    key = "\0".join([interpreter or sys.executable, *search_path()])
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
 def default_socket(run_dir: str = DEFAULT_RUN_DIR, interpreter: str | None = None) -> str:
-    return os.path.join(run_dir, f"helper-{install_id(interpreter)}.sock")
+    return socket_path(run_dir, install_id(interpreter))
 
 
 def launcher_text(plugin_type: str, *, helper: str = "", auto_start: bool = False, interpreter: str | None = None, run_dir: str = DEFAULT_RUN_DIR) -> str:
@@ -72,24 +45,9 @@ def launcher_text(plugin_type: str, *, helper: str = "", auto_start: bool = Fals
         "import sys\n"
         f"sys.path[:0] = {head!r}\n"
         f"sys.path += {tail!r}\n"
-        "from cni_plugins.launch import launch\n"
+        "from cni_plugins.helper.client import launch\n"
         f"launch({plugin_type!r}, {versions!r}, {helper!r}, {auto_start!r}, {ident!r}, {run_dir!r})\n"
     )
-
-
-def read_marker(path: str) -> tuple[str, str] | None:
-    """(type, package root) if ``path`` is one of our launchers."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(512).decode("utf-8", "replace")
-    except OSError:
-        return None
-    for line in head.splitlines()[:3]:
-        if line.startswith(MARKER):
-            parts = line[len(MARKER):].split()
-            if len(parts) == 2:
-                return parts[0], parts[1]
-    return None
 
 
 def install(target: Path, types: list[str], *, helper: str = "", auto_start: bool = False, run_dir: str = DEFAULT_RUN_DIR) -> list[Path]:
@@ -109,7 +67,7 @@ def install(target: Path, types: list[str], *, helper: str = "", auto_start: boo
 
 
 def _helper_command(args: argparse.Namespace) -> int:
-    from cni_plugins import helper as helper_daemon
+    from cni_plugins.helper import server as helper_daemon
 
     sock = args.socket or default_socket(args.run_dir)
     action = "stop" if args.stop else args.action
@@ -174,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in install(Path(args.dir), args.types or available, helper=sock, auto_start=args.helper == "auto", run_dir=run_dir):
         print(path)
     if args.systemd:
-        from cni_plugins import helper_units
+        from cni_plugins.helper import units as helper_units
 
         for path in helper_units.write(Path(args.unit_dir), args.unit_name, sock, install_id()):
             print(path)

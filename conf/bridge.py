@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cni_plugins.errors import InvalidNetworkConfig
-from cni_plugins.types import DNS
+from cni_plugins.spec.errors import InvalidNetworkConfig
+from cni_plugins.spec.types import DNS
 from conf.cni_args import CniArgs
 from conf.fields import bool_field, int_field, list_field, parse_mac, str_field
 from conf.netconf import NetConf

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cni_plugins import log
-from cni_plugins.errors import InvalidEnvironment
+from cni_plugins.spec.errors import InvalidEnvironment
 
 _TRUE = ("1", "true", "True", "TRUE")
 
@@ -18,26 +17,27 @@ _TRUE = ("1", "true", "True", "TRUE")
 @dataclass(frozen=True, slots=True)
 class CniArgs:
     pairs: tuple[tuple[str, str], ...] = ()
+    skipped: tuple[str, ...] = ()  # lenient parse: the items that are not KEY=VALUE pairs
 
     @classmethod
     def parse(cls, text: str, *, lenient: bool = False) -> CniArgs:
-        """``lenient`` (DEL): a malformed pair is logged and skipped instead of refused."""
+        """``lenient`` (DEL): a malformed pair is skipped (and listed) instead of refused."""
         if not text:
             return cls()
-        pairs = []
+        pairs, skipped = [], []
         for item in text.split(";"):
             if not item:
                 continue
             key, sep, value = item.partition("=")
             if not sep or not key:
                 if lenient:
-                    log.warning(f"DEL: ignoring CNI_ARGS pair {item!r}")
+                    skipped.append(item)
                     continue
                 raise InvalidEnvironment(
                     f"CNI_ARGS: invalid pair {item!r}", 'CNI_ARGS must be "KEY=VALUE" pairs separated by ";"'
                 )
             pairs.append((key, value))
-        return cls(tuple(pairs))
+        return cls(tuple(pairs), tuple(skipped))
 
     @property
     def ignore_unknown(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, TypeVar
 
-from cni_plugins.errors import InvalidNetworkConfig
+from cni_plugins.spec.errors import InvalidNetworkConfig
 
 T = TypeVar("T")
 

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
-from cni_plugins.errors import CNIError, DecodingFailure, InvalidNetworkConfig
-from cni_plugins.types import DNS, Result, expect_dict
-from cni_plugins.version import DEFAULT_CONFIG_VERSION, parse_version, result_from_json
+from cni_plugins.spec.errors import CNIError, DecodingFailure, InvalidNetworkConfig
+from cni_plugins.spec.types import DNS, Result, expect_dict
+from cni_plugins.spec.version import DEFAULT_CONFIG_VERSION, parse_version, result_from_json
 from conf import gojson
 from conf.fields import int_field, list_field, str_field, str_list_field
 

@@ -24,7 +24,7 @@ import ipaddress
 import re
 from typing import Any, Callable, Iterable
 
-from cni_plugins.errors import InvalidNetworkConfig, UnsupportedField
+from cni_plugins.spec.errors import InvalidNetworkConfig, UnsupportedField
 
 Expr = dict[str, Any]
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from cni_plugins.types import IPAddress
+from cni_plugins.spec.types import IPAddress
 from firewall.model import Owner
 from firewall.nft import Command
 from firewall.owned import Entry, Group, OwnedMaps

@@ -37,7 +37,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable, Sequence
 
-from cni_plugins.types import IPInterface, IPNetwork
+from cni_plugins.spec.types import IPInterface, IPNetwork
 from firewall.layout import prune, stamp_for
 from firewall.model import Owner, network_prefix, short_hash
 from firewall.nft import EEXIST, ENOENT, Command, NftBackend, NftError

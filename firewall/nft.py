@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cni_plugins.errors import CNIError
+from cni_plugins.spec.errors import CNIError
 
 Command = dict[str, Any]
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
-from cni_plugins import log
-from cni_plugins.errors import CNIError, TryAgainLater
+from cni_plugins.protocol import log
+from cni_plugins.spec.errors import CNIError, TryAgainLater
 from firewall.layout import Stamp, prune
 from firewall.model import Owner, owner_prefix_of
 from firewall.nft import EEXIST, ENOENT, Command, NftBackend, NftError

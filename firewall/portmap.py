@@ -49,7 +49,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping as TMapping, Sequence
 
-from cni_plugins.types import IPInterface, IPNetwork
+from cni_plugins.spec.types import IPInterface, IPNetwork
 from firewall.model import short_hash
 from firewall.nft import Command
 from firewall.owned import Entry, Group, OwnedMaps

@@ -11,8 +11,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from cni_plugins.errors import CNIError, InvalidNetworkConfig
-from cni_plugins.types import IPAddress, IPConfig
+from cni_plugins.spec.errors import CNIError, InvalidNetworkConfig
+from cni_plugins.spec.types import IPAddress, IPConfig
 from ipam.ranges import Range, RangeSet
 from ipam.store import Key, Store
 

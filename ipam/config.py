@@ -16,9 +16,9 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
-from cni_plugins.errors import DecodingFailure, InvalidNetworkConfig
-from cni_plugins.types import DNS, IPAddress, IPNetwork, Route
-from cni_plugins.version import at_least
+from cni_plugins.spec.errors import DecodingFailure, InvalidNetworkConfig
+from cni_plugins.spec.types import DNS, IPAddress, IPNetwork, Route
+from cni_plugins.spec.version import at_least
 from conf.cni_args import CniArgs
 from conf.fields import list_field, str_field
 from conf.netconf import NetConf, validate_network_name

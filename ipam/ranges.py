@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterator
 
-from cni_plugins.types import IPAddress, IPNetwork
+from cni_plugins.spec.types import IPAddress, IPNetwork
 
 
 def ip_from_int(value: int, version: int) -> IPAddress:

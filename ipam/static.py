@@ -16,11 +16,11 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, replace
 
-from cni_plugins import skel
-from cni_plugins.errors import CNIError, DecodingFailure, InvalidNetworkConfig
-from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.types import DNS, IPAddress, IPConfig, Result, Route, parse_cidr
-from cni_plugins.version import at_least
+from cni_plugins.protocol import skel
+from cni_plugins.spec.errors import CNIError, DecodingFailure, InvalidNetworkConfig
+from cni_plugins.protocol.skel import CmdArgs, Plugin
+from cni_plugins.spec.types import DNS, IPAddress, IPConfig, Result, Route, parse_cidr
+from cni_plugins.spec.version import at_least
 from conf.fields import list_field
 from ipam.config import parse_dns, parse_routes
 

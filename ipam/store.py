@@ -45,9 +45,9 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
-from cni_plugins import log
-from cni_plugins.errors import CNIError, InvalidEnvironment, InvalidNetworkConfig, IOFailure
-from cni_plugins.types import IPAddress
+from cni_plugins.protocol import log
+from cni_plugins.spec.errors import CNIError, InvalidEnvironment, InvalidNetworkConfig, IOFailure
+from cni_plugins.spec.types import IPAddress
 
 LOCK_FILE = "lock"
 LAST_RESERVED_PREFIX = "last_reserved_ip."

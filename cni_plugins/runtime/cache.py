@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cni_plugins.errors import IOFailure
+from cni_plugins.spec.errors import IOFailure
 
 DEFAULT_CACHE_DIR = "/var/lib/cni"
 KIND = "cniCacheV1"

@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any
 
-from cni_plugins.errors import CNIError
+from cni_plugins.spec.errors import CNIError
 from cni_plugins.runtime import cache
 from cni_plugins.runtime.runner import CNIRunner, RuntimeConf
 from conf.loader import load_conflist

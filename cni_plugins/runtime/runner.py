@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from cni_plugins.errors import CNIError, IncompatibleCNIVersion, InternalError
-from cni_plugins.errors import from_json as error_from_json
-from cni_plugins.invoke import find_in_path
+from cni_plugins.spec.errors import CNIError, IncompatibleCNIVersion, InternalError
+from cni_plugins.spec.errors import from_json as error_from_json
+from cni_plugins.protocol.invoke import find_in_path
 from cni_plugins.runtime import cache
-from cni_plugins.version import at_least, convert
+from cni_plugins.spec.version import at_least, convert
 from conf.loader import NetworkConfigList, PluginConf
 
 

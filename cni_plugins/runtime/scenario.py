@@ -33,10 +33,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
 
-from cni_plugins.errors import CNIError
+from cni_plugins.spec.errors import CNIError
 from cni_plugins.runtime.runner import CNIRunner, RuntimeConf
 from cni_plugins.runtime.scenario_file import Check, Container, Scenario, ScenarioError, literal, load, nft_comment
-from cni_plugins.version import at_least, convert
+from cni_plugins.spec.version import at_least, convert
 
 HOST_OUT = ("198.18.0.1", "fd00:198:18::1")  # the host's outside address (benchmarking range)
 OUTSIDE = ("198.18.0.2", "fd00:198:18::2")  # the outside world
@@ -141,7 +141,7 @@ class Run:
         return proc
 
     def in_host(self, fn: Callable[[], Any]) -> Any:
-        from cni_plugins import netns
+        from cni_plugins.kernel import netns
 
         with netns.entered(f"/var/run/netns/{self.host}"):
             return fn()

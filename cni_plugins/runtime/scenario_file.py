@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cni_plugins.errors import CNIError
+from cni_plugins.spec.errors import CNIError
 from conf.loader import NetworkConfigList, conflist_from_object, load_file
 
 CHECK_RE = re.compile(

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from cni_plugins.version import SUPPORTED_VERSIONS
+from cni_plugins.spec.version import SUPPORTED_VERSIONS
 from tests.integration.conftest import Runner
 from tests.integration.nsutil import Namespaces, addrs, ip_json, links, path, ping, poll, sh
 
@@ -376,8 +376,10 @@ def test_failure_after_masquerade_rolls_back_every_step(cni_bin: Path, host_ns: 
     masquerade, spoof check, address and veth are all undone."""
     import io
 
-    from cni_plugins import bridge, netns, skel
-    from cni_plugins.errors import CNIError
+    from cni_plugins.plugins import bridge
+    from cni_plugins.kernel import netns
+    from cni_plugins.protocol import skel
+    from cni_plugins.spec.errors import CNIError
 
     def broken(*_: Any) -> None:
         raise CNIError("injected failure")

@@ -7,7 +7,7 @@ import statistics
 import time
 from typing import Any
 
-from cni_plugins import netns
+from cni_plugins.kernel import netns
 from firewall import masq
 from firewall.model import Owner
 from firewall.nft import LibNftables

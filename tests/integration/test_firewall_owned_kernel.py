@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from cni_plugins import netns
+from cni_plugins.kernel import netns
 from firewall.model import Owner
 from firewall.nft import FakeNft, LibNftables, NftBackend
 from firewall.owned import Entry, EntryTaken, OwnedMaps, claim, release

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from cni_plugins import netns
+from cni_plugins.kernel import netns
 from firewall import spoofchk
 from firewall.model import Owner
 from firewall.nft import LibNftables

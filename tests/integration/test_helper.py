@@ -40,7 +40,7 @@ def helper_cmd(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def helper_pid(sock: Path) -> int | None:
-    from cni_plugins.helper import running
+    from cni_plugins.helper.server import running
 
     return running(str(sock)) or None
 
@@ -232,7 +232,7 @@ def test_the_caller_is_the_process_that_connected(tmp_path, pidfd, monkeypatch) 
     start no later than the accept. A caller that is gone is refused."""
     import socket as sk
 
-    from cni_plugins import peer
+    from cni_plugins.helper import peer
 
     if pidfd != "SO_PEERPIDFD":
         monkeypatch.setattr(peer, "SO_PEERPIDFD", 0x7FFF)  # an option no kernel knows: as before 6.5
@@ -430,7 +430,7 @@ def test_dead_manager_costs_at_most_one_call(auto_bin, host_ns, container_ns, na
 def test_stuck_manager_costs_at_most_one_call(auto_bin, container_ns, namespaces) -> None:  # type: ignore[no-untyped-def]
     """A manager that does not answer (stopped): each call waits ``ACCEPT_WAIT`` for a worker,
     then runs in its own process; once the manager runs again it serves calls again."""
-    from cni_plugins.launch import ACCEPT_WAIT
+    from cni_plugins.helper.client import ACCEPT_WAIT
 
     bin_dir, sock = auto_bin
     assert run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo").rc == 0
@@ -484,7 +484,7 @@ def test_status(auto_bin, container_ns) -> None:  # type: ignore[no-untyped-def]
     assert st["running"] and st["pid"] == pid and st["calls"] == 3 and st["root"] == str(ROOT) and not st["activated"]
     assert abs(st["started"] - time.time()) < 60
     assert set(st["workers"]["idle"]) | set(st["workers"]["busy"]) <= set(st["children"]) and len(st["workers"]["idle"]) >= 4
-    from cni_plugins.helper import code_stamp
+    from cni_plugins.helper.server import code_stamp
 
     assert st["stamp"] == code_stamp(ROOT)
     text = helper_cmd("status", "--socket", str(sock)).stdout
@@ -596,7 +596,7 @@ def test_auto_start_that_fails_runs_the_call_itself(tmp_path, container_ns) -> N
     elapsed = time.monotonic() - started
     assert res.rc == 0, res.stdout
     assert res.json["interfaces"][0]["name"] == "lo"
-    from cni_plugins.launch import READY_WAIT
+    from cni_plugins.helper.client import READY_WAIT
 
     assert elapsed < READY_WAIT, f"{elapsed:.2f} s: the call waited for a helper that had already failed"
 

@@ -89,7 +89,7 @@ class Host:
 
 
 def helper_status(run_dir: Path) -> dict[str, Any]:
-    from cni_plugins.helper import status
+    from cni_plugins.helper.server import status
     from cni_plugins.install import default_socket
 
     return status(default_socket(str(run_dir))) or {}
@@ -105,7 +105,7 @@ def finish(proc: subprocess.Popen[bytes]) -> int:
 
 def workers_in(netns: str, run_dir: Path) -> list[int]:
     """The workers of ``run_dir``'s helper that stand in ``netns`` (busy with a call there)."""
-    from cni_plugins.helper import running
+    from cni_plugins.helper.server import running
     from cni_plugins.install import default_socket
 
     helper = running(default_socket(str(run_dir)))

@@ -91,7 +91,7 @@ def activated(units, tmp_path) -> Iterator[tuple[Path, Path, subprocess.Popen[by
 
 
 def test_socket_activation(activated, container_ns) -> None:  # type: ignore[no-untyped-def]
-    from cni_plugins.helper import status
+    from cni_plugins.helper.server import status
 
     bin_dir, sock, proc, notify = activated
     inode = sock.stat().st_ino
@@ -111,7 +111,7 @@ def test_socket_activation(activated, container_ns) -> None:  # type: ignore[no-
 def test_activated_helper_takes_over_from_one_a_call_started(activated, tmp_path, container_ns) -> None:  # type: ignore[no-untyped-def]
     """A helper a call started (before the units were enabled) holds the socket's lock when
     systemd starts the service: the service's helper asks it to stop and takes its place."""
-    from cni_plugins.helper import running, status
+    from cni_plugins.helper.server import running, status
 
     bin_dir, sock, proc, _ = activated
     other_sock = sock.with_name("auto.sock")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cni_plugins.version import SUPPORTED_VERSIONS
+from cni_plugins.spec.version import SUPPORTED_VERSIONS
 from tests.integration.nsutil import PluginRun, path, run_plugin, unique
 
 INDEX = ".cni-py-index"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cni_plugins import registry
+from cni_plugins.protocol import registry
 
 HEAVY = ("pyroute2", "nftables", "yaml", "netaddr")
 
@@ -42,7 +42,7 @@ def test_version_and_error_paths_import_nothing_heavy(cni_bin: Path, case: str) 
 
 
 def test_launcher_names_its_type(cni_bin: Path) -> None:
-    from cni_plugins.install import package_root, read_marker
+    from cni_plugins.protocol.installed import package_root, read_marker
 
     for plugin_type in registry.available():
         assert read_marker(str(cni_bin / plugin_type)) == (plugin_type, package_root())

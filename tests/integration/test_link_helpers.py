@@ -7,12 +7,12 @@ import os
 
 import pytest
 
-from cni_plugins import netns
-from cni_plugins.addr import configure_iface
-from cni_plugins.link import attach_to_bridge, ensure_bridge, setup_veth
-from cni_plugins.netlink import LinkExists, Netlink
-from cni_plugins.errors import InvalidNetworkConfig
-from cni_plugins.types import Interface, IPConfig, Result, Route
+from cni_plugins.kernel import netns
+from cni_plugins.kernel.addr import configure_iface
+from cni_plugins.kernel.link import attach_to_bridge, ensure_bridge, setup_veth
+from cni_plugins.kernel.netlink import LinkExists, Netlink
+from cni_plugins.spec.errors import InvalidNetworkConfig
+from cni_plugins.spec.types import Interface, IPConfig, Result, Route
 from tests.integration.nsutil import addrs, links, path, ping, sh
 
 

@@ -1,4 +1,4 @@
-"""Link reads without pyroute2 (``cni_plugins.linkget``) give what pyroute2 decodes, for
+"""Link reads without pyroute2 (``cni_plugins.kernel.linkget``) give what pyroute2 decodes, for
 every kind of link the plugins read, in a real namespace."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from cni_plugins import linkget, netlink
-from cni_plugins.netlink import Link, Netlink
+from cni_plugins.kernel import linkget, netlink
+from cni_plugins.kernel.netlink import Link, Netlink
 from tests.integration.nsutil import path, sh
 
 

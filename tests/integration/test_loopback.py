@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cni_plugins.version import SUPPORTED_VERSIONS
+from cni_plugins.spec.version import SUPPORTED_VERSIONS
 from tests.integration.conftest import Runner
 from tests.integration.nsutil import Namespaces, links, path
 

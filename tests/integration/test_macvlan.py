@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cni_plugins.version import SUPPORTED_VERSIONS
+from cni_plugins.spec.version import SUPPORTED_VERSIONS
 from tests.integration.conftest import Runner
 from tests.integration.nsutil import Namespaces, addrs, ip_json, links, path, ping, sh
 

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from cni_plugins.version import SUPPORTED_VERSIONS
+from cni_plugins.spec.version import SUPPORTED_VERSIONS
 from tests.integration.nsutil import PluginRun, path, run_plugin
 
 REFERENCE = Path("/usr/lib/cni/static")

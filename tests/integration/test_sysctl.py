@@ -1,4 +1,4 @@
-"""``cni_plugins.sysctl`` against real namespaces: through the private procfs instance, and
+"""``cni_plugins.kernel.sysctl`` against real namespaces: through the private procfs instance, and
 through /proc/sys where the kernel refuses one; each value read back with sysctl(8)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Iterator
 
 import pytest
 
-from cni_plugins import netns, sysctl
-from cni_plugins.errors import InternalError
+from cni_plugins.kernel import netns, sysctl
+from cni_plugins.spec.errors import InternalError
 from tests.integration.nsutil import path, sh
 
 

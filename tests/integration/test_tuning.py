@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cni_plugins.version import SUPPORTED_VERSIONS, result_to_json, result_from_json
+from cni_plugins.spec.version import SUPPORTED_VERSIONS, result_to_json, result_from_json
 from tests.integration.conftest import Runner
 from tests.integration.nsutil import Namespaces, links, path, sh
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cni_plugins.errors import CNIError
+from cni_plugins.spec.errors import CNIError
 from conf.loader import NetworkNotFound, NoConfigsFound, list_networks, load_conflist, load_file
 
 

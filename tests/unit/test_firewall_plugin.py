@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from cni_plugins import firewall, skel
-from cni_plugins.errors import InvalidNetworkConfig
+from cni_plugins.plugins import firewall
+from cni_plugins.protocol import skel
+from cni_plugins.spec.errors import InvalidNetworkConfig
 from conf.netconf import NetConf
 from firewall import forward
 from firewall.nft import FakeNft

@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from cni_plugins.errors import CNIError
+from cni_plugins.spec.errors import CNIError
 from ipam import allocator
 from ipam.allocator import Allocator
 from ipam.config import parse_range_set

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cni_plugins.errors import CNIError
+from cni_plugins.spec.errors import CNIError
 from conf.cni_args import CniArgs
 from conf.netconf import NetConf
 from ipam.config import DEFAULT_DATA_DIR, IPAMConf

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from cni_plugins import skel
-from cni_plugins.version import SUPPORTED_VERSIONS
+from cni_plugins.protocol import skel
+from cni_plugins.spec.version import SUPPORTED_VERSIONS
 from ipam import host_local, static
 
 ENV = {"CNI_CONTAINERID": "ctr1", "CNI_NETNS": "/var/run/netns/none", "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}

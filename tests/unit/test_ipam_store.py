@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cni_plugins.errors import CNIError
-from cni_plugins.types import IPAddress
+from cni_plugins.spec.errors import CNIError
+from cni_plugins.spec.types import IPAddress
 from ipam import allocator
 from ipam.config import parse_range_set
 from ipam.store import INDEX_DIR, STAMP_FILE, FileStore, Key, iter_index_names, parse_owner

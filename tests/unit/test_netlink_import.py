@@ -19,7 +19,7 @@ def run_fresh(code: str) -> str:
 
 def test_preload_skips_the_package_init() -> None:
     loaded = run_fresh(
-        "from cni_plugins import netlink\n"
+        "from cni_plugins.kernel import netlink\n"
         "netlink.preload_pyroute2()\n"
         "print(sorted(m for m in ('pyroute2.iproute.linux', 'pyroute2.ndb.main', 'pyroute2.ipdb', 'pyroute2.conntrack') if m in sys.modules))"
     )
@@ -28,7 +28,7 @@ def test_preload_skips_the_package_init() -> None:
 
 def test_names_only_the_init_defines_still_import() -> None:
     out = run_fresh(
-        "from cni_plugins import netlink\n"
+        "from cni_plugins.kernel import netlink\n"
         "netlink.preload_pyroute2()\n"
         "from pyroute2 import NDB, IPRoute, config\n"
         "import pyroute2.iproute.linux as linux\n"
@@ -39,7 +39,7 @@ def test_names_only_the_init_defines_still_import() -> None:
 
 def test_a_name_nowhere_is_still_an_attribute_error() -> None:
     out = run_fresh(
-        "from cni_plugins import netlink\n"
+        "from cni_plugins.kernel import netlink\n"
         "netlink.preload_pyroute2()\n"
         "import pyroute2\n"
         "try:\n    pyroute2.NoSuchThing\nexcept AttributeError:\n    print('AttributeError')"

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from cni_plugins import portmap, skel
-from cni_plugins.errors import InvalidNetworkConfig, UnsupportedField
+from cni_plugins.plugins import portmap
+from cni_plugins.protocol import skel
+from cni_plugins.spec.errors import InvalidNetworkConfig, UnsupportedField
 from conf.netconf import NetConf
 from firewall import portmap as layout
 from firewall.model import Owner

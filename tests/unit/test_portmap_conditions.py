@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from cni_plugins.errors import InvalidNetworkConfig, UnsupportedField
+from cni_plugins.spec.errors import InvalidNetworkConfig, UnsupportedField
 from firewall.conditions import IptablesSyntax, is_iptables_syntax, parse
 
 SADDR4 = {"payload": {"protocol": "ip", "field": "saddr"}}

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from cni_plugins import skel
-from cni_plugins.errors import InvalidNetworkConfig
-from cni_plugins.skel import CmdArgs, Handler, Plugin
-from cni_plugins.types import IPConfig, Result
-from cni_plugins.version import SUPPORTED_VERSIONS
+from cni_plugins.protocol import skel
+from cni_plugins.spec.errors import InvalidNetworkConfig
+from cni_plugins.protocol.skel import CmdArgs, Handler, Plugin
+from cni_plugins.spec.types import IPConfig, Result
+from cni_plugins.spec.version import SUPPORTED_VERSIONS
 
 import ipaddress
 
@@ -205,7 +205,7 @@ def test_plugin_version_restriction() -> None:
 def test_debug_logs_each_step_and_the_call_to_stderr_only() -> None:
     import re
 
-    from cni_plugins.steps import step
+    from cni_plugins.protocol.steps import step
 
     def add(a: CmdArgs) -> Result:
         with step("make the link"):
@@ -222,7 +222,7 @@ def test_debug_logs_each_step_and_the_call_to_stderr_only() -> None:
 
 
 def test_an_environment_error_speaks_the_version_the_config_declares() -> None:
-    from cni_plugins.version import CURRENT_VERSION
+    from cni_plugins.spec.version import CURRENT_VERSION
 
     plugin = Recorder().plugin()
     rc, out, _ = call(plugin, env_with(CNI_NETNS=None), conf_with(cniVersion="0.4.0"))

@@ -22,11 +22,11 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from cni_plugins import log, skel
-from cni_plugins.errors import CNIError, ErrorList, InvalidNetworkConfig, UnsupportedField
-from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.steps import options_for_del, prev_result_for_check
-from cni_plugins.types import IPInterface, Result
+from cni_plugins.protocol import log, skel
+from cni_plugins.spec.errors import CNIError, ErrorList, InvalidNetworkConfig, UnsupportedField
+from cni_plugins.protocol.skel import CmdArgs, Plugin
+from cni_plugins.protocol.steps import options_for_del, prev_result_for_check
+from cni_plugins.spec.types import IPInterface, Result
 from conf.fields import bool_field, str_field, str_list_field
 from conf.netconf import NetConf, PortMapping
 from firewall import conditions
@@ -216,8 +216,8 @@ def cmd_gc(args: CmdArgs) -> None:
 
 def _enable_localnet(container: IPInterface) -> None:
     """route_localnet=1 on the interface that routes to the container (127.0.0.1 -> hostPort)."""
-    from cni_plugins import sysctl
-    from cni_plugins.routeget import output_interface
+    from cni_plugins.kernel import sysctl
+    from cni_plugins.kernel.routeget import output_interface
 
     try:
         ifname = output_interface(container.ip)
@@ -233,7 +233,7 @@ def _flush_udp(conf: PortMapConf, versions: tuple[int, ...] | None = None) -> No
     ports = sorted({pm.host_port for pm in conf.port_mappings if pm.protocol == "udp"}) if versions else conf.udp_ports()
     if not ports:
         return
-    from cni_plugins.conntrack import delete_udp_flows
+    from cni_plugins.kernel.conntrack import delete_udp_flows
 
     for problem in delete_udp_flows(ports, versions or tuple(conf.mappings())):
         log.warning(f"stale UDP conntrack entries: {problem}")

@@ -1,6 +1,6 @@
 """A helper's worker: a pre-forked, pre-warmed process that serves one call at a time.
 
-The pool manager (``cni_plugins.helper``) accepts each connection, checks the caller and
+The pool manager (``cni_plugins.helper.server``) accepts each connection, checks the caller and
 hands the connection over on the worker's control socket; the worker never holds the
 listening socket. A call, in order:
 
@@ -18,7 +18,7 @@ listening socket. A call, in order:
 
 If the launcher goes away meanwhile (the runtime killed it or timed the call out), the
 worker lets go of the caller's pipes at once (the runtime's wait for EOF on them ends) and
-asks the ADD to stop at its next safe point (``cni_plugins.cancel``).
+asks the ADD to stop at its next safe point (``cni_plugins.protocol.cancel``).
 """
 
 from __future__ import annotations
@@ -33,10 +33,8 @@ import struct
 import sys
 from typing import NoReturn
 
-from cni_plugins import launch, peer
-
-MAX_MESSAGE = 1 << 20
-FDS_EXPECTED = 6  # stdin, stdout, stderr, netns, mntns, cwd
+from cni_plugins.helper import peer
+from cni_plugins.helper.protocol import FDS, MAX_MESSAGE, REFUSED, VERSION_TAG, declared_version, decode_request
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
@@ -54,7 +52,7 @@ class Identity:
 
 
 def _setns(fd: int, nstype: int) -> None:
-    from cni_plugins import netns
+    from cni_plugins.kernel import netns
 
     netns._setns(fd, nstype)
 
@@ -95,7 +93,8 @@ class _Home:
         """Leave the caller's namespaces and settings; close what the call kept open."""
         import gc
 
-        from cni_plugins import attachment_lock, cancel, netlink, sysctl
+        from cni_plugins.protocol import attachment_lock, cancel
+        from cni_plugins.kernel import netlink, sysctl
         from firewall import nft
 
         netlink.release_kept()
@@ -143,7 +142,7 @@ class _Watch:
         poller.register(cls.conn, select.POLLIN | POLLRDHUP)
         if poller.poll(0):
             cls.conn = -1
-            from cni_plugins import cancel
+            from cni_plugins.protocol import cancel
 
             cancel.request()
             release_streams(cls.err)
@@ -167,22 +166,14 @@ def release_streams(err: int = -1) -> None:
 
 def _parse(data: bytes, identity: Identity) -> tuple[str, int, str, dict[str, str]]:
     """(plugin type, umask, run dir, environment) of a request, or ValueError saying why not."""
-    from cni_plugins import registry
+    from cni_plugins.protocol import registry
 
-    parts = data.split(b"\0")
-    if len(parts) < 5 or parts[0] != launch.PROTOCOL:
-        raise ValueError("not a request of this helper's protocol")
-    if parts[1].decode("utf-8", "replace") != identity.install:
+    install, plugin_type, umask, run_dir, env = decode_request(data)
+    if install != identity.install:
         raise ValueError("the launcher belongs to another install (other code)")
-    plugin_type = parts[2].decode("utf-8", "replace")
     if plugin_type not in registry.PLUGINS:
         raise ValueError(f"unknown plugin type {plugin_type!r}")
-    env = {}
-    for item in parts[5:]:
-        key, sep, value = item.decode("utf-8", "surrogateescape").partition("=")
-        if sep:
-            env[key] = value
-    return plugin_type, int(parts[3]), parts[4].decode("utf-8", "surrogateescape"), env
+    return plugin_type, umask, run_dir, env
 
 
 def _tell(conn: socket.socket, message: bytes) -> bool:
@@ -199,7 +190,7 @@ def _take_call(conn: socket.socket, identity: Identity, home: _Home) -> bool | N
     normally."""
     conn.settimeout(REQUEST_WAIT)
     try:
-        data, ancdata, flags, _addr = conn.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(FDS_EXPECTED * 4), socket.MSG_CMSG_CLOEXEC)
+        data, ancdata, flags, _addr = conn.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(len(FDS) * 4), socket.MSG_CMSG_CLOEXEC)
     except OSError:
         return None
     conn.settimeout(None)
@@ -208,16 +199,16 @@ def _take_call(conn: socket.socket, identity: Identity, home: _Home) -> bool | N
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.extend(struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) - len(payload) % 4]))
     try:
-        if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or len(fds) != FDS_EXPECTED:
+        if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or len(fds) != len(FDS):
             raise ValueError("a malformed request")
         plugin_type, umask, run_dir, env = _parse(data, identity)
     except (ValueError, UnicodeError) as exc:
         for fd in fds:
             os.close(fd)
-        _tell(conn, launch.REFUSED + str(exc).encode())
+        _tell(conn, REFUSED + str(exc).encode())
         return None
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # committed: a stopping helper must not cut the call
-    from cni_plugins import netlink
+    from cni_plugins.kernel import netlink
     from firewall import nft
 
     netlink.keep_open_until_exit()  # closing sockets waits for the kernel: do it after the reply
@@ -263,13 +254,13 @@ def _serve_call(conn: socket.socket, plugin_type: str, umask: int, run_dir: str,
         sys.stderr = open(2, "w", closefd=False)
         os.environ.clear()
         os.environ.update(env)
-        from cni_plugins import attachment_lock, registry, skel
+        from cni_plugins.protocol import attachment_lock, registry, skel
 
         attachment_lock.configure(run_dir)
         plugin = registry.load(plugin_type).PLUGIN
         data = _read_all(0)
-        version = launch.declared_version(data or b"", plugin.versions)
-        _tell(conn, launch.VERSION_TAG + version.encode())
+        version = declared_version(data or b"", plugin.versions)
+        _tell(conn, VERSION_TAG + version.encode())
         rc = skel.run(plugin, stdin=data)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -306,7 +297,8 @@ def _warm() -> None:
     import io
     import json
 
-    from cni_plugins import netlink, registry, skel
+    from cni_plugins.kernel import netlink
+    from cni_plugins.protocol import registry, skel
     from conf.netconf import NetConf
     from firewall.nft import LibNftables
 
@@ -317,7 +309,7 @@ def _warm() -> None:
         for command in ("VERSION", "ADD"):  # ADD without CNI_CONTAINERID: refused by the skel, before any action
             skel.run(plugin, environ={"CNI_COMMAND": command}, stdin=data, stdout=io.StringIO(), stderr=io.StringIO())
     NetConf.from_bytes(data)
-    launch.declared_version(data, plugin.versions)
+    declared_version(data, plugin.versions)
     with netlink.Netlink.open(None, label="warm-up") as nl:
         nl.link("lo")
         nl.link_by_index(1)
@@ -357,7 +349,7 @@ def run(ctl: socket.socket, identity: Identity, parent: int) -> NoReturn:
     signal.signal(signal.SIGIO, _Watch.look)
     code, log = 0, 2
     try:
-        from cni_plugins import netns
+        from cni_plugins.kernel import netns
 
         netns.libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # an idle worker ends with the manager
         home = _Home.here()
@@ -384,7 +376,7 @@ def run(ctl: socket.socket, identity: Identity, parent: int) -> NoReturn:
                 ctl.send(b"0")  # refused; free again
                 continue
             served += 1
-            from cni_plugins import cancel
+            from cni_plugins.protocol import cancel
 
             gone = b"G" if cancel.requested() else b""  # its caller went away before the end
             if not outcome or served >= CALLS_PER_WORKER:

@@ -15,9 +15,9 @@ import errno
 import os
 from dataclasses import dataclass
 
-from cni_plugins import sysctl
-from cni_plugins.errors import CNIError, InternalError, InvalidNetworkConfig
-from cni_plugins.netlink import IFF_UP, Link, LinkExists, LinkNotFound, Netlink
+from cni_plugins.kernel import sysctl
+from cni_plugins.spec.errors import CNIError, InternalError, InvalidNetworkConfig
+from cni_plugins.kernel.netlink import IFF_UP, Link, LinkExists, LinkNotFound, Netlink
 
 VETH_RETRIES = 10
 

@@ -1,6 +1,6 @@
 """The result model of CNI spec 1.1.0, the one every plugin builds.
 
-Older result versions (0.1.0 ... 0.4.0) are produced and read by ``cni_plugins.version``;
+Older result versions (0.1.0 ... 0.4.0) are produced and read by ``cni_plugins.spec.version``;
 no other module knows their shapes. Addresses are parsed once, here, into ``ipaddress``
 values (stdlib: it imports in ~2 ms where netaddr costs ~30 ms on every plugin exec).
 """
@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
-from cni_plugins.errors import DecodingFailure
+from cni_plugins.spec.errors import DecodingFailure
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]

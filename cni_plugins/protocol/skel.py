@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Mapping, TextIO
 
-from cni_plugins import attachment_lock, cancel, log
-from cni_plugins.errors import CNIError, IncompatibleCNIVersion, InvalidEnvironment, InvalidNetNS, IOFailure, UnknownContainer
-from cni_plugins.types import Result
-from cni_plugins.version import CURRENT_VERSION, SUPPORTED_VERSIONS, at_least, check_supported, result_to_json
+from cni_plugins.protocol import attachment_lock, cancel, log
+from cni_plugins.spec.errors import CNIError, IncompatibleCNIVersion, InvalidEnvironment, InvalidNetNS, IOFailure, UnknownContainer
+from cni_plugins.spec.types import Result
+from cni_plugins.spec.version import CURRENT_VERSION, SUPPORTED_VERSIONS, at_least, check_supported, result_to_json
 from conf import gojson
 from conf.cni_args import CniArgs
 from conf.netconf import NetConf
@@ -163,6 +163,8 @@ def _serve(plugin: Plugin, environ: Mapping[str, str], stdin: BinaryIO | bytes |
         cni_args = CniArgs()
         if plugin.cni_args is not None:
             cni_args = CniArgs.parse(environ.get("CNI_ARGS", ""), lenient=command == DEL)
+            for item in cni_args.skipped:
+                log.warning(f"DEL: ignoring CNI_ARGS item {item!r}")
             if command in (ADD, CHECK):
                 cni_args.check_known(plugin.cni_args)
         if command in (ADD, CHECK):

@@ -22,16 +22,17 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from cni_plugins import invoke, log, netns, skel, sysctl
-from cni_plugins.errors import CNIError, ErrorList, InternalError, UnsupportedField
-from cni_plugins.netns import NetNSGone
-from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.steps import options_for_del, prev_result_for_check, quietly, step
-from cni_plugins.types import Interface, IPInterface, Result, Route
+from cni_plugins.protocol import invoke, log, skel
+from cni_plugins.kernel import netns, sysctl
+from cni_plugins.spec.errors import CNIError, ErrorList, InternalError, UnsupportedField
+from cni_plugins.kernel.netns import NetNSGone
+from cni_plugins.protocol.skel import CmdArgs, Plugin
+from cni_plugins.protocol.steps import options_for_del, prev_result_for_check, quietly, step
+from cni_plugins.spec.types import Interface, IPInterface, Result, Route
 from conf.bridge import BridgeConf
 
 if TYPE_CHECKING:
-    from cni_plugins.netlink import Link, Netlink
+    from cni_plugins.kernel.netlink import Link, Netlink
     from firewall.model import Owner
     from firewall.nft import NftBackend
 
@@ -40,9 +41,9 @@ DEFAULT_ROUTE = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("
 
 
 def cmd_add(args: CmdArgs) -> Result:
-    from cni_plugins.netlink import host_and_container
-    from cni_plugins.addr import add_routes, configure_iface
-    from cni_plugins.link import attach_to_bridge, configure_bridge_port, setup_veth
+    from cni_plugins.kernel.netlink import host_and_container
+    from cni_plugins.kernel.addr import add_routes, configure_iface
+    from cni_plugins.kernel.link import attach_to_bridge, configure_bridge_port, setup_veth
 
     conf = BridgeConf.from_json(args.conf, args.cni_args)
     conf.validate_for_add()
@@ -109,8 +110,8 @@ def cmd_add(args: CmdArgs) -> Result:
 
 
 def setup_bridge(host: Netlink, conf: BridgeConf) -> Link:
-    from cni_plugins.link import ensure_bridge
-    from cni_plugins.netlink import NotSupported
+    from cni_plugins.kernel.link import ensure_bridge
+    from cni_plugins.kernel.netlink import NotSupported
 
     try:
         return ensure_bridge(host, conf.bridge, mtu=conf.mtu, promisc=conf.promisc, vlan_filtering=conf.vlan_filtering)
@@ -140,7 +141,7 @@ def with_gateways(base: Result, ipam: Result, conf: BridgeConf) -> tuple[Result,
 
 def set_gateways(host: Netlink, br: Link, conf: BridgeConf, gateways: list[IPInterface], result: Result) -> Result:
     """Gateway addresses on the bridge (or ``<bridge>.<vlan>``), forwarding for their families."""
-    from cni_plugins.addr import ensure_gateway_addr
+    from cni_plugins.kernel.addr import ensure_gateway_addr
 
     if not gateways:
         return result
@@ -158,7 +159,7 @@ def set_gateways(host: Netlink, br: Link, conf: BridgeConf, gateways: list[IPInt
 def ensure_vlan_gateway(host: Netlink, br: Link, conf: BridgeConf) -> Link:
     """The reference's gateway for a VLAN: a veth ``<bridge>.<vlan>`` in the host namespace whose
     peer is an access port of the bridge in that VLAN (no 8021q link is involved)."""
-    from cni_plugins.link import attach_to_bridge, configure_bridge_port, setup_veth
+    from cni_plugins.kernel.link import attach_to_bridge, configure_bridge_port, setup_veth
 
     name = conf.vlan_gateway
     link = host.link(name)
@@ -199,7 +200,7 @@ def cmd_del(args: CmdArgs) -> None:
     addresses, port, mac = seen
     prev = args.conf.prev_result
     if prev is not None:
-        from cni_plugins.addr import ips_for
+        from cni_plugins.kernel.addr import ips_for
 
         addresses = [prev.ips[i].address for i in ips_for(prev, args.ifname)] or addresses
         port = port or (prev.interfaces[1].name if len(prev.interfaces) > 2 and not prev.interfaces[1].sandbox else "")
@@ -222,7 +223,7 @@ def cmd_del(args: CmdArgs) -> None:
 def _delete_container_link(args: CmdArgs) -> tuple[list[IPInterface] | None, str, str]:
     """Delete the container's veth (the pair goes with it); what it showed: global addresses,
     the host peer's name and the MAC. Missing namespace or link: nothing to do."""
-    from cni_plugins.netlink import Netlink
+    from cni_plugins.kernel.netlink import Netlink
 
     try:
         with Netlink.open(args.netns) as ctr, Netlink.open(None) as host:
@@ -249,8 +250,8 @@ def cmd_check(args: CmdArgs) -> None:
 
 def check_links(args: CmdArgs, conf: BridgeConf, prev: Result) -> list[str]:
     """Bridge, container veth, its host peer on the bridge, addresses, routes, firewall state."""
-    from cni_plugins.netlink import host_and_container
-    from cni_plugins.addr import ips_for, validate_ips, validate_routes
+    from cni_plugins.kernel.netlink import host_and_container
+    from cni_plugins.kernel.addr import ips_for, validate_ips, validate_routes
 
     want_br = next((i for i in prev.interfaces if i.name == conf.bridge and not i.sandbox), None)
     want_ctr = next((i for i in prev.interfaces if i.name == args.ifname and i.sandbox == args.netns), None)

@@ -27,10 +27,10 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-from cni_plugins import netns
-from cni_plugins.errors import CNIError, InternalError, TryAgainLater
-from cni_plugins.linkget import IFF_ALLMULTI as IFF_ALLMULTI, IFF_PROMISC as IFF_PROMISC, IFF_UP as IFF_UP, Link as Link, LinkReader
-from cni_plugins.types import IPAddress, IPInterface, IPNetwork
+from cni_plugins.kernel import netns
+from cni_plugins.spec.errors import CNIError, InternalError, TryAgainLater
+from cni_plugins.kernel.linkget import IFF_ALLMULTI as IFF_ALLMULTI, IFF_PROMISC as IFF_PROMISC, IFF_UP as IFF_UP, Link as Link, LinkReader
+from cni_plugins.spec.types import IPAddress, IPInterface, IPNetwork
 
 IFA_F_NODAD = 0x02
 IFA_F_TENTATIVE = 0x40

@@ -8,14 +8,14 @@ from types import ModuleType
 
 # CNI type -> module exposing PLUGIN. `ptp` is the reference's name for `veth`.
 PLUGINS: dict[str, str] = {
-    "loopback": "cni_plugins.loopback",
-    "bridge": "cni_plugins.bridge",
-    "veth": "cni_plugins.veth",
-    "ptp": "cni_plugins.veth",
-    "macvlan": "cni_plugins.macvlan",
-    "tuning": "cni_plugins.tuning",
-    "portmap": "cni_plugins.portmap",
-    "firewall": "cni_plugins.firewall",
+    "loopback": "cni_plugins.plugins.loopback",
+    "bridge": "cni_plugins.plugins.bridge",
+    "veth": "cni_plugins.plugins.ptp",
+    "ptp": "cni_plugins.plugins.ptp",
+    "macvlan": "cni_plugins.plugins.macvlan",
+    "tuning": "cni_plugins.plugins.tuning",
+    "portmap": "cni_plugins.plugins.portmap",
+    "firewall": "cni_plugins.plugins.firewall",
     "host-local": "ipam.host_local",
     "static": "ipam.static",
 }

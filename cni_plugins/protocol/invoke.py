@@ -17,10 +17,10 @@ import subprocess
 import sys
 from typing import Mapping
 
-from cni_plugins.errors import CNIError, DecodingFailure, InternalError, InvalidNetworkConfig
-from cni_plugins.errors import from_json as error_from_json
-from cni_plugins.types import Result
-from cni_plugins.version import result_from_json
+from cni_plugins.spec.errors import CNIError, DecodingFailure, InternalError, InvalidNetworkConfig
+from cni_plugins.spec.errors import from_json as error_from_json
+from cni_plugins.spec.types import Result
+from cni_plugins.spec.version import result_from_json
 from conf import gojson
 
 IN_PROCESS = True  # the seam above; tests turn it off to compare both paths
@@ -61,10 +61,11 @@ def _exec(path: str, stdin: bytes, env: dict[str, str]) -> tuple[int, bytes, byt
 
 
 def _run_in_process(path: str, stdin: bytes, env: dict[str, str]) -> tuple[int, bytes, bytes] | None:
-    from cni_plugins import install, registry, skel
+    from cni_plugins.protocol import installed
+    from cni_plugins.protocol import registry, skel
 
-    marker = install.read_marker(path)
-    if marker is None or marker[1] != install.package_root() or marker[0] not in registry.PLUGINS:
+    marker = installed.read_marker(path)
+    if marker is None or marker[1] != installed.package_root() or marker[0] not in registry.PLUGINS:
         return None
     module = registry.load(marker[0])
     out = io.StringIO()

@@ -24,16 +24,17 @@ import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cni_plugins import invoke, log, skel, sysctl
-from cni_plugins.errors import CNIError, ErrorList, InvalidNetworkConfig
-from cni_plugins.netns import NetNSGone
-from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.steps import options_for_del, prev_container_interface, prev_result_for_check, quietly, step
-from cni_plugins.types import DNS, Interface, IPAddress, IPConfig, IPInterface, IPNetwork, Result
+from cni_plugins.protocol import invoke, log, skel
+from cni_plugins.kernel import sysctl
+from cni_plugins.spec.errors import CNIError, ErrorList, InvalidNetworkConfig
+from cni_plugins.kernel.netns import NetNSGone
+from cni_plugins.protocol.skel import CmdArgs, Plugin
+from cni_plugins.protocol.steps import options_for_del, prev_container_interface, prev_result_for_check, quietly, step
+from cni_plugins.spec.types import DNS, Interface, IPAddress, IPConfig, IPInterface, IPNetwork, Result
 from conf.fields import bool_field, int_field, str_field
 
 if TYPE_CHECKING:
-    from cni_plugins.netlink import Link, Netlink
+    from cni_plugins.kernel.netlink import Link, Netlink
     from firewall.model import Owner
     from firewall.nft import NftBackend
 
@@ -69,8 +70,8 @@ class VethConf:
 
 
 def cmd_add(args: CmdArgs) -> Result:
-    from cni_plugins.netlink import host_and_container
-    from cni_plugins.link import setup_veth
+    from cni_plugins.kernel.netlink import host_and_container
+    from cni_plugins.kernel.link import setup_veth
 
     conf = VethConf.from_json(args)
     conf.require_ipam()
@@ -116,8 +117,8 @@ def cmd_add(args: CmdArgs) -> Result:
 def setup_container_side(ctr: Netlink, ctr_fd: int, ifname: str, result: Result) -> None:
     """Addresses and IPAM routes, then the routing trick: no connected route, only the
     gateway on the link and the subnet via the gateway (veth has no IFF_POINTOPOINT)."""
-    from cni_plugins.addr import configure_iface
-    from cni_plugins.netlink import LinkExists
+    from cni_plugins.kernel.addr import configure_iface
+    from cni_plugins.kernel.netlink import LinkExists
 
     configure_iface(ctr, ctr_fd, ifname, result)
     link = ctr.require_link(ifname)
@@ -134,7 +135,7 @@ def setup_container_side(ctr: Netlink, ctr_fd: int, ifname: str, result: Result)
 
 def setup_host_side(host: Netlink, veth: Link, ips: tuple[IPConfig, ...]) -> None:
     """The gateway as /32 (/128) on the host veth, and a host route to each container address."""
-    from cni_plugins.netlink import LinkExists
+    from cni_plugins.kernel.netlink import LinkExists
 
     for ip in ips:
         assert ip.gateway is not None
@@ -162,7 +163,7 @@ def cmd_del(args: CmdArgs) -> None:
         with errors.step(f"delete {args.ifname} in {args.netns}"):
             seen = _delete_container_link(args)
     if conf.ip_masq:
-        from cni_plugins.addr import ips_for
+        from cni_plugins.kernel.addr import ips_for
         from firewall.masq import teardown_masq
 
         prev = args.conf.prev_result
@@ -173,7 +174,7 @@ def cmd_del(args: CmdArgs) -> None:
 
 
 def _delete_container_link(args: CmdArgs) -> list[IPInterface] | None:
-    from cni_plugins.netlink import Netlink
+    from cni_plugins.kernel.netlink import Netlink
 
     try:
         with Netlink.open(args.netns) as ctr:
@@ -188,8 +189,8 @@ def _delete_container_link(args: CmdArgs) -> list[IPInterface] | None:
 
 
 def cmd_check(args: CmdArgs) -> None:
-    from cni_plugins.netlink import host_and_container
-    from cni_plugins.addr import ips_for, validate_ips, validate_routes
+    from cni_plugins.kernel.netlink import host_and_container
+    from cni_plugins.kernel.addr import ips_for, validate_ips, validate_routes
 
     conf = VethConf.from_json(args)
     with step(f"IPAM {conf.require_ipam()} CHECK"):

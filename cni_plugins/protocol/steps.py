@@ -14,12 +14,12 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
-from cni_plugins import cancel, log
-from cni_plugins.errors import CNIError, InvalidNetworkConfig
+from cni_plugins.protocol import cancel, log
+from cni_plugins.spec.errors import CNIError, InvalidNetworkConfig
 
 if TYPE_CHECKING:
-    from cni_plugins.skel import CmdArgs
-    from cni_plugins.types import Interface, Result
+    from cni_plugins.protocol.skel import CmdArgs
+    from cni_plugins.spec.types import Interface, Result
 
 T = TypeVar("T")
 

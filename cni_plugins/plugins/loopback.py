@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from cni_plugins import skel
-from cni_plugins.errors import CNIError
-from cni_plugins.netns import NetNSGone
-from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.types import Interface, IPConfig, Result
+from cni_plugins.protocol import skel
+from cni_plugins.spec.errors import CNIError
+from cni_plugins.kernel.netns import NetNSGone
+from cni_plugins.protocol.skel import CmdArgs, Plugin
+from cni_plugins.spec.types import Interface, IPConfig, Result
 
 LOOPBACK = "lo"
 
 
 def cmd_add(args: CmdArgs) -> Result:
-    from cni_plugins.netlink import Netlink
+    from cni_plugins.kernel.netlink import Netlink
 
     with Netlink.open(args.netns) as nl:
         lo = nl.require_link(LOOPBACK)
@@ -33,7 +33,7 @@ def cmd_add(args: CmdArgs) -> Result:
 
 
 def cmd_del(args: CmdArgs) -> None:
-    from cni_plugins.netlink import Netlink
+    from cni_plugins.kernel.netlink import Netlink
 
     if not args.netns:
         return
@@ -47,7 +47,7 @@ def cmd_del(args: CmdArgs) -> None:
 
 
 def cmd_check(args: CmdArgs) -> None:
-    from cni_plugins.netlink import Netlink
+    from cni_plugins.kernel.netlink import Netlink
 
     with Netlink.open(args.netns) as nl:
         lo = nl.require_link(LOOPBACK)

@@ -17,7 +17,7 @@ import os
 from contextlib import contextmanager
 from typing import Any, Iterator, NoReturn
 
-from cni_plugins.errors import InvalidNetNS
+from cni_plugins.spec.errors import InvalidNetNS
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000

@@ -19,11 +19,11 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Iterator
 
-from cni_plugins.errors import CNIError
+from cni_plugins.spec.errors import CNIError
 
 if TYPE_CHECKING:
-    from cni_plugins.skel import CmdArgs, Plugin
-    from cni_plugins.types import Result
+    from cni_plugins.protocol.skel import CmdArgs, Plugin
+    from cni_plugins.spec.types import Result
 
 
 class Cancelled(CNIError):
@@ -70,7 +70,7 @@ def run_add(plugin: Plugin, args: CmdArgs) -> Result:
         check()
         result = plugin.add(args)
         if _state["requested"]:
-            from cni_plugins import log
+            from cni_plugins.protocol import log
 
             try:
                 plugin.delete(args)  # nobody will get the result: undo the whole ADD

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 
-from cni_plugins import netns
-from cni_plugins.errors import InternalError
+from cni_plugins.kernel import netns
+from cni_plugins.spec.errors import InternalError
 
 PROC_SYS = "/proc/sys"
 _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432  # the same numbers on every architecture (Linux 5.2+)

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from cni_plugins import install
+from cni_plugins.protocol import installed
 
 
 def _quoted(arg: str) -> str:
@@ -25,16 +25,16 @@ def _quoted(arg: str) -> str:
 
 def exec_start(sock: str, ident: str) -> str:
     """The helper as the launchers start it: this interpreter, isolated, with their paths."""
-    paths = install.search_path()
+    paths = installed.search_path()
     code = (
         f"import sys; sys.path[:0] = {paths[:2]!r}; sys.path += {paths[2:]!r}; "
-        f"from cni_plugins.helper import main; sys.exit(main(['--socket', {sock!r}, '--install-id', {ident!r}, '--idle', '0']))"
+        f"from cni_plugins.helper.server import main; sys.exit(main(['--socket', {sock!r}, '--install-id', {ident!r}, '--idle', '0']))"
     )
     return " ".join([_quoted(sys.executable), "-IS", "-c", _quoted(code)])
 
 
 def socket_unit(name: str, sock: str) -> str:
-    root = install.package_root()
+    root = installed.package_root()
     return (
         "[Unit]\n"
         f"Description=cni-py warm helper socket (plugins installed from {root})\n"
@@ -53,7 +53,7 @@ def socket_unit(name: str, sock: str) -> str:
 
 
 def service_unit(name: str, sock: str, ident: str) -> str:
-    root = install.package_root()
+    root = installed.package_root()
     return (
         "[Unit]\n"
         f"Description=cni-py warm helper (serves the CNI plugin calls of the plugins installed from {root})\n"

@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cni_plugins import log, skel
-from cni_plugins.errors import CNIError, ErrorList, InvalidNetworkConfig
-from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.types import IPAddress, Result
+from cni_plugins.protocol import log, skel
+from cni_plugins.spec.errors import CNIError, ErrorList, InvalidNetworkConfig
+from cni_plugins.protocol.skel import CmdArgs, Plugin
+from cni_plugins.spec.types import IPAddress, Result
 from conf.fields import str_field
 from conf.netconf import NetConf
 from firewall import forward
@@ -107,7 +107,7 @@ def _notes(conf: FirewallConf) -> None:
 
 
 def _bridge_nf_call_iptables() -> str:
-    from cni_plugins import sysctl
+    from cni_plugins.kernel import sysctl
 
     try:
         return sysctl.read("net/bridge/bridge-nf-call-iptables")

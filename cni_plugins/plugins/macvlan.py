@@ -18,17 +18,18 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cni_plugins import invoke, netns, skel, sysctl
-from cni_plugins.errors import CNIError, ErrorList, IncompatibleCNIVersion, InvalidNetworkConfig
-from cni_plugins.netns import NetNSGone
-from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.steps import prev_container_interface, prev_result_for_check, quietly, step
-from cni_plugins.types import DNS, Interface, Result
-from cni_plugins.version import at_least
+from cni_plugins.protocol import invoke, skel
+from cni_plugins.kernel import netns, sysctl
+from cni_plugins.spec.errors import CNIError, ErrorList, IncompatibleCNIVersion, InvalidNetworkConfig
+from cni_plugins.kernel.netns import NetNSGone
+from cni_plugins.protocol.skel import CmdArgs, Plugin
+from cni_plugins.protocol.steps import prev_container_interface, prev_result_for_check, quietly, step
+from cni_plugins.spec.types import DNS, Interface, Result
+from cni_plugins.spec.version import at_least
 from conf.fields import bool_field, int_field, parse_mac, str_field
 
 if TYPE_CHECKING:
-    from cni_plugins.netlink import Link, Netlink
+    from cni_plugins.kernel.netlink import Link, Netlink
 
 MODES = ("bridge", "private", "vepa", "passthru")
 U32_MAX = 2**32 - 1
@@ -71,7 +72,7 @@ class MacvlanConf:
 
 
 def cmd_add(args: CmdArgs) -> Result:
-    from cni_plugins.netlink import host_and_container
+    from cni_plugins.kernel.netlink import host_and_container
 
     conf = MacvlanConf.from_json(args)
     if not conf.ipam_type and not at_least(args.conf.cni_version, "0.3.0"):
@@ -84,7 +85,7 @@ def cmd_add(args: CmdArgs) -> Result:
         master = find_master(conf, parent)
         if conf.mtu > master.mtu:
             raise InvalidNetworkConfig(f"mtu: {conf.mtu} is out of range, must be within [0, {master.mtu}] (the MTU of master {master.name!r})")
-        from cni_plugins.link import create_macvlan
+        from cni_plugins.kernel.link import create_macvlan
 
         with step("create macvlan"):
             link = create_macvlan(parent, ctr, ctr_fd, args.ifname, master, mode=conf.mode, mtu=conf.mtu, mac=conf.mac, bcqueuelen=conf.bcqueuelen)
@@ -102,7 +103,7 @@ def cmd_add(args: CmdArgs) -> Result:
             result = result.replace(ips=ips, routes=ipam.routes)
             with netns.entered(ctr_fd, label=args.netns):
                 _set_notify_sysctls(args.ifname)
-            from cni_plugins.addr import configure_iface
+            from cni_plugins.kernel.addr import configure_iface
 
             with step(f"configure {args.ifname}"):
                 configure_iface(ctr, ctr_fd, args.ifname, result)
@@ -122,7 +123,7 @@ def cmd_del(args: CmdArgs) -> None:
         with errors.step(f"IPAM {ipam_type} DEL"):
             invoke.delegate(ipam_type, "DEL", args.stdin, args.environ, args.path)
     if args.netns:
-        from cni_plugins.netlink import Netlink
+        from cni_plugins.kernel.netlink import Netlink
 
         with errors.step(f"delete {args.ifname} in {args.netns}"):
             try:
@@ -134,7 +135,7 @@ def cmd_del(args: CmdArgs) -> None:
 
 
 def cmd_check(args: CmdArgs) -> None:
-    from cni_plugins.netlink import host_and_container
+    from cni_plugins.kernel.netlink import host_and_container
 
     conf = MacvlanConf.from_json(args)
     if conf.ipam_type:
@@ -148,7 +149,7 @@ def cmd_check(args: CmdArgs) -> None:
         if link is None:
             raise CNIError(f"container interface {args.ifname} not found in {args.netns}")
         validate_macvlan(link, expected, conf.mode, master)
-        from cni_plugins.addr import ips_for, validate_ips, validate_routes
+        from cni_plugins.kernel.addr import ips_for, validate_ips, validate_routes
 
         validate_ips(ctr, args.ifname, [prev.ips[i] for i in ips_for(prev, args.ifname)])
         validate_routes(ctr, prev.routes)
@@ -181,7 +182,7 @@ def cmd_gc(args: CmdArgs) -> None:
 
 def find_master(conf: MacvlanConf, nl: Netlink) -> Link:
     """The master link, by name or (no ``master``) as the default route's interface."""
-    from cni_plugins.link import default_route_link
+    from cni_plugins.kernel.link import default_route_link
 
     if not conf.master:
         link = default_route_link(nl)

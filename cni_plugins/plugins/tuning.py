@@ -27,17 +27,18 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
-from cni_plugins import log, netns, skel, sysctl
-from cni_plugins.errors import CNIError, ErrorList, InvalidEnvironment, InvalidNetworkConfig, IOFailure
-from cni_plugins.netns import NetNSGone
-from cni_plugins.skel import CmdArgs, Plugin
-from cni_plugins.steps import options_for_del, quietly, step
-from cni_plugins.types import Result
+from cni_plugins.protocol import log, skel
+from cni_plugins.kernel import netns, sysctl
+from cni_plugins.spec.errors import CNIError, ErrorList, InvalidEnvironment, InvalidNetworkConfig, IOFailure
+from cni_plugins.kernel.netns import NetNSGone
+from cni_plugins.protocol.skel import CmdArgs, Plugin
+from cni_plugins.protocol.steps import options_for_del, quietly, step
+from cni_plugins.spec.types import Result
 from conf.fields import abs_path_field, bool_field, dict_field, int_field, parse_mac, str_field
 from conf.gojson import GoObject
 
 if TYPE_CHECKING:
-    from cni_plugins.netlink import Link, Netlink
+    from cni_plugins.kernel.netlink import Link, Netlink
 
 DEFAULT_DATA_DIR = "/run/cni/tuning"
 ALLOWLIST = "/etc/cni/tuning/allowlist.conf"
@@ -234,7 +235,7 @@ def cmd_del(args: CmdArgs) -> None:
         return
     errors = ErrorList("tuning DEL")
     if args.netns:
-        from cni_plugins.netlink import Netlink
+        from cni_plugins.kernel.netlink import Netlink
 
         with errors.step(f"restore {args.ifname} in {args.netns}"):
             try:
@@ -367,7 +368,7 @@ def _container_link(fd: int, args: CmdArgs, wanted: bool) -> Iterator[tuple[Netl
     if not wanted:
         yield None, None
         return
-    from cni_plugins.netlink import Netlink
+    from cni_plugins.kernel.netlink import Netlink
 
     with Netlink.open(fd, label=args.netns) as nl:
         link = nl.link(args.ifname)

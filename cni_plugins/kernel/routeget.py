@@ -11,7 +11,7 @@ import os
 import socket
 import struct
 
-from cni_plugins.types import IPAddress
+from cni_plugins.spec.types import IPAddress
 
 NETLINK_ROUTE = 0
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26

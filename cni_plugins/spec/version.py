@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cni_plugins.errors import DecodingFailure, IncompatibleCNIVersion
-from cni_plugins.types import (
+from cni_plugins.spec.errors import DecodingFailure, IncompatibleCNIVersion
+from cni_plugins.spec.types import (
     DNS,
     Interface,
     IPConfig,

@@ -2,15 +2,15 @@
 importing pyroute2 and nftables (~100 ms) every time. docs/helper.md tells the whole story.
 
 Shape: a pool manager (this module) owns the listening socket, accepts each connection,
-checks the caller (``cni_plugins.peer``), says ``A`` and hands the connection to one of its
-pre-forked, pre-warmed workers (``cni_plugins.helper_worker``) over that worker's control
+checks the caller (``cni_plugins.helper.peer``), says ``A`` and hands the connection to one of its
+pre-forked, pre-warmed workers (``cni_plugins.helper.worker``) over that worker's control
 socket. Workers never hold the listening socket: when the manager
 dies, the socket stops accepting at once and the next call starts a new helper (or runs in
 its own process). The manager forks a replacement as soon as a worker takes a call, so the
 fork of this large process is never on a call's path.
 
 Security: the socket is in a root-only directory (0700; socket 0600), and the helper serves a
-caller only if it holds everything the helper holds (``cni_plugins.peer``); any other
+caller only if it holds everything the helper holds (``cni_plugins.helper.peer``); any other
 caller runs the plugin in its own process. A launcher names its install (interpreter and
 code paths) in each request; a helper serves only its own install's launchers.
 
@@ -40,7 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cni_plugins import helper_worker, launch, peer
+from cni_plugins.helper import peer, protocol
+from cni_plugins.protocol import installed
+from cni_plugins.helper import worker as helper_worker
 
 STATUS_EVERY = 0.5  # seconds between rewrites of the status file while calls come in
 STAMP_EVERY = 2.0  # seconds between checks of the code's mtimes while calls come in
@@ -55,21 +57,21 @@ def _preload() -> None:
     import importlib
     import pkgutil
 
-    from cni_plugins import registry
+    from cni_plugins.protocol import registry
 
     for plugin_type in registry.available():
         registry.load(plugin_type)
-    root = Path(__file__).resolve().parent.parent
+    root = Path(installed.package_root())
     for pkg in ("cni_plugins", "ipam", "firewall", "conf"):
         for info in pkgutil.iter_modules([str(root / pkg)], prefix=f"{pkg}."):
-            if info.name not in ("cni_plugins.install", "cni_plugins.helper_units") and not info.ispkg:
+            if info.name not in ("cni_plugins.install", "cni_plugins.helper.units") and not info.ispkg:
                 try:
                     importlib.import_module(info.name)
                 except Exception:  # an optional module that cannot load here: a call that needs it will say so
                     pass
     import nftables  # noqa: F401
 
-    from cni_plugins import netlink
+    from cni_plugins.kernel import netlink
     from firewall import nft  # noqa: F401
 
     netlink.preload_pyroute2()
@@ -201,7 +203,7 @@ class _Pool:
         now = peer.boottime()
         while self.pending:
             conn, accepted_at = self.pending[0]
-            if now - accepted_at > launch.ACCEPT_WAIT:
+            if now - accepted_at > protocol.ACCEPT_WAIT:
                 self.pending.popleft()
                 conn.close()  # its launcher stopped waiting and runs the plugin itself
                 continue
@@ -210,7 +212,7 @@ class _Pool:
             self.pending.popleft()
             why = peer.refusal(conn, self.identity.creds, accepted_at)
             try:
-                conn.send(launch.REFUSED + why.encode() if why else launch.ACCEPTED)
+                conn.send(protocol.REFUSED + why.encode() if why else protocol.ACCEPTED)
             except OSError:
                 why = why or "gone"  # the launcher went away: nothing to hand over
             if why:
@@ -318,14 +320,14 @@ def _bind(sock_path: str) -> tuple[socket.socket, int]:
 def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1, install: str = "") -> int:
     """Serve calls on ``sock_path`` (or on the socket systemd passed) with a pool of
     ``workers`` ready workers (default twice the CPUs, at least 4). ``ready_fd``: a pipe that
-    gets ``launch.READY`` once the socket listens (the call that started this helper waits
+    gets ``protocol.READY`` once the socket listens (the call that started this helper waits
     for it); an early return or an exception closes it by ending the process."""
     import gc
 
     activated = listen_fd()
     notify = _Notify()
     me = peer.Credentials.of("self")
-    if me.cap_eff & launch.HELPER_NEEDS != launch.HELPER_NEEDS:
+    if me.cap_eff & protocol.HELPER_NEEDS != protocol.HELPER_NEEDS:
         print("cni-plugins helper: needs CAP_NET_ADMIN, CAP_SYS_ADMIN and CAP_SYS_CHROOT", file=sys.stderr)
         return 1
     directory = os.path.dirname(sock_path) or "."
@@ -342,12 +344,10 @@ def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1, ins
     _preload()
     gc.collect()
     gc.freeze()  # workers then never touch (copy) the preloaded objects' pages for collection
-    root = Path(__file__).resolve().parent.parent
+    root = Path(installed.package_root())
     stamp = code_stamp(root)
     if not install:
-        from cni_plugins import install as installer
-
-        install = installer.install_id()
+        install = installed.install_id()
     if activated is not None:
         server, bound_inode = activated, -1
     else:
@@ -423,7 +423,7 @@ def _settle() -> None:
     later, say): the helper would keep that namespace alive, and whoever deletes it and kills
     what is left in it would kill the helper. Workers join each caller's namespaces anyway;
     the helper's sockets are paths, which no network namespace scopes."""
-    from cni_plugins import netns
+    from cni_plugins.kernel import netns
 
     try:
         if netns.libc().unshare(helper_worker.CLONE_NEWNET) != 0:
@@ -470,7 +470,7 @@ def _try_lock(lock_fd: int, shared: bool = False) -> bool:
 
 def _say_ready(ready_fd: int) -> None:
     try:
-        os.write(ready_fd, launch.READY)
+        os.write(ready_fd, protocol.READY)
     except OSError:  # the caller stopped waiting: it runs the plugin itself
         pass
 
@@ -479,8 +479,8 @@ def _wait_for_other(sock_path: str, lock_fd: int, ready_fd: int) -> bool:
     """Another helper holds the lock (calls that started at the same moment each started
     one): tell our caller once that one listens, so it is served there rather than in its
     own process, competing with that helper's start. True if that helper exited first and
-    the lock is ours now; False once our caller was told, or after ``launch.READY_WAIT``."""
-    deadline = time.monotonic() + launch.READY_WAIT
+    the lock is ours now; False once our caller was told, or after ``protocol.READY_WAIT``."""
+    deadline = time.monotonic() + protocol.READY_WAIT
     while time.monotonic() < deadline:
         if _try_lock(lock_fd):
             return True
@@ -640,16 +640,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--daemon", action="store_true", help="detach from the terminal")
     parser.add_argument("--workers", type=int, default=0, help="ready workers (default: twice the CPUs, at least 4)")
     parser.add_argument("--install-id", default="", help=argparse.SUPPRESS)  # set by launchers and units
-    parser.add_argument("--ready-fd", type=int, default=-1, help=argparse.SUPPRESS)  # set by launch._start_helper
+    parser.add_argument("--ready-fd", type=int, default=-1, help=argparse.SUPPRESS)  # set by client._start_helper
     opts = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("cni-plugins helper: must run as root", file=sys.stderr)
         return 1
     sock_path = opts.socket
     if not sock_path:
-        from cni_plugins import install as installer
-
-        sock_path = installer.default_socket()
+        sock_path = protocol.socket_path(installed.DEFAULT_RUN_DIR, installed.install_id())
     if opts.daemon:
         _daemonize()
     return serve(sock_path, opts.idle, workers=opts.workers, ready_fd=opts.ready_fd, install=opts.install_id)

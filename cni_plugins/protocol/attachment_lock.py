@@ -29,7 +29,7 @@ import re
 import stat
 from typing import Iterator
 
-from cni_plugins.errors import IOFailure
+from cni_plugins.spec.errors import IOFailure
 
 SUBDIR = "attachments"
 _SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -49,7 +49,7 @@ def directory() -> str:
 
 
 def applies_to(plugin_type: str) -> bool:
-    from cni_plugins import registry
+    from cni_plugins.protocol import registry
 
     return bool(_directory) and not registry.PLUGINS.get(plugin_type, "").startswith("ipam.")
 

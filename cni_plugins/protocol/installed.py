@@ -1,0 +1,57 @@
+"""Our installed executables, as every layer that meets them sees them: where our code is
+(``package_root``, the ``search_path`` a launcher puts on ``sys.path``), an install's name
+(``install_id``), and the marker line that tells a launcher of ours from any other
+executable (``read_marker``). ``cni_plugins.install`` writes launchers from these;
+``invoke`` runs a delegate of this very install in-process; the helper serves only its own
+install's launchers."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import sysconfig
+from pathlib import Path
+
+MARKER = "# cni-py launcher:"
+DEFAULT_RUN_DIR = "/run/cni-py"
+
+
+def package_root() -> str:
+    """The directory that holds our packages (cni_plugins, conf, ipam, firewall)."""
+    return str(Path(__file__).resolve().parents[2])
+
+
+def search_path() -> list[str]:
+    """Directories a launcher puts on sys.path: our package root, our site-packages, nftables."""
+    paths = [package_root(), sysconfig.get_paths()["purelib"]]
+    spec = importlib.util.find_spec("nftables")
+    if spec is not None and spec.origin:
+        paths.append(str(Path(spec.origin).resolve().parent.parent))
+    out: list[str] = []
+    for p in paths:
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def install_id(interpreter: str | None = None) -> str:
+    """An install's name: a digest of the interpreter and the code paths its launchers use."""
+    import hashlib
+
+    key = "\0".join([interpreter or sys.executable, *search_path()])
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def read_marker(path: str) -> tuple[str, str] | None:
+    """(type, package root) if ``path`` is one of our launchers."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512).decode("utf-8", "replace")
+    except OSError:
+        return None
+    for line in head.splitlines()[:3]:
+        if line.startswith(MARKER):
+            parts = line[len(MARKER):].split()
+            if len(parts) == 2:
+                return parts[0], parts[1]
+    return None
