@@ -6,8 +6,8 @@ check, IPAM, container addresses, gateway on the bridge and forwarding, masquera
 state. The result is ``interfaces = [bridge, host veth, container veth]`` (plus the
 ``<bridge>.<vlan>`` gateway link with ``vlan`` + ``isGateway``), every IP at index 2.
 
-Masquerade is always served by nftables (``firewall.masq``; ``ipMasqBackend: iptables``
-gets a note), the MAC spoof check by ``firewall.spoofchk``; both are per-container map
+Masquerade is always served by nftables (``firewall.rules.masq``; ``ipMasqBackend: iptables``
+gets a note), the MAC spoof check by ``firewall.rules.spoofchk``; both are per-container map
 elements in tables of our own, found by owner (network, container ID, ifname) on DEL.
 The bridge, its gateway address and the shared base chains stay when containers leave,
 as in the reference (deleting an idle bridge races with a concurrent ADD).
@@ -65,7 +65,7 @@ def cmd_add(args: CmdArgs) -> Result:
             configure_bridge_port(host, pair.host, hairpin=conf.hairpin, isolated=conf.port_isolation, vlan=conf.vlan, trunk=conf.trunk, preserve_default_vlan=conf.preserve_default_vlan)
         owner, nft = _owner(args, conf), _Lazy()
         if conf.macspoofchk:
-            from firewall.spoofchk import setup_spoofcheck, teardown_spoofcheck
+            from firewall.rules.spoofchk import setup_spoofcheck, teardown_spoofcheck
 
             with step("macspoofchk"):
                 setup_spoofcheck(nft.get(), owner, pair.host.name, pair.container.mac)
@@ -89,7 +89,7 @@ def cmd_add(args: CmdArgs) -> Result:
             with step("gateway"):
                 result = set_gateways(host, br, conf, gateways, result)
             if conf.ip_masq:
-                from firewall.masq import setup_masq, teardown_masq
+                from firewall.rules.masq import setup_masq, teardown_masq
 
                 addresses = [ip.address for ip in result.ips]
                 with step("ipMasq"):
@@ -208,12 +208,12 @@ def cmd_del(args: CmdArgs) -> None:
     if conf.macspoofchk or conf.ip_masq:
         nft, owner = _Lazy().get(), _owner(args, conf)
         if conf.macspoofchk:
-            from firewall.spoofchk import teardown_spoofcheck
+            from firewall.rules.spoofchk import teardown_spoofcheck
 
             with errors.step("mac spoof check"):
                 teardown_spoofcheck(nft, owner, port or None, mac or None)
         if conf.ip_masq:
-            from firewall.masq import teardown_masq
+            from firewall.rules.masq import teardown_masq
 
             with errors.step("masquerade"):
                 teardown_masq(nft, owner, addresses)
@@ -292,11 +292,11 @@ def _check_firewall(args: CmdArgs, conf: BridgeConf, prev: Result, port: Link | 
         return []
     nft, owner, problems = _Lazy().get(), _owner(args, conf), []
     if conf.ip_masq and prev.ips:
-        from firewall.masq import validate_masq
+        from firewall.rules.masq import validate_masq
 
         problems += validate_masq(nft, owner, [ip.address for ip in prev.ips])
     if conf.macspoofchk and port is not None:
-        from firewall.spoofchk import validate_spoofcheck
+        from firewall.rules.spoofchk import validate_spoofcheck
 
         want = next((i.mac for i in prev.interfaces if i.name == args.ifname and i.sandbox), "")
         problems += validate_spoofcheck(nft, owner, port.name, want)
@@ -319,8 +319,8 @@ def cmd_gc(args: CmdArgs) -> None:
             invoke.delegate(args.conf.ipam_type, "GC", args.stdin, args.environ, args.path)
     valid = args.conf.valid_attachments
     if valid is not None:
-        from firewall.masq import gc_masq
-        from firewall.spoofchk import gc_spoofcheck
+        from firewall.rules.masq import gc_masq
+        from firewall.rules.spoofchk import gc_spoofcheck
 
         owners = [Owner(network=args.conf.name, container_id=a.container_id, ifname=a.ifname) for a in valid]
         nft = _Lazy().get()

@@ -1,5 +1,5 @@
 """``firewall`` (chained): let forwarded traffic to and from the container through, and apply
-the ``ingressPolicy`` between bridges, on nftables (layout and reasoning: ``firewall.forward``).
+the ``ingressPolicy`` between bridges, on nftables (layout and reasoning: ``firewall.rules.forward``).
 
 Reference-compatible options: ``backend`` (``iptables``, ``firewalld`` or empty, as podman
 writes it: always served by nftables, with a note on stderr when something else was asked
@@ -22,7 +22,7 @@ from cni_plugins.protocol.skel import CmdArgs, Plugin
 from cni_plugins.spec.types import IPAddress, Result
 from conf.fields import str_field
 from conf.netconf import NetConf
-from firewall import forward
+from firewall.rules import forward
 from firewall.layout import stamp_for
 from firewall.model import Owner
 from firewall.nft import Command, NftBackend

@@ -1,5 +1,5 @@
 """``portmap`` (chained): forward host ports to the container, on nftables, flat in the
-number of containers (layout and reasoning: ``firewall.portmap``).
+number of containers (layout and reasoning: ``firewall.rules.portmap``).
 
 Reference-compatible: the ``portMappings`` capability, ``snat`` (default true: hairpin and
 localhost traffic, with ``route_localnet`` on the interface towards the container),
@@ -29,8 +29,8 @@ from cni_plugins.protocol.steps import options_for_del, prev_result_for_check
 from cni_plugins.spec.types import IPInterface, Result
 from conf.fields import bool_field, str_field, str_list_field
 from conf.netconf import NetConf, PortMapping
-from firewall import conditions
-from firewall import portmap as layout
+from firewall.rules import conditions
+from firewall.rules import portmap as rules
 from firewall.layout import stamp_for
 from firewall.model import Owner
 from firewall.nft import NftBackend
@@ -83,18 +83,18 @@ class PortMapConf:
             containers=container_addresses(conf.prev_result, ifname) if conf.prev_result else {},
         )
 
-    def mappings(self) -> dict[int, tuple[layout.Mapping, ...]]:
+    def mappings(self) -> dict[int, tuple[rules.Mapping, ...]]:
         """Mappings per container address family; a hostIP of the other family is skipped."""
-        out: dict[int, list[layout.Mapping]] = {4: [], 6: []}
+        out: dict[int, list[rules.Mapping]] = {4: [], 6: []}
         for pm in self.port_mappings:
             host = ipaddress.ip_address(pm.host_ip) if pm.host_ip else None
             for v in (4, 6) if host is None else (host.version,):
                 host_ip = "" if host is None or host.is_unspecified else str(host)
-                out[v].append(layout.Mapping(host_port=pm.host_port, container_port=pm.container_port, protocol=pm.protocol, host_ip=host_ip))
+                out[v].append(rules.Mapping(host_port=pm.host_port, container_port=pm.container_port, protocol=pm.protocol, host_ip=host_ip))
         return {v: tuple(ms) for v, ms in out.items() if ms and v in self.containers}
 
     def groups(self, network: str) -> list[Group]:
-        return layout.groups_for(network, self.containers, self.mappings(), snat=self.snat, masq_all=self.masq_all, exclusive=self.exclusive_host_ports)
+        return rules.groups_for(network, self.containers, self.mappings(), snat=self.snat, masq_all=self.masq_all, exclusive=self.exclusive_host_ports)
 
     def udp_ports(self) -> list[int]:
         return sorted({m.host_port for ms in self.mappings().values() for m in ms if m.protocol == "udp"})
@@ -141,14 +141,14 @@ def cmd_add(args: CmdArgs) -> Result:
         _enable_localnet(conf.containers[4])
     owner = _owner(args)
     what = f"map ports of {args.container_id}/{args.ifname}"
-    setup = layout.setup_commands(args.conf.name, conf.containers, conf.conditions, snat=conf.snat, masq_all=conf.masq_all)
+    setup = rules.setup_commands(args.conf.name, conf.containers, conf.conditions, snat=conf.snat, masq_all=conf.masq_all)
     try:
-        stamp = stamp_for(layout.FAMILY, layout.TABLE, args.conf.name, setup)
+        stamp = stamp_for(rules.FAMILY, rules.TABLE, args.conf.name, setup)
         claim_groups(_nft(), owner, groups, setup=setup, what=what, stamp=stamp)
     except EntryTaken as err:
         owners_map = next((g.maps.owners for g in groups if any(e.key == err.key for e in g.entries)), "")
         raise HostPortTaken(
-            f"host {layout.describe(owners_map, err.key)} is already mapped by {layout.owner_text(err.holder)}",
+            f"host {rules.describe(owners_map, err.key)} is already mapped by {rules.owner_text(err.holder)}",
             "exclusiveHostPorts is set: remove that container's mapping first, or pick another host port",
         ) from None
     _flush_udp(conf)
@@ -166,7 +166,7 @@ def cmd_del(args: CmdArgs) -> None:
     owner, what = _owner(args), f"unmap ports of {args.container_id}/{args.ifname}"
     nft = _nft()
     if conf is None or not mappings_known or args.conf.prev_result is None:
-        for maps, data_maps in layout.all_maps():  # no addresses or mappings: find the entries by owner
+        for maps, data_maps in rules.all_maps():  # no addresses or mappings: find the entries by owner
             with errors.step(f"remove entries of {maps.owners}"):
                 release_all_of(nft, maps, owner, data_maps, what=what)
     else:
@@ -184,16 +184,16 @@ def cmd_check(args: CmdArgs) -> None:
     if not groups:
         return
     nft, owner, found = _nft(), _owner(args), []
-    chains = ["prerouting", "output", "hostports", *(layout.dnat_chain(args.conf.name, k) for k in layout.KINDS)]
+    chains = ["prerouting", "output", "hostports", *(rules.dnat_chain(args.conf.name, k) for k in rules.KINDS)]
     if conf.snat:
-        chains += ["postrouting", layout.MASQ_ALL if conf.masq_all else ""]
-        chains += [] if conf.masq_all else [layout.hairpin_chain(c.network) for c in conf.containers.values()]
+        chains += ["postrouting", rules.MASQ_ALL if conf.masq_all else ""]
+        chains += [] if conf.masq_all else [rules.hairpin_chain(c.network) for c in conf.containers.values()]
     for chain in filter(None, chains):
-        if nft.list_chain(layout.FAMILY, layout.TABLE, chain) is None:
-            found.append(f"chain {chain} is missing from table {layout.FAMILY} {layout.TABLE}")
+        if nft.list_chain(rules.FAMILY, rules.TABLE, chain) is None:
+            found.append(f"chain {chain} is missing from table {rules.FAMILY} {rules.TABLE}")
     for g in groups:
         for entry, why in problems(nft, g.maps, g.owner or owner, g.entries):
-            found.append(f"{layout.describe(g.maps.owners, entry.key)}: {why}")
+            found.append(f"{rules.describe(g.maps.owners, entry.key)}: {why}")
     if found:
         raise CNIError(f"portmap CHECK of {args.container_id}/{args.ifname}: {'; '.join(found)}", "run ADD again to restore the mappings")
 
@@ -208,7 +208,7 @@ def cmd_gc(args: CmdArgs) -> None:
         return
     keep = {Owner(network=args.conf.name, container_id=a.container_id, ifname=a.ifname).prefix for a in valid}
     nft, errors = _nft(), ErrorList("portmap GC")
-    for maps, data_maps in layout.all_maps():
+    for maps, data_maps in rules.all_maps():
         with errors.step(f"GC of {maps.owners}"):
             gc(nft, maps, data_maps, keep, network_prefix(args.conf.name), what=f"gc port mappings of {args.conf.name}")
     errors.raise_if_any()

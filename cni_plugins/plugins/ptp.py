@@ -7,7 +7,7 @@ As the reference (``plugins/main/ptp``):
   host, including traffic to neighbours in the same subnet. IPAM's routes are added too.
 * host: the veth gets the gateway address as /32 (/128) (every ptp veth on a host carries the
   same one) and a host route to the container address; forwarding is turned on.
-* ``ipMasq``: masquerade of traffic leaving the subnet, by nftables (``firewall.masq``) also
+* ``ipMasq``: masquerade of traffic leaving the subnet, by nftables (``firewall.rules.masq``) also
   when ``ipMasqBackend`` says iptables (a note on stderr says so).
 * result: ``interfaces = [host veth, container veth]``, IPs at index 1; the config's ``dns``
   replaces IPAM's when any of its fields is set.
@@ -104,7 +104,7 @@ def cmd_add(args: CmdArgs) -> Result:
         with step(f"configure host veth {pair.host.name}"):
             setup_host_side(host, pair.host, result.ips)
         if conf.ip_masq:
-            from firewall.masq import setup_masq, teardown_masq
+            from firewall.rules.masq import setup_masq, teardown_masq
 
             nft, owner, addresses = _nft(), _owner(args), [ip.address for ip in result.ips]
             undo.callback(quietly, "masquerade", teardown_masq, nft, owner, addresses)  # leaves others' entries alone
@@ -164,7 +164,7 @@ def cmd_del(args: CmdArgs) -> None:
             seen = _delete_container_link(args)
     if conf.ip_masq:
         from cni_plugins.kernel.addr import ips_for
-        from firewall.masq import teardown_masq
+        from firewall.rules.masq import teardown_masq
 
         prev = args.conf.prev_result
         addresses = [prev.ips[i].address for i in ips_for(prev, args.ifname)] if prev is not None else []
@@ -214,7 +214,7 @@ def cmd_check(args: CmdArgs) -> None:
             if _host_net(ip.address.ip) not in host_routes:
                 raise CNIError(f"host route to {ip.address.ip} via the host veth is missing", "DEL and ADD again")
     if conf.ip_masq and ips:
-        from firewall.masq import validate_masq
+        from firewall.rules.masq import validate_masq
 
         problems = validate_masq(_nft(), _owner(args), [ip.address for ip in ips])
         if problems:
@@ -234,7 +234,7 @@ def cmd_gc(args: CmdArgs) -> None:
             invoke.delegate(args.conf.ipam_type, "GC", args.stdin, args.environ, args.path)
     valid = args.conf.valid_attachments
     if valid is not None and bool_field(args.conf.raw, "ipMasq", False):
-        from firewall.masq import gc_masq
+        from firewall.rules.masq import gc_masq
         from firewall.model import Owner
 
         owners = [Owner(network=args.conf.name, container_id=a.container_id, ifname=a.ifname) for a in valid]

@@ -1,4 +1,4 @@
-"""firewall.masq against the real kernel (in a throwaway namespace), and its O(1) claim."""
+"""firewall.rules.masq against the real kernel (in a throwaway namespace), and its O(1) claim."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from cni_plugins.kernel import netns
-from firewall import masq
+from firewall.rules import masq
 from firewall.model import Owner
 from firewall.nft import LibNftables
 from tests.integration.nsutil import path, sh

@@ -1,4 +1,4 @@
-"""firewall.spoofchk against the real kernel: teardown paths, GC, and a constant ADD cost."""
+"""firewall.rules.spoofchk against the real kernel: teardown paths, GC, and a constant ADD cost."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import statistics
 import time
 
 from cni_plugins.kernel import netns
-from firewall import spoofchk
+from firewall.rules import spoofchk
 from firewall.model import Owner
 from firewall.nft import LibNftables
 from tests.integration.nsutil import path

@@ -243,7 +243,7 @@ def test_failure_in_masquerade_rolls_back_every_step(cni_bin: Path, host_ns: str
     from cni_plugins.protocol import skel
     from cni_plugins.plugins import ptp as veth
     from cni_plugins.spec.errors import CNIError
-    from firewall import masq
+    from firewall.rules import masq
 
     real = masq.setup_masq
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from firewall import layout, masq
+from firewall import layout
+from firewall.rules import masq
 from firewall.model import Owner
 from firewall.nft import FakeNft
 from firewall.owned import Entry, Group, OwnedMaps, claim_groups

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from firewall import masq
+from firewall.rules import masq
 from firewall.model import Owner, short_hash
 from firewall.nft import FakeNft
 

@@ -13,7 +13,7 @@ from cni_plugins.plugins import firewall
 from cni_plugins.protocol import skel
 from cni_plugins.spec.errors import InvalidNetworkConfig
 from conf.netconf import NetConf
-from firewall import forward
+from firewall.rules import forward
 from firewall.nft import FakeNft
 
 PREV = {

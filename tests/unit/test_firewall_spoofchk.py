@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from firewall import spoofchk
+from firewall.rules import spoofchk
 from firewall.model import Owner
 from firewall.nft import FakeNft
 

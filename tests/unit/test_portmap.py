@@ -12,7 +12,7 @@ from cni_plugins.plugins import portmap
 from cni_plugins.protocol import skel
 from cni_plugins.spec.errors import InvalidNetworkConfig, UnsupportedField
 from conf.netconf import NetConf
-from firewall import portmap as layout
+from firewall.rules import portmap as layout
 from firewall.model import Owner
 from firewall.nft import FakeNft
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from cni_plugins.spec.errors import InvalidNetworkConfig, UnsupportedField
-from firewall.conditions import IptablesSyntax, is_iptables_syntax, parse
+from firewall.rules.conditions import IptablesSyntax, is_iptables_syntax, parse
 
 SADDR4 = {"payload": {"protocol": "ip", "field": "saddr"}}
 
