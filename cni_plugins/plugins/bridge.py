@@ -22,28 +22,36 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from cni_plugins.protocol import invoke, log, skel
 from cni_plugins.kernel import netns, sysctl
-from cni_plugins.spec.errors import CNIError, ErrorList, InternalError, UnsupportedField
 from cni_plugins.kernel.netns import NetNSGone
+from cni_plugins.plugins import nft_state
+from cni_plugins.protocol import invoke, log, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
-from cni_plugins.protocol.steps import options_for_del, prev_result_for_check, quietly, step
+from cni_plugins.protocol.steps import (
+    options_for_del,
+    prev_result_for_check,
+    quietly,
+    step,
+)
+from cni_plugins.spec.errors import CNIError, ErrorList, InternalError, UnsupportedField
 from cni_plugins.spec.types import Interface, IPInterface, Result, Route
 from conf.bridge import BridgeConf
 
 if TYPE_CHECKING:
     from cni_plugins.kernel.netlink import Link, Netlink
-    from firewall.model import Owner
-    from firewall.nft import NftBackend
 
 PORT_UP_RETRIES_MS = (0, 50, 500, 1000, 1000)
 DEFAULT_ROUTE = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
 
 def cmd_add(args: CmdArgs) -> Result:
-    from cni_plugins.kernel.netlink import host_and_container
     from cni_plugins.kernel.addr import add_routes, configure_iface
-    from cni_plugins.kernel.link import attach_to_bridge, configure_bridge_port, setup_veth
+    from cni_plugins.kernel.link import (
+        attach_to_bridge,
+        configure_bridge_port,
+        setup_veth,
+    )
+    from cni_plugins.kernel.netlink import host_and_container
 
     conf = BridgeConf.from_json(args.conf, args.cni_args)
     conf.validate_for_add()
@@ -63,13 +71,14 @@ def cmd_add(args: CmdArgs) -> Result:
         with step("bridge port"):
             attach_to_bridge(host, pair.host, br)
             configure_bridge_port(host, pair.host, hairpin=conf.hairpin, isolated=conf.port_isolation, vlan=conf.vlan, trunk=conf.trunk, preserve_default_vlan=conf.preserve_default_vlan)
-        owner, nft = _owner(args, conf), _Lazy()
+        owner = nft_state.owner(args)
         if conf.macspoofchk:
             from firewall.rules.spoofchk import setup_spoofcheck, teardown_spoofcheck
 
+            nft = nft_state.host_nft()
             with step("macspoofchk"):
-                setup_spoofcheck(nft.get(), owner, pair.host.name, pair.container.mac)
-            undo.callback(quietly, "mac spoof check", teardown_spoofcheck, nft.get(), owner, pair.host.name, pair.container.mac)
+                setup_spoofcheck(nft, owner, pair.host.name, pair.container.mac)
+            undo.callback(quietly, "mac spoof check", teardown_spoofcheck, nft, owner, pair.host.name, pair.container.mac)
         result = Result(interfaces=(Interface(name=br.name), Interface(name=pair.host.name), Interface(name=args.ifname, mac=pair.container.mac, sandbox=args.netns)))
         if conf.ipam_type:
             with step(f"IPAM {conf.ipam_type} ADD"):
@@ -91,10 +100,10 @@ def cmd_add(args: CmdArgs) -> Result:
             if conf.ip_masq:
                 from firewall.rules.masq import setup_masq, teardown_masq
 
-                addresses = [ip.address for ip in result.ips]
+                nft, addresses = nft_state.host_nft(), [ip.address for ip in result.ips]
                 with step("ipMasq"):
-                    setup_masq(nft.get(), owner, addresses)
-                undo.callback(quietly, "masquerade", teardown_masq, nft.get(), owner, addresses)
+                    setup_masq(nft, owner, addresses)
+                undo.callback(quietly, "masquerade", teardown_masq, nft, owner, addresses)
             with step(f"routes in {args.ifname}"):
                 add_routes(ctr, ctr_link, result)
         elif not conf.disable_container_interface:
@@ -159,7 +168,11 @@ def set_gateways(host: Netlink, br: Link, conf: BridgeConf, gateways: list[IPInt
 def ensure_vlan_gateway(host: Netlink, br: Link, conf: BridgeConf) -> Link:
     """The reference's gateway for a VLAN: a veth ``<bridge>.<vlan>`` in the host namespace whose
     peer is an access port of the bridge in that VLAN (no 8021q link is involved)."""
-    from cni_plugins.kernel.link import attach_to_bridge, configure_bridge_port, setup_veth
+    from cni_plugins.kernel.link import (
+        attach_to_bridge,
+        configure_bridge_port,
+        setup_veth,
+    )
 
     name = conf.vlan_gateway
     link = host.link(name)
@@ -206,7 +219,7 @@ def cmd_del(args: CmdArgs) -> None:
         port = port or (prev.interfaces[1].name if len(prev.interfaces) > 2 and not prev.interfaces[1].sandbox else "")
         mac = mac or next((i.mac for i in prev.interfaces if i.name == args.ifname and i.sandbox), "")
     if conf.macspoofchk or conf.ip_masq:
-        nft, owner = _Lazy().get(), _owner(args, conf)
+        nft, owner = nft_state.host_nft(), nft_state.owner(args)
         if conf.macspoofchk:
             from firewall.rules.spoofchk import teardown_spoofcheck
 
@@ -250,8 +263,8 @@ def cmd_check(args: CmdArgs) -> None:
 
 def check_links(args: CmdArgs, conf: BridgeConf, prev: Result) -> list[str]:
     """Bridge, container veth, its host peer on the bridge, addresses, routes, firewall state."""
-    from cni_plugins.kernel.netlink import host_and_container
     from cni_plugins.kernel.addr import ips_for, validate_ips, validate_routes
+    from cni_plugins.kernel.netlink import host_and_container
 
     want_br = next((i for i in prev.interfaces if i.name == conf.bridge and not i.sandbox), None)
     want_ctr = next((i for i in prev.interfaces if i.name == args.ifname and i.sandbox == args.netns), None)
@@ -290,7 +303,7 @@ def check_links(args: CmdArgs, conf: BridgeConf, prev: Result) -> list[str]:
 def _check_firewall(args: CmdArgs, conf: BridgeConf, prev: Result, port: Link | None) -> list[str]:
     if not (conf.ip_masq and prev.ips) and not (conf.macspoofchk and port is not None):
         return []
-    nft, owner, problems = _Lazy().get(), _owner(args, conf), []
+    nft, owner, problems = nft_state.host_nft(), nft_state.owner(args), []
     if conf.ip_masq and prev.ips:
         from firewall.rules.masq import validate_masq
 
@@ -323,7 +336,7 @@ def cmd_gc(args: CmdArgs) -> None:
         from firewall.rules.spoofchk import gc_spoofcheck
 
         owners = [Owner(network=args.conf.name, container_id=a.container_id, ifname=a.ifname) for a in valid]
-        nft = _Lazy().get()
+        nft = nft_state.host_nft()
         with errors.step("masquerade GC"):
             gc_masq(nft, args.conf.name, owners)
         with errors.step("mac spoof check GC"):
@@ -332,26 +345,6 @@ def cmd_gc(args: CmdArgs) -> None:
 
 
 # ---------------------------------------------------------------- small pieces
-
-
-class _Lazy:
-    """One nftables context, made on first use in the calling (host) namespace."""
-
-    def __init__(self) -> None:
-        self._nft: NftBackend | None = None
-
-    def get(self) -> NftBackend:
-        if self._nft is None:
-            from firewall.nft import LibNftables
-
-            self._nft = LibNftables()
-        return self._nft
-
-
-def _owner(args: CmdArgs, conf: BridgeConf) -> Owner:
-    from firewall.model import Owner
-
-    return Owner(network=conf.network, container_id=args.container_id, ifname=args.ifname)
 
 
 def _container_sysctls(ifname: str, enable_dad: bool) -> list[tuple[str, str]]:

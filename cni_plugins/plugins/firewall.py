@@ -16,17 +16,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from cni_plugins.plugins import nft_state
 from cni_plugins.protocol import log, skel
-from cni_plugins.spec.errors import CNIError, ErrorList, InvalidNetworkConfig
 from cni_plugins.protocol.skel import CmdArgs, Plugin
+from cni_plugins.spec.errors import CNIError, ErrorList, InvalidNetworkConfig
 from cni_plugins.spec.types import IPAddress, Result
 from conf.fields import str_field
 from conf.netconf import NetConf
-from firewall.rules import forward
 from firewall.layout import stamp_for
 from firewall.model import Owner
 from firewall.nft import Command, NftBackend
 from firewall.owned import claim_groups, problems, release_all_of, release_groups
+from firewall.rules import forward
 
 POLICIES = ("", forward.OPEN, forward.SAME_BRIDGE, forward.ISOLATED)
 CHAIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,27}$")
@@ -79,14 +80,6 @@ def _mark(value: object) -> int:
     return mark
 
 
-def _owner(args: CmdArgs) -> Owner:
-    return Owner(network=args.conf.name, container_id=args.container_id, ifname=args.ifname)
-
-
-def _nft() -> NftBackend:
-    from firewall.nft import LibNftables
-
-    return LibNftables()  # in the current (host) namespace
 
 
 def _notes(conf: FirewallConf) -> None:
@@ -136,13 +129,13 @@ def cmd_add(args: CmdArgs) -> Result:
             f"interface needs to be set for ingress policy {conf.ingress_policy!r}", 'chain "firewall" after "bridge": its first interface is the bridge'
         )
     _notes(conf)
-    nft = _nft()
+    nft = nft_state.host_nft()
     setup: list[Command] = forward.base_commands(conf.admin_chain, conf.accept_mark)
     always = [c for state in _iptables_states(nft) for c in forward.iptables_commands(state, conf.admin_chain, conf.accept_mark)]
     extra, bridge_group = forward.bridge_commands_and_group(conf.bridge, conf.ingress_policy)
     groups = forward.accept_groups(conf.addresses) + ([bridge_group] if bridge_group else [])
     stamp = stamp_for(forward.FAMILY, forward.TABLE, "firewall", setup)  # one layout for every network
-    claim_groups(nft, _owner(args), groups, setup=setup, always=always + extra, stamp=stamp, what=f"firewall for {args.container_id}/{args.ifname}")
+    claim_groups(nft, nft_state.owner(args), groups, setup=setup, always=always + extra, stamp=stamp, what=f"firewall for {args.container_id}/{args.ifname}")
     return prev
 
 
@@ -150,8 +143,8 @@ def cmd_del(args: CmdArgs) -> None:
     """Remove this attachment's elements (found by owner when prevResult is missing). Per-bridge
     entries and the constant chains stay, as the reference leaves its chains."""
     conf = FirewallConf(addresses=tuple(ip.address.ip for ip in args.conf.prev_result.ips) if args.conf.prev_result else ())
-    owner, what = _owner(args), f"remove firewall entries of {args.container_id}/{args.ifname}"
-    nft, errors = _nft(), ErrorList("firewall DEL")
+    owner, what = nft_state.owner(args), f"remove firewall entries of {args.container_id}/{args.ifname}"
+    nft, errors = nft_state.host_nft(), ErrorList("firewall DEL")
     if args.conf.prev_result is None:
         for v in (4, 6):
             with errors.step(f"remove IPv{v} accept entries"):
@@ -166,7 +159,7 @@ def cmd_check(args: CmdArgs) -> None:
     if args.conf.prev_result is None:
         raise InvalidNetworkConfig("firewall CHECK: missing prevResult from earlier plugin", "CHECK needs the result of ADD as prevResult")
     conf = FirewallConf.from_netconf(args.conf)
-    nft, owner, found = _nft(), _owner(args), []
+    nft, owner, found = nft_state.host_nft(), nft_state.owner(args), []
     for chain in ("forward", "isolation", conf.admin_chain):
         if nft.list_chain(forward.FAMILY, forward.TABLE, chain) is None:
             found.append(f"chain {chain} is missing from table {forward.FAMILY} {forward.TABLE}")
@@ -190,7 +183,7 @@ def cmd_gc(args: CmdArgs) -> None:
     if valid is None:
         return
     keep = {Owner(network=args.conf.name, container_id=a.container_id, ifname=a.ifname).prefix for a in valid}
-    nft, errors = _nft(), ErrorList("firewall GC")
+    nft, errors = nft_state.host_nft(), ErrorList("firewall GC")
     for v in (4, 6):
         with errors.step(f"GC of IPv{v} accept entries"):
             gc(nft, forward.ACCEPT[v], (forward.ACCEPT_SET[v],), keep, network_prefix(args.conf.name), what=f"gc firewall entries of {args.conf.name}")

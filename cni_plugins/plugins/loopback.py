@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from cni_plugins.protocol import skel
-from cni_plugins.spec.errors import CNIError
 from cni_plugins.kernel.netns import NetNSGone
+from cni_plugins.protocol import skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
+from cni_plugins.spec.errors import CNIError
 from cni_plugins.spec.types import Interface, IPConfig, Result
 
 LOOPBACK = "lo"

@@ -18,12 +18,22 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cni_plugins.protocol import invoke, skel
 from cni_plugins.kernel import netns, sysctl
-from cni_plugins.spec.errors import CNIError, ErrorList, IncompatibleCNIVersion, InvalidNetworkConfig
 from cni_plugins.kernel.netns import NetNSGone
+from cni_plugins.protocol import invoke, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
-from cni_plugins.protocol.steps import prev_container_interface, prev_result_for_check, quietly, step
+from cni_plugins.protocol.steps import (
+    prev_container_interface,
+    prev_result_for_check,
+    quietly,
+    step,
+)
+from cni_plugins.spec.errors import (
+    CNIError,
+    ErrorList,
+    IncompatibleCNIVersion,
+    InvalidNetworkConfig,
+)
 from cni_plugins.spec.types import DNS, Interface, Result
 from cni_plugins.spec.version import at_least
 from conf.fields import bool_field, int_field, parse_mac, str_field

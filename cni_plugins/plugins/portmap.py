@@ -22,19 +22,31 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from cni_plugins.plugins import nft_state
 from cni_plugins.protocol import log, skel
-from cni_plugins.spec.errors import CNIError, ErrorList, InvalidNetworkConfig, UnsupportedField
 from cni_plugins.protocol.skel import CmdArgs, Plugin
 from cni_plugins.protocol.steps import options_for_del, prev_result_for_check
+from cni_plugins.spec.errors import (
+    CNIError,
+    ErrorList,
+    InvalidNetworkConfig,
+    UnsupportedField,
+)
 from cni_plugins.spec.types import IPInterface, Result
 from conf.fields import bool_field, str_field, str_list_field
 from conf.netconf import NetConf, PortMapping
-from firewall.rules import conditions
-from firewall.rules import portmap as rules
 from firewall.layout import stamp_for
 from firewall.model import Owner
-from firewall.nft import NftBackend
-from firewall.owned import EntryTaken, Group, claim_groups, problems, release_all_of, release_groups
+from firewall.owned import (
+    EntryTaken,
+    Group,
+    claim_groups,
+    problems,
+    release_all_of,
+    release_groups,
+)
+from firewall.rules import conditions
+from firewall.rules import portmap as rules
 
 BACKENDS = ("", "iptables", "nftables")
 IPTABLES_ONLY = {
@@ -117,14 +129,6 @@ def container_addresses(result: Result, ifname: str) -> dict[int, IPInterface]:
     return out
 
 
-def _owner(args: CmdArgs) -> Owner:
-    return Owner(network=args.conf.name, container_id=args.container_id, ifname=args.ifname)
-
-
-def _nft() -> NftBackend:
-    from firewall.nft import LibNftables
-
-    return LibNftables()  # in the current (host) namespace
 
 
 def cmd_add(args: CmdArgs) -> Result:
@@ -139,12 +143,12 @@ def cmd_add(args: CmdArgs) -> Result:
         return prev  # nothing to map: the firewall is not touched
     if conf.snat and 4 in conf.mappings():
         _enable_localnet(conf.containers[4])
-    owner = _owner(args)
+    owner = nft_state.owner(args)
     what = f"map ports of {args.container_id}/{args.ifname}"
     setup = rules.setup_commands(args.conf.name, conf.containers, conf.conditions, snat=conf.snat, masq_all=conf.masq_all)
     try:
         stamp = stamp_for(rules.FAMILY, rules.TABLE, args.conf.name, setup)
-        claim_groups(_nft(), owner, groups, setup=setup, what=what, stamp=stamp)
+        claim_groups(nft_state.host_nft(), owner, groups, setup=setup, what=what, stamp=stamp)
     except EntryTaken as err:
         owners_map = next((g.maps.owners for g in groups if any(e.key == err.key for e in g.entries)), "")
         raise HostPortTaken(
@@ -163,8 +167,8 @@ def cmd_del(args: CmdArgs) -> None:
     if conf is not None and mappings_known and not conf.port_mappings:
         return  # as the reference: nothing was mapped for this attachment
     errors = ErrorList("portmap DEL")
-    owner, what = _owner(args), f"unmap ports of {args.container_id}/{args.ifname}"
-    nft = _nft()
+    owner, what = nft_state.owner(args), f"unmap ports of {args.container_id}/{args.ifname}"
+    nft = nft_state.host_nft()
     if conf is None or not mappings_known or args.conf.prev_result is None:
         for maps, data_maps in rules.all_maps():  # no addresses or mappings: find the entries by owner
             with errors.step(f"remove entries of {maps.owners}"):
@@ -183,7 +187,7 @@ def cmd_check(args: CmdArgs) -> None:
     groups = conf.groups(args.conf.name)
     if not groups:
         return
-    nft, owner, found = _nft(), _owner(args), []
+    nft, owner, found = nft_state.host_nft(), nft_state.owner(args), []
     chains = ["prerouting", "output", "hostports", *(rules.dnat_chain(args.conf.name, k) for k in rules.KINDS)]
     if conf.snat:
         chains += ["postrouting", rules.MASQ_ALL if conf.masq_all else ""]
@@ -207,7 +211,7 @@ def cmd_gc(args: CmdArgs) -> None:
     if valid is None:
         return
     keep = {Owner(network=args.conf.name, container_id=a.container_id, ifname=a.ifname).prefix for a in valid}
-    nft, errors = _nft(), ErrorList("portmap GC")
+    nft, errors = nft_state.host_nft(), ErrorList("portmap GC")
     for maps, data_maps in rules.all_maps():
         with errors.step(f"GC of {maps.owners}"):
             gc(nft, maps, data_maps, keep, network_prefix(args.conf.name), what=f"gc port mappings of {args.conf.name}")

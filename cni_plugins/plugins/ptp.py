@@ -24,19 +24,32 @@ import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cni_plugins.protocol import invoke, log, skel
 from cni_plugins.kernel import sysctl
-from cni_plugins.spec.errors import CNIError, ErrorList, InvalidNetworkConfig
 from cni_plugins.kernel.netns import NetNSGone
+from cni_plugins.plugins import nft_state
+from cni_plugins.protocol import invoke, log, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
-from cni_plugins.protocol.steps import options_for_del, prev_container_interface, prev_result_for_check, quietly, step
-from cni_plugins.spec.types import DNS, Interface, IPAddress, IPConfig, IPInterface, IPNetwork, Result
+from cni_plugins.protocol.steps import (
+    options_for_del,
+    prev_container_interface,
+    prev_result_for_check,
+    quietly,
+    step,
+)
+from cni_plugins.spec.errors import CNIError, ErrorList, InvalidNetworkConfig
+from cni_plugins.spec.types import (
+    DNS,
+    Interface,
+    IPAddress,
+    IPConfig,
+    IPInterface,
+    IPNetwork,
+    Result,
+)
 from conf.fields import bool_field, int_field, str_field
 
 if TYPE_CHECKING:
     from cni_plugins.kernel.netlink import Link, Netlink
-    from firewall.model import Owner
-    from firewall.nft import NftBackend
 
 MASQ_BACKENDS = ("iptables", "nftables")
 RT_SCOPE_LINK, RT_SCOPE_HOST = 253, 254
@@ -70,8 +83,8 @@ class VethConf:
 
 
 def cmd_add(args: CmdArgs) -> Result:
-    from cni_plugins.kernel.netlink import host_and_container
     from cni_plugins.kernel.link import setup_veth
+    from cni_plugins.kernel.netlink import host_and_container
 
     conf = VethConf.from_json(args)
     conf.require_ipam()
@@ -106,7 +119,7 @@ def cmd_add(args: CmdArgs) -> Result:
         if conf.ip_masq:
             from firewall.rules.masq import setup_masq, teardown_masq
 
-            nft, owner, addresses = _nft(), _owner(args), [ip.address for ip in result.ips]
+            nft, owner, addresses = nft_state.host_nft(), nft_state.owner(args), [ip.address for ip in result.ips]
             undo.callback(quietly, "masquerade", teardown_masq, nft, owner, addresses)  # leaves others' entries alone
             with step("ipMasq"):
                 setup_masq(nft, owner, addresses)
@@ -169,7 +182,7 @@ def cmd_del(args: CmdArgs) -> None:
         prev = args.conf.prev_result
         addresses = [prev.ips[i].address for i in ips_for(prev, args.ifname)] if prev is not None else []
         with errors.step("masquerade"):
-            teardown_masq(_nft(), _owner(args), addresses or seen)
+            teardown_masq(nft_state.host_nft(), nft_state.owner(args), addresses or seen)
     errors.raise_if_any()
 
 
@@ -189,8 +202,8 @@ def _delete_container_link(args: CmdArgs) -> list[IPInterface] | None:
 
 
 def cmd_check(args: CmdArgs) -> None:
-    from cni_plugins.kernel.netlink import host_and_container
     from cni_plugins.kernel.addr import ips_for, validate_ips, validate_routes
+    from cni_plugins.kernel.netlink import host_and_container
 
     conf = VethConf.from_json(args)
     with step(f"IPAM {conf.require_ipam()} CHECK"):
@@ -216,7 +229,7 @@ def cmd_check(args: CmdArgs) -> None:
     if conf.ip_masq and ips:
         from firewall.rules.masq import validate_masq
 
-        problems = validate_masq(_nft(), _owner(args), [ip.address for ip in ips])
+        problems = validate_masq(nft_state.host_nft(), nft_state.owner(args), [ip.address for ip in ips])
         if problems:
             raise CNIError(f"ipMasq: {'; '.join(problems)}")
 
@@ -234,12 +247,12 @@ def cmd_gc(args: CmdArgs) -> None:
             invoke.delegate(args.conf.ipam_type, "GC", args.stdin, args.environ, args.path)
     valid = args.conf.valid_attachments
     if valid is not None and bool_field(args.conf.raw, "ipMasq", False):
-        from firewall.rules.masq import gc_masq
         from firewall.model import Owner
+        from firewall.rules.masq import gc_masq
 
         owners = [Owner(network=args.conf.name, container_id=a.container_id, ifname=a.ifname) for a in valid]
         with errors.step("masquerade GC"):
-            gc_masq(_nft(), args.conf.name, owners)
+            gc_masq(nft_state.host_nft(), args.conf.name, owners)
     errors.raise_if_any()
 
 
@@ -262,16 +275,6 @@ def _no_router_ads(host_veth: str) -> None:
         pass  # IPv6 disabled on the host
 
 
-def _nft() -> NftBackend:
-    from firewall.nft import LibNftables
-
-    return LibNftables()
-
-
-def _owner(args: CmdArgs) -> Owner:
-    from firewall.model import Owner
-
-    return Owner(network=args.conf.name, container_id=args.container_id, ifname=args.ifname)
 
 
 PLUGIN = Plugin(

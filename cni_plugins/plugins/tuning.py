@@ -27,14 +27,27 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
-from cni_plugins.protocol import log, skel
 from cni_plugins.kernel import netns, sysctl
-from cni_plugins.spec.errors import CNIError, ErrorList, InvalidEnvironment, InvalidNetworkConfig, IOFailure
 from cni_plugins.kernel.netns import NetNSGone
+from cni_plugins.protocol import log, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
 from cni_plugins.protocol.steps import options_for_del, quietly, step
+from cni_plugins.spec.errors import (
+    CNIError,
+    ErrorList,
+    InvalidEnvironment,
+    InvalidNetworkConfig,
+    IOFailure,
+)
 from cni_plugins.spec.types import Result
-from conf.fields import abs_path_field, bool_field, dict_field, int_field, parse_mac, str_field
+from conf.fields import (
+    abs_path_field,
+    bool_field,
+    dict_field,
+    int_field,
+    parse_mac,
+    str_field,
+)
 from conf.gojson import GoObject
 
 if TYPE_CHECKING:

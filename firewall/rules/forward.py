@@ -47,12 +47,14 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from cni_plugins.spec.types import IPAddress
+from firewall.expr import ADDR_TYPES, Table, match, payload
 from firewall.model import Owner
 from firewall.nft import Command
 from firewall.owned import Entry, Group, OwnedMaps
 
 FAMILY = "inet"
 TABLE = "cni_py_firewall"
+NFT = Table(FAMILY, TABLE)
 PRIORITY = -10  # before iptables' filter FORWARD (0), so the mark is set when it looks
 DEFAULT_MARK = 0x10000000
 DEFAULT_ADMIN_CHAIN = "CNI-ADMIN"
@@ -63,8 +65,6 @@ FORWARD_COMMENT = "CNI firewall plugin rules"
 ADMIN_COMMENT = "CNI firewall plugin admin overrides"
 MARK_COMMENT = "CNI firewall plugin: accepted in table inet cni_py_firewall"
 OPEN, SAME_BRIDGE, ISOLATED = "open", "same-bridge", "isolated"
-PROTOCOLS = {4: "ip", 6: "ip6"}
-ADDR_TYPES = {4: "ipv4_addr", 6: "ipv6_addr"}
 ACCEPT = {v: OwnedMaps(family=FAMILY, table=TABLE, owners=f"accept{v}_owners") for v in (4, 6)}
 ACCEPT_SET = {4: "accept4", 6: "accept6"}
 BRIDGES = OwnedMaps(family=FAMILY, table=TABLE, owners="bridge_owners")
@@ -73,16 +73,7 @@ POLICY_BRIDGES = "policy_bridges"
 BRIDGE_OWNER_NETWORK = "cni-py-bridge"
 
 
-def _obj(kind: str, **fields: Any) -> dict[str, Any]:
-    return {kind: {"family": FAMILY, "table": TABLE, **fields}}
 
-
-def _rule(chain: str, *expr: Any) -> Command:
-    return {"add": _obj("rule", chain=chain, expr=list(expr))}
-
-
-def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
-    return {"match": {"op": op, "left": left, "right": right}}
 
 
 def _mark_set(mark: int) -> dict[str, Any]:
@@ -92,37 +83,37 @@ def _mark_set(mark: int) -> dict[str, Any]:
 
 def base_commands(admin_chain: str, mark: int) -> list[Command]:
     """Table, sets, maps and chains (constant size, convergent; the admin chain is only created)."""
-    out: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+    out: list[Command] = [NFT.add()]
     for v in (4, 6):
-        out.append({"add": _obj("map", name=ACCEPT[v].owners, type=ADDR_TYPES[v], map="mark")})
-        out.append({"add": _obj("set", name=ACCEPT_SET[v], type=ADDR_TYPES[v])})
+        out.append({"add": NFT.obj("map", name=ACCEPT[v].owners, type=ADDR_TYPES[v], map="mark")})
+        out.append({"add": NFT.obj("set", name=ACCEPT_SET[v], type=ADDR_TYPES[v])})
     pair = ["ifname", "ifname"]
-    out.append({"add": _obj("map", name=BRIDGES.owners, type=pair, map="mark")})
-    out.append({"add": _obj("map", name=BRIDGE_PAIRS, type=pair, map="verdict")})
-    out.append({"add": _obj("set", name=POLICY_BRIDGES, type="ifname")})
-    out.append({"add": _obj("chain", name=admin_chain)})
+    out.append({"add": NFT.obj("map", name=BRIDGES.owners, type=pair, map="mark")})
+    out.append({"add": NFT.obj("map", name=BRIDGE_PAIRS, type=pair, map="verdict")})
+    out.append({"add": NFT.obj("set", name=POLICY_BRIDGES, type="ifname")})
+    out.append({"add": NFT.obj("chain", name=admin_chain)})
     iif, oif = {"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}
-    dnat = _match({"ct": {"key": "status"}}, "dnat", "in")
+    dnat = match({"ct": {"key": "status"}}, "dnat", "in")
     out += [
-        {"add": _obj("chain", name="isolation")},
-        {"flush": _obj("chain", name="isolation")},
-        _rule("isolation", dnat, {"return": None}),
-        _rule("isolation", {"vmap": {"key": {"concat": [iif, oif]}, "data": f"@{BRIDGE_PAIRS}"}}),
-        _rule("isolation", _match(iif, f"@{POLICY_BRIDGES}"), _match(oif, f"@{POLICY_BRIDGES}"), {"drop": None}),
+        {"add": NFT.obj("chain", name="isolation")},
+        {"flush": NFT.obj("chain", name="isolation")},
+        NFT.rule("isolation", dnat, {"return": None}),
+        NFT.rule("isolation", {"vmap": {"key": {"concat": [iif, oif]}, "data": f"@{BRIDGE_PAIRS}"}}),
+        NFT.rule("isolation", match(iif, f"@{POLICY_BRIDGES}"), match(oif, f"@{POLICY_BRIDGES}"), {"drop": None}),
     ]
     out += [
-        {"add": _obj("chain", name="forward", type="filter", hook="forward", prio=PRIORITY, policy="accept")},
-        {"flush": _obj("chain", name="forward")},
-        _rule("forward", {"jump": {"target": admin_chain}}),
-        _rule("forward", {"jump": {"target": "isolation"}}),
+        {"add": NFT.obj("chain", name="forward", type="filter", hook="forward", prio=PRIORITY, policy="accept")},
+        {"flush": NFT.obj("chain", name="forward")},
+        NFT.rule("forward", {"jump": {"target": admin_chain}}),
+        NFT.rule("forward", {"jump": {"target": "isolation"}}),
     ]
-    established = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
+    established = match({"ct": {"key": "state"}}, ["established", "related"], "in")
     for v in (4, 6):
-        daddr = _match({"payload": {"protocol": PROTOCOLS[v], "field": "daddr"}}, f"@{ACCEPT_SET[v]}")
-        saddr = _match({"payload": {"protocol": PROTOCOLS[v], "field": "saddr"}}, f"@{ACCEPT_SET[v]}")
-        out.append(_rule("forward", daddr, established, _mark_set(mark), {"accept": None}))
-        out.append(_rule("forward", daddr, dnat, _mark_set(mark), {"accept": None}))
-        out.append(_rule("forward", saddr, _mark_set(mark), {"accept": None}))
+        daddr = match(payload(v, "daddr"), f"@{ACCEPT_SET[v]}")
+        saddr = match(payload(v, "saddr"), f"@{ACCEPT_SET[v]}")
+        out.append(NFT.rule("forward", daddr, established, _mark_set(mark), {"accept": None}))
+        out.append(NFT.rule("forward", daddr, dnat, _mark_set(mark), {"accept": None}))
+        out.append(NFT.rule("forward", saddr, _mark_set(mark), {"accept": None}))
     return out
 
 
@@ -145,7 +136,7 @@ def bridge_commands_and_group(bridge: str, policy: str) -> tuple[list[Command], 
     if policy == OPEN:
         return [], None
     verdict = {"drop": None} if policy == ISOLATED else {"return": None}
-    add = {"add": _obj("element", name=POLICY_BRIDGES, elem=[bridge])}
+    add = {"add": NFT.obj("element", name=POLICY_BRIDGES, elem=[bridge])}
     entry = Entry(key={"concat": [bridge, bridge]}, data={BRIDGE_PAIRS: verdict})
     return [add], Group(maps=BRIDGES, entries=(entry,), owner=bridge_owner(bridge))
 
@@ -177,7 +168,7 @@ class IptablesState:
 
 
 def mark_rule(family: str, mark: int, **where: Any) -> dict[str, Any]:
-    expr = [_match({"&": [{"meta": {"key": "mark"}}, mark]}, mark), {"counter": None}, {"accept": None}]
+    expr = [match({"&": [{"meta": {"key": "mark"}}, mark]}, mark), {"counter": None}, {"accept": None}]
     return _ipt("rule", family, chain=IPT_CHAIN, expr=expr, comment=MARK_COMMENT, **where)
 
 

@@ -38,19 +38,28 @@ import ipaddress
 from typing import Iterable, Sequence
 
 from cni_plugins.spec.types import IPInterface, IPNetwork
+from firewall.expr import ADDR_TYPES, Table, payload
 from firewall.layout import prune, stamp_for
 from firewall.model import Owner, network_prefix, short_hash
 from firewall.nft import EEXIST, ENOENT, Command, NftBackend, NftError
-from firewall.owned import Entry, OwnedMaps, add_commands, claim, gc, release, release_all_of, release_commands
+from firewall.owned import (
+    Entry,
+    OwnedMaps,
+    add_commands,
+    claim,
+    gc,
+    release,
+    release_all_of,
+    release_commands,
+)
 
 FAMILY = "inet"
 TABLE = "cni_py_masq"
+NFT = Table(FAMILY, TABLE)
 BASE_CHAIN = "postrouting"
 SRCNAT_PRIORITY = 100
 MAPS = {4: OwnedMaps(family=FAMILY, table=TABLE, owners="owners4"), 6: OwnedMaps(family=FAMILY, table=TABLE, owners="owners6")}
 VMAPS = {4: "masq4", 6: "masq6"}
-ADDR_TYPES = {4: "ipv4_addr", 6: "ipv6_addr"}
-PROTOCOLS = {4: "ip", 6: "ip6"}
 MULTICAST: dict[int, IPNetwork] = {4: ipaddress.ip_network("224.0.0.0/4"), 6: ipaddress.ip_network("ff00::/8")}
 
 
@@ -60,30 +69,24 @@ def chain_name(network: str, subnet: IPNetwork) -> str:
     return f"masq-{short_hash(network, 12)}-{token}"
 
 
-def _obj(kind: str, **fields: object) -> dict[str, object]:
-    return {kind: {"family": FAMILY, "table": TABLE, **fields}}
-
-
-def _rule(chain: str, *expr: object) -> Command:
-    return {"add": _obj("rule", chain=chain, expr=list(expr))}
 
 
 def _daddr_in(version: int, net: IPNetwork) -> object:
-    left = {"payload": {"protocol": PROTOCOLS[version], "field": "daddr"}}
+    left = payload(version, "daddr")
     return {"match": {"op": "==", "left": left, "right": {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}}}
 
 
 def base_commands() -> list[Command]:
     """The table, its maps and the base chain, re-asserted (convergent, idempotent)."""
-    out: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+    out: list[Command] = [NFT.add()]
     for v in (4, 6):
-        out.append({"add": _obj("map", name=MAPS[v].owners, type=ADDR_TYPES[v], map="mark")})
-        out.append({"add": _obj("map", name=VMAPS[v], type=ADDR_TYPES[v], map="verdict")})
-    out.append({"add": _obj("chain", name=BASE_CHAIN, type="nat", hook="postrouting", prio=SRCNAT_PRIORITY, policy="accept")})
-    out.append({"flush": _obj("chain", name=BASE_CHAIN)})
+        out.append({"add": NFT.obj("map", name=MAPS[v].owners, type=ADDR_TYPES[v], map="mark")})
+        out.append({"add": NFT.obj("map", name=VMAPS[v], type=ADDR_TYPES[v], map="verdict")})
+    out.append({"add": NFT.obj("chain", name=BASE_CHAIN, type="nat", hook="postrouting", prio=SRCNAT_PRIORITY, policy="accept")})
+    out.append({"flush": NFT.obj("chain", name=BASE_CHAIN)})
     for v in (4, 6):
-        saddr = {"payload": {"protocol": PROTOCOLS[v], "field": "saddr"}}
-        out.append(_rule(BASE_CHAIN, {"vmap": {"key": saddr, "data": f"@{VMAPS[v]}"}}))
+        saddr = payload(v, "saddr")
+        out.append(NFT.rule(BASE_CHAIN, {"vmap": {"key": saddr, "data": f"@{VMAPS[v]}"}}))
     return out
 
 
@@ -91,11 +94,11 @@ def subnet_chain_commands(network: str, subnet: IPNetwork) -> list[Command]:
     """The chain that masquerades traffic leaving ``subnet`` (re-asserted like the base chain)."""
     name, v = chain_name(network, subnet), subnet.version
     return [
-        {"add": _obj("chain", name=name)},
-        {"flush": _obj("chain", name=name)},
-        _rule(name, _daddr_in(v, subnet), {"return": None}),
-        _rule(name, _daddr_in(v, MULTICAST[v]), {"return": None}),
-        _rule(name, {"masquerade": None}),
+        {"add": NFT.obj("chain", name=name)},
+        {"flush": NFT.obj("chain", name=name)},
+        NFT.rule(name, _daddr_in(v, subnet), {"return": None}),
+        NFT.rule(name, _daddr_in(v, MULTICAST[v]), {"return": None}),
+        NFT.rule(name, {"masquerade": None}),
     ]
 
 

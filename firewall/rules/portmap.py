@@ -47,18 +47,19 @@ one's elements alone (``firewall.owned``); with ``exclusive`` a taken host port 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping as TMapping, Sequence
+from typing import Any, Iterable, Sequence
+from typing import Mapping as TMapping
 
 from cni_plugins.spec.types import IPInterface, IPNetwork
+from firewall.expr import ADDR_TYPES, PROTOCOLS, Table, payload
 from firewall.model import short_hash
 from firewall.nft import Command
 from firewall.owned import Entry, Group, OwnedMaps
 
 FAMILY = "inet"
 TABLE = "cni_py_portmap"
+NFT = Table(FAMILY, TABLE)
 DSTNAT, SRCNAT = -100, 100
-PROTOCOLS = {4: "ip", 6: "ip6"}
-ADDR_TYPES = {4: "ipv4_addr", 6: "ipv6_addr"}
 NFPROTO = {4: "ipv4", 6: "ipv6"}
 LOCALHOST4 = {"prefix": {"addr": "127.0.0.0", "len": 8}}
 MASQ_ALL = "masq-all"
@@ -90,7 +91,7 @@ class Kind:
     def key_expr(self) -> dict[str, Any]:
         parts: list[Any] = [L4PROTO, DPORT]
         if self.specific:
-            parts.insert(0, {"payload": {"protocol": PROTOCOLS[self.version], "field": "daddr"}})
+            parts.insert(0, payload(self.version, "daddr"))
         return {"concat": parts}
 
     def key(self, protocol: str, port: int, host_ip: str = "") -> dict[str, Any]:
@@ -118,12 +119,6 @@ class Mapping:
     host_ip: str  # "" = every local address of the family
 
 
-def _obj(kind: str, **fields: Any) -> dict[str, Any]:
-    return {kind: {"family": FAMILY, "table": TABLE, **fields}}
-
-
-def _rule(chain: str, *expr: Any) -> Command:
-    return {"add": _obj("rule", chain=chain, expr=list(expr))}
 
 
 def _chain(name: str, *rules: list[Any], hook: str = "", prio: int = 0) -> list[Command]:
@@ -131,7 +126,7 @@ def _chain(name: str, *rules: list[Any], hook: str = "", prio: int = 0) -> list[
     spec: dict[str, Any] = {"name": name}
     if hook:
         spec.update(type="nat", hook=hook, prio=prio, policy="accept")
-    return [{"add": _obj("chain", **spec)}, {"flush": _obj("chain", name=name)}, *(_rule(name, *r) for r in rules)]
+    return [{"add": NFT.obj("chain", **spec)}, {"flush": NFT.obj("chain", name=name)}, *(NFT.rule(name, *r) for r in rules)]
 
 
 def dnat_chain(network: str, kind: Kind) -> str:
@@ -145,16 +140,16 @@ def hairpin_chain(subnet: IPNetwork) -> str:
 
 def base_commands() -> list[Command]:
     """Table, maps and base chains (constant size, convergent)."""
-    out: list[Command] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+    out: list[Command] = [NFT.add()]
     for k in KINDS:
-        out.append({"add": _obj("map", name=k.maps.owners, type=k.key_type, map="mark")})
+        out.append({"add": NFT.obj("map", name=k.maps.owners, type=k.key_type, map="mark")})
         chain_map, addr_map, port_map = k.data_maps
-        out.append({"add": _obj("map", name=chain_map, type=k.key_type, map="verdict")})
-        out.append({"add": _obj("map", name=addr_map, type=k.key_type, map=ADDR_TYPES[k.version])})
-        out.append({"add": _obj("map", name=port_map, type=k.key_type, map="inet_service")})
+        out.append({"add": NFT.obj("map", name=chain_map, type=k.key_type, map="verdict")})
+        out.append({"add": NFT.obj("map", name=addr_map, type=k.key_type, map=ADDR_TYPES[k.version])})
+        out.append({"add": NFT.obj("map", name=port_map, type=k.key_type, map="inet_service")})
     for v in (4, 6):
-        out.append({"add": _obj("map", name=MASQ[v].owners, type=ADDR_TYPES[v], map="mark")})
-        out.append({"add": _obj("map", name=MASQ_VMAP[v], type=ADDR_TYPES[v], map="verdict")})
+        out.append({"add": NFT.obj("map", name=MASQ[v].owners, type=ADDR_TYPES[v], map="mark")})
+        out.append({"add": NFT.obj("map", name=MASQ_VMAP[v], type=ADDR_TYPES[v], map="verdict")})
     local = {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}}
     out += _chain("hostports", *(_dispatch(k) for k in KINDS))
     out += _chain("prerouting", [local, {"jump": {"target": "hostports"}}], hook="prerouting", prio=DSTNAT)
@@ -162,7 +157,7 @@ def base_commands() -> list[Command]:
     dnat = {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}
     out += _chain(
         "postrouting",
-        *([dnat, {"vmap": {"key": {"payload": {"protocol": PROTOCOLS[v], "field": "daddr"}}, "data": f"@{MASQ_VMAP[v]}"}}] for v in (4, 6)),
+        *([dnat, {"vmap": {"key": payload(v, "daddr"), "data": f"@{MASQ_VMAP[v]}"}}] for v in (4, 6)),
         hook="postrouting",
         prio=SRCNAT,
     )
@@ -195,7 +190,7 @@ def hairpin_commands(subnet: IPNetwork) -> list[Command]:
     sources: list[Any] = [{"prefix": {"addr": str(subnet.network_address), "len": subnet.prefixlen}}]
     if subnet.version == 4:
         sources.append(LOCALHOST4)
-    saddr = {"payload": {"protocol": PROTOCOLS[subnet.version], "field": "saddr"}}
+    saddr = payload(subnet.version, "saddr")
     return _chain(hairpin_chain(subnet), [{"match": {"op": "==", "left": saddr, "right": {"set": sources}}}, {"masquerade": None}])
 
 

@@ -22,20 +22,19 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from firewall.expr import Table
 from firewall.model import Owner, network_prefix, owner_prefix_of
 from firewall.nft import Command, NftBackend, NftError
 from firewall.owned import Entry, OwnedMaps, add_commands, release, release_commands
 
 FAMILY = "bridge"
 TABLE = "cni_py_macspoof"
+NFT = Table(FAMILY, TABLE)
 CHAIN = "prerouting"
 ALLOWED = "allowed"
 PRIORITY = -300  # as the reference: before anything else in the bridge family
 MAPS = OwnedMaps(family=FAMILY, table=TABLE, owners="owners")
 
-
-def _obj(kind: str, **fields: object) -> dict[str, object]:
-    return {kind: {"family": FAMILY, "table": TABLE, **fields}}
 
 
 def _pair(port: str, mac: str) -> dict[str, Any]:
@@ -50,18 +49,18 @@ def base_commands() -> list[Command]:
         {"drop": None},
     ]
     return [
-        {"add": {"table": {"family": FAMILY, "name": TABLE}}},
-        {"add": _obj("map", name=MAPS.owners, type="ifname", map="mark")},
-        {"add": _obj("set", name=ALLOWED, type=["ifname", "ether_addr"])},
-        {"add": _obj("chain", name=CHAIN, type="filter", hook="prerouting", prio=PRIORITY, policy="accept")},
-        {"flush": _obj("chain", name=CHAIN)},
-        {"add": _obj("rule", chain=CHAIN, expr=rule)},
+        NFT.add(),
+        {"add": NFT.obj("map", name=MAPS.owners, type="ifname", map="mark")},
+        {"add": NFT.obj("set", name=ALLOWED, type=["ifname", "ether_addr"])},
+        {"add": NFT.obj("chain", name=CHAIN, type="filter", hook="prerouting", prio=PRIORITY, policy="accept")},
+        {"flush": NFT.obj("chain", name=CHAIN)},
+        {"add": NFT.obj("rule", chain=CHAIN, expr=rule)},
     ]
 
 
 def _allowed(verb: str, owner: Owner, port: str, mac: str) -> Command:
     elem: Any = {"elem": {"val": _pair(port, mac), "comment": owner.comment}} if verb == "add" else _pair(port, mac)
-    return {verb: _obj("element", name=ALLOWED, elem=[elem])}
+    return {verb: NFT.obj("element", name=ALLOWED, elem=[elem])}
 
 
 def setup_commands(owner: Owner, port: str, mac: str) -> list[Command]:
@@ -123,7 +122,7 @@ def _delete_allowed(nft: NftBackend, match: Any, *, what: str) -> None:
         if isinstance(val, dict) and match(val["concat"], comment):
             doomed.append(val)
     if doomed:
-        nft.run([{"delete": _obj("element", name=ALLOWED, elem=doomed)}], what=what)
+        nft.run([{"delete": NFT.obj("element", name=ALLOWED, elem=doomed)}], what=what)
 
 
 def _val(elem: Any) -> Any:

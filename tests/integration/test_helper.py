@@ -430,7 +430,7 @@ def test_dead_manager_costs_at_most_one_call(auto_bin, host_ns, container_ns, na
 def test_stuck_manager_costs_at_most_one_call(auto_bin, container_ns, namespaces) -> None:  # type: ignore[no-untyped-def]
     """A manager that does not answer (stopped): each call waits ``ACCEPT_WAIT`` for a worker,
     then runs in its own process; once the manager runs again it serves calls again."""
-    from cni_plugins.helper.client import ACCEPT_WAIT
+    from cni_plugins.helper.protocol import ACCEPT_WAIT
 
     bin_dir, sock = auto_bin
     assert run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo").rc == 0
@@ -596,7 +596,7 @@ def test_auto_start_that_fails_runs_the_call_itself(tmp_path, container_ns) -> N
     elapsed = time.monotonic() - started
     assert res.rc == 0, res.stdout
     assert res.json["interfaces"][0]["name"] == "lo"
-    from cni_plugins.helper.client import READY_WAIT
+    from cni_plugins.helper.protocol import READY_WAIT
 
     assert elapsed < READY_WAIT, f"{elapsed:.2f} s: the call waited for a helper that had already failed"
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cni_plugins.plugins import firewall
+from cni_plugins.plugins import firewall, nft_state
 from cni_plugins.protocol import skel
 from cni_plugins.spec.errors import InvalidNetworkConfig
 from conf.netconf import NetConf
@@ -109,7 +109,7 @@ class Harness:
         self.nft = FakeNft()
         if iptables:  # what `iptables -P FORWARD DROP` leaves behind on iptables-nft
             self.nft.run([{"add": {"table": {"family": "ip", "name": "filter"}}}, {"add": {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}}], what="setup")
-        monkeypatch.setattr(firewall, "_nft", lambda: self.nft)
+        monkeypatch.setattr(nft_state, "host_nft", lambda: self.nft)
         self.stderr = io.StringIO()
 
     def run(self, command: str, obj: dict[str, Any], cid: str = "ctr1") -> tuple[int, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cni_plugins.plugins import portmap
+from cni_plugins.plugins import nft_state, portmap
 from cni_plugins.protocol import skel
 from cni_plugins.spec.errors import InvalidNetworkConfig, UnsupportedField
 from conf.netconf import NetConf
@@ -155,7 +155,7 @@ class Harness:
         self.nft = FakeNft()
         self.localnet: list[str] = []
         self.udp: list[tuple[list[int], tuple[int, ...]]] = []
-        monkeypatch.setattr(portmap, "_nft", lambda: self.nft)
+        monkeypatch.setattr(nft_state, "host_nft", lambda: self.nft)
         monkeypatch.setattr(portmap, "_enable_localnet", lambda c: self.localnet.append(str(c)))
         monkeypatch.setattr(portmap, "_flush_udp", lambda c, versions=None: self.udp.append((c.udp_ports(), versions or ())))
 
@@ -179,7 +179,7 @@ def with_ip(ip: str, **options: Any) -> dict[str, Any]:
 
 def test_no_mappings_passes_through_without_nftables(monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness(monkeypatch)
-    monkeypatch.setattr(portmap, "_nft", lambda: pytest.fail("nftables touched without mappings"))
+    monkeypatch.setattr(nft_state, "host_nft", lambda: pytest.fail("nftables touched without mappings"))
     rc, out = h.run("ADD", conf())
     assert rc == 0 and out["ips"][1]["address"] == "10.88.0.5/16"
     assert h.run("DEL", conf())[0] == 0 and h.run("CHECK", conf())[0] == 0
