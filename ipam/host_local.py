@@ -22,7 +22,8 @@ from cni_plugins.protocol.steps import options_for_del
 from cni_plugins.spec.types import DNS, Result
 from ipam import allocator
 from ipam.config import DEFAULT_DATA_DIR, IPAMConf, parse_data_dir
-from ipam.store import FileStore, Key, validate_component
+from ipam.store import Key, validate_component
+from ipam.store.files import FileStore
 
 
 def _key(args: CmdArgs) -> Key:

@@ -8,7 +8,7 @@ import ipaddress
 from firewall import layout
 from firewall.rules import masq
 from firewall.model import Owner
-from firewall.nft import FakeNft
+from tests.fakes.nft import FakeNft
 from firewall.owned import Entry, Group, OwnedMaps, claim_groups
 
 T = {"family": "inet", "table": "cni_py_test"}

@@ -7,7 +7,7 @@ from typing import Any
 
 from firewall.rules import masq
 from firewall.model import Owner, short_hash
-from firewall.nft import FakeNft
+from tests.fakes.nft import FakeNft
 
 A = Owner(network="net1", container_id="aaa", ifname="eth0")
 B = Owner(network="net1", container_id="bbb", ifname="eth0")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from firewall.model import Owner
-from firewall.nft import FakeNft
+from tests.fakes.nft import FakeNft
 from firewall.owned import Entry, EntryTaken, OwnedMaps, claim, gc, release, release_all_of
 
 MAPS = OwnedMaps(family="inet", table="t", owners="owners")

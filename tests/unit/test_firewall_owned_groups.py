@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from firewall.model import Owner
-from firewall.nft import FakeNft
+from tests.fakes.nft import FakeNft
 from firewall.owned import Entry, EntryTaken, Group, OwnedMaps, claim_groups, problems, release_groups
 
 T = {"family": "inet", "table": "g"}

@@ -14,7 +14,7 @@ from cni_plugins.protocol import skel
 from cni_plugins.spec.errors import InvalidNetworkConfig
 from conf.netconf import NetConf
 from firewall.rules import forward
-from firewall.nft import FakeNft
+from tests.fakes.nft import FakeNft
 
 PREV = {
     "cniVersion": "1.0.0",

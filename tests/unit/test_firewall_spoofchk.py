@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from firewall.rules import spoofchk
 from firewall.model import Owner
-from firewall.nft import FakeNft
+from tests.fakes.nft import FakeNft
 
 A = Owner(network="net1", container_id="aaa", ifname="eth0")
 B = Owner(network="net1", container_id="bbb", ifname="eth0")

@@ -12,7 +12,8 @@ from ipam import allocator
 from ipam.allocator import Allocator
 from ipam.config import parse_range_set
 from ipam.ranges import RangeSet
-from ipam.store import Key, MemoryStore
+from ipam.store import Key
+from tests.fakes.memory_store import MemoryStore
 
 IP = ipaddress.ip_address
 

@@ -15,7 +15,9 @@ from cni_plugins.spec.errors import CNIError
 from cni_plugins.spec.types import IPAddress
 from ipam import allocator
 from ipam.config import parse_range_set
-from ipam.store import INDEX_DIR, STAMP_FILE, FileStore, Key, iter_index_names, parse_owner
+from ipam.store import Key, parse_owner
+from ipam.store.files import FileStore
+from ipam.store.index import INDEX_DIR, STAMP_FILE, iter_index_names
 
 IP = ipaddress.ip_address
 RS = (parse_range_set([{"subnet": "10.1.0.0/24"}], "ipam.ranges[0]"),)
@@ -127,7 +129,7 @@ def test_crash_leaves_a_dirty_stamp_and_the_next_call_rebuilds(tmp_path: Path) -
     assert stamp(tmp_path) == b"dirty\n"
     store.reserve(Key("crashed", "eth0"), IP("10.1.0.50"))  # then the process dies: no __exit__
     os.close(store._lock_fd)
-    os.close(store._stamp_fd)
+    store.index.close()
     assert delete(tmp_path, "crashed") == ("10.1.0.50",)
     leftovers = [n for n in os.listdir(tmp_path / "net1" / INDEX_DIR) if n.startswith(".tmp.")]
     assert leftovers == []

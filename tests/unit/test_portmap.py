@@ -14,7 +14,7 @@ from cni_plugins.spec.errors import InvalidNetworkConfig, UnsupportedField
 from conf.netconf import NetConf
 from firewall.rules import portmap as layout
 from firewall.model import Owner
-from firewall.nft import FakeNft
+from tests.fakes.nft import FakeNft
 
 PREV = {
     "cniVersion": "1.0.0",
