@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.nsutil import links, path, run_plugin
+from tests.integration.nsutil import links, path, poll, run_plugin
 from tests.integration.runtimes import need
 
 ROUNDS = {"helper": int(os.environ.get("CNI_PY_KILL_ROUNDS", "200")), "no-helper": int(os.environ.get("CNI_PY_KILL_ROUNDS_NO_HELPER", "40"))}
@@ -122,6 +122,15 @@ def workers_in(netns: str, run_dir: Path) -> list[int]:
     return found
 
 
+def is_stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped (state T), or gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t", "Z", "X")
+
+
 def holds_flock(pid: int, file: Path) -> bool:
     """Whether ``pid`` holds an flock on ``file``, as /proc/locks says."""
     try:
@@ -151,6 +160,8 @@ def kill_mid_call(host: Host, plugin: str, conf: dict[str, Any], delay: float, s
                 stopped = workers_in(host.host_ns, host.run_dir)
         for pid in stopped:
             os.kill(pid, signal.SIGSTOP)
+        # SIGSTOP takes effect a moment later: until the worker is stopped it may still unlock.
+        assert poll(lambda: all(is_stopped(pid) for pid in stopped), timeout=2, interval=0.001), "a worker did not stop"
         stall = "locked" if any(holds_flock(pid, lock) for pid in stopped) else "joined"  # or before it, or after
     else:
         time.sleep(delay)
