@@ -20,7 +20,13 @@ from pathlib import Path
 
 from cni_plugins.helper.protocol import socket_path
 from cni_plugins.protocol import registry
-from cni_plugins.protocol.installed import DEFAULT_RUN_DIR, MARKER, install_id, package_root, search_path
+from cni_plugins.protocol.installed import (
+    DEFAULT_RUN_DIR,
+    MARKER,
+    install_id,
+    package_root,
+    search_path,
+)
 
 DEFAULT_DIR = "/opt/cni/bin"
 DEFAULT_UNIT_DIR = "/etc/systemd/system"

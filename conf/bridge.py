@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cni_plugins.spec.errors import InvalidNetworkConfig
+from cni_plugins.spec.names import IFNAME_MAX, interface_name_problem
 from cni_plugins.spec.types import DNS
 from conf.cni_args import CniArgs
 from conf.fields import bool_field, int_field, list_field, parse_mac, str_field
 from conf.netconf import NetConf
 
 DEFAULT_BRIDGE = "cni0"
-IFNAME_MAX = 15
 VLAN_MAX = 4094
 MASQ_BACKENDS = ("iptables", "nftables")
 
@@ -51,7 +51,7 @@ class BridgeConf:
         CNI_ARGS ``MAC``, ``args.cni.mac`` and ``runtimeConfig.mac``."""
         raw = conf.raw
         bridge = str_field(raw, "bridge", DEFAULT_BRIDGE) or DEFAULT_BRIDGE
-        if len(bridge) > IFNAME_MAX or any(c in bridge for c in "/: ") or bridge in (".", ".."):
+        if interface_name_problem(bridge):
             raise InvalidNetworkConfig(f"bridge: {bridge!r} is not a valid interface name", f"use at most {IFNAME_MAX} characters, without '/', ':' or spaces")
         mac_sources = (("CNI_ARGS MAC", cni_args.get("MAC") or ""), ("args.cni.mac", conf.args.mac), ("runtimeConfig.mac", conf.runtime_config.mac))
         where, mac = next(((w, m) for w, m in reversed(mac_sources) if m), ("mac", ""))

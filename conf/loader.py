@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from cni_plugins.spec.errors import CNIError, InvalidNetworkConfig
-from cni_plugins.spec.version import DEFAULT_CONFIG_VERSION, SUPPORTED_VERSIONS, parse_version
+from cni_plugins.spec.version import (
+    DEFAULT_CONFIG_VERSION,
+    SUPPORTED_VERSIONS,
+    parse_version,
+)
 from conf.netconf import validate_network_name
 
 LIST_EXTS = (".conflist",)

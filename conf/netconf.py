@@ -8,18 +8,19 @@ chaining and runtimes add keys we do not know about.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 from cni_plugins.spec.errors import CNIError, DecodingFailure, InvalidNetworkConfig
+from cni_plugins.spec.names import ID_RE
 from cni_plugins.spec.types import DNS, Result, expect_dict
-from cni_plugins.spec.version import DEFAULT_CONFIG_VERSION, parse_version, result_from_json
+from cni_plugins.spec.version import (
+    DEFAULT_CONFIG_VERSION,
+    parse_version,
+    result_from_json,
+)
 from conf import gojson
 from conf.fields import int_field, list_field, str_field, str_list_field
-
-# libcni ValidateNetworkName / ValidateContainerID
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 
@@ -29,7 +30,7 @@ T = TypeVar("T")
 def validate_network_name(name: str, where: str = "name") -> None:
     if not name:
         raise InvalidNetworkConfig("missing network name", f'set "{where}" in the network config')
-    if not NAME_RE.match(name) or len(name) > 255:
+    if not ID_RE.match(name) or len(name) > 255:
         raise InvalidNetworkConfig(
             f"{where}: invalid network name {name!r}",
             "a network name starts with a letter or digit and holds only letters, digits, '_', '.' and '-'",

@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 
 from cni_plugins.protocol import log, skel
-from cni_plugins.spec.errors import CNIError, IOFailure, PluginNotAvailable
 from cni_plugins.protocol.skel import CmdArgs, Plugin
 from cni_plugins.protocol.steps import options_for_del
+from cni_plugins.spec.errors import CNIError, IOFailure, PluginNotAvailable
 from cni_plugins.spec.types import DNS, Result
 from ipam import allocator
 from ipam.config import DEFAULT_DATA_DIR, IPAMConf, parse_data_dir

@@ -17,8 +17,8 @@ import ipaddress
 from dataclasses import dataclass, replace
 
 from cni_plugins.protocol import skel
-from cni_plugins.spec.errors import CNIError, DecodingFailure, InvalidNetworkConfig
 from cni_plugins.protocol.skel import CmdArgs, Plugin
+from cni_plugins.spec.errors import CNIError, DecodingFailure, InvalidNetworkConfig
 from cni_plugins.spec.types import DNS, IPAddress, IPConfig, Result, Route, parse_cidr
 from cni_plugins.spec.version import at_least
 from conf.fields import list_field

@@ -30,7 +30,17 @@ from __future__ import annotations
 import posix
 import sys
 
-from cni_plugins.helper.protocol import ACCEPT_WAIT, ACCEPTED, HELPER_NEEDS, READY, READY_WAIT, REFUSED, VERSION_TAG, declared_version, encode_request
+from cni_plugins.helper.protocol import (
+    ACCEPT_WAIT,
+    ACCEPTED,
+    HELPER_NEEDS,
+    READY,
+    READY_WAIT,
+    REFUSED,
+    VERSION_TAG,
+    declared_version,
+    encode_request,
+)
 
 RUN_HERE = -1  # _via_helper: a helper is there but does not take this call
 

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from cni_plugins.helper import peer, protocol
-from cni_plugins.protocol import installed
 from cni_plugins.helper import worker as helper_worker
+from cni_plugins.protocol import installed
 
 STATUS_EVERY = 0.5  # seconds between rewrites of the status file while calls come in
 STAMP_EVERY = 2.0  # seconds between checks of the code's mtimes while calls come in

@@ -34,7 +34,15 @@ import sys
 from typing import NoReturn
 
 from cni_plugins.helper import peer
-from cni_plugins.helper.protocol import FDS, MAX_MESSAGE, REFUSED, VERSION_TAG, declared_version, decode_request
+from cni_plugins.helper.protocol import (
+    FDS,
+    MAX_MESSAGE,
+    REFUSED,
+    VERSION_TAG,
+    declared_version,
+    decode_request,
+)
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
@@ -93,8 +101,8 @@ class _Home:
         """Leave the caller's namespaces and settings; close what the call kept open."""
         import gc
 
-        from cni_plugins.protocol import attachment_lock, cancel
         from cni_plugins.kernel import netlink, sysctl
+        from cni_plugins.protocol import attachment_lock, cancel
         from firewall import nft
 
         netlink.release_kept()

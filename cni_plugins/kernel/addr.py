@@ -10,8 +10,14 @@ import time
 from typing import Sequence
 
 from cni_plugins.kernel import netns, sysctl
+from cni_plugins.kernel.netlink import (
+    RT_TABLE_MAIN,
+    Link,
+    LinkExists,
+    Netlink,
+    RouteEntry,
+)
 from cni_plugins.spec.errors import CNIError, InvalidNetworkConfig
-from cni_plugins.kernel.netlink import RT_TABLE_MAIN, Link, LinkExists, Netlink, RouteEntry
 from cni_plugins.spec.types import IPAddress, IPConfig, IPInterface, Result, Route
 
 DAD_TIMEOUT_S = 10.0

@@ -16,8 +16,8 @@ import os
 from dataclasses import dataclass
 
 from cni_plugins.kernel import sysctl
-from cni_plugins.spec.errors import CNIError, InternalError, InvalidNetworkConfig
 from cni_plugins.kernel.netlink import IFF_UP, Link, LinkExists, LinkNotFound, Netlink
+from cni_plugins.spec.errors import CNIError, InternalError, InvalidNetworkConfig
 
 VETH_RETRIES = 10
 

@@ -96,7 +96,7 @@ class LinkReader:
             data = self._sock.recv(RECV_SIZE)
             length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data)
             if seq != self._seq:
-                continue  # an answer to an earlier request that timed out elsewhere: not ours
+                continue  # not the answer to this request (an earlier request interrupted by an exception): skip it
             if kind == NLMSG_ERROR:
                 (code,) = _ERRNO.unpack_from(data, _NLMSGHDR.size)
                 if -code in (errno.ENODEV, errno.ENOENT):

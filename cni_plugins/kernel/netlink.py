@@ -28,8 +28,12 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from cni_plugins.kernel import netns
+from cni_plugins.kernel.linkget import IFF_ALLMULTI as IFF_ALLMULTI
+from cni_plugins.kernel.linkget import IFF_PROMISC as IFF_PROMISC
+from cni_plugins.kernel.linkget import IFF_UP as IFF_UP
+from cni_plugins.kernel.linkget import Link as Link
+from cni_plugins.kernel.linkget import LinkReader
 from cni_plugins.spec.errors import CNIError, InternalError, TryAgainLater
-from cni_plugins.kernel.linkget import IFF_ALLMULTI as IFF_ALLMULTI, IFF_PROMISC as IFF_PROMISC, IFF_UP as IFF_UP, Link as Link, LinkReader
 from cni_plugins.spec.types import IPAddress, IPInterface, IPNetwork
 
 IFA_F_NODAD = 0x02
@@ -349,18 +353,6 @@ class Netlink:
         with translate_errors(self._ctx(f"{command} bridge vlan {vid} on link #{index}")):
             self._ipr.vlan_filter(command, index=index, vlan_info=info)
 
-    def wait_oper_up(self, index: int, delays_ms: tuple[int, ...] = (0, 50, 500, 1000, 1000)) -> bool:
-        """Poll until the link is operationally up (the reference's retry schedule)."""
-        import time
-
-        for delay in delays_ms:
-            if delay:
-                time.sleep(delay / 1000)
-            link = self.link_by_index(index)
-            if link is not None and link.operstate in ("UP", "UNKNOWN"):
-                return True
-        return False
-
     # ------------------------------------------------------------ addresses
 
     def addresses(self, index: int | None = None, family: int | None = None) -> list[Addr]:
@@ -485,24 +477,27 @@ class Netlink:
         _lazy_pyroute2()
         from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
 
-        for attempt in range(DUMP_RETRIES):
+        for _ in range(DUMP_RETRIES - 1):
             try:
                 return list(fn())
             except NetlinkDumpInterrupted:
-                if attempt == DUMP_RETRIES - 1:
-                    raise TryAgainLater(self._ctx("netlink dump interrupted repeatedly")) from None
-        return []
+                continue
+        try:
+            return list(fn())
+        except NetlinkDumpInterrupted:
+            raise TryAgainLater(self._ctx("netlink dump interrupted repeatedly")) from None
 
 
 @contextmanager
 def host_and_container(netns_path: str) -> Iterator[tuple[Netlink, Netlink, int, int]]:
-    """Netlink in this (host) namespace and in the container's at ``netns_path``, and fds of
-    both namespaces (for creating links across them and entering the container)."""
+    """(host, container, host fd, container fd): netlink in this (host) namespace and in the
+    container's at ``netns_path``, and fds of both namespaces (for creating links across
+    them and entering the container)."""
     ctr_fd = netns.open_netns(netns_path)
     host_fd = netns.current_netns_fd()
     try:
         with Netlink.open(None) as host, Netlink.open(ctr_fd, label=netns_path) as ctr:
-            yield host, ctr, ctr_fd, host_fd
+            yield host, ctr, host_fd, ctr_fd
     finally:
         os.close(ctr_fd)
         os.close(host_fd)

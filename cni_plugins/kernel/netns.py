@@ -129,10 +129,3 @@ def entered(target: str | int, *, label: str = "") -> Iterator[None]:
         if isinstance(target, str):
             os.close(fd)
 
-
-def same_netns(a: str, b: str) -> bool:
-    try:
-        sa, sb = os.stat(a), os.stat(b)
-    except OSError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)

@@ -57,7 +57,7 @@ def cmd_add(args: CmdArgs) -> Result:
     conf.validate_for_add()
     if conf.ip_masq and conf.ip_masq_backend == "iptables":
         log.note("ipMasqBackend: iptables asked for; masquerade is served by nftables (table inet cni_py_masq)")
-    with host_and_container(args.netns) as (host, ctr, ctr_fd, host_fd), contextlib.ExitStack() as undo:
+    with host_and_container(args.netns) as (host, ctr, host_fd, ctr_fd), contextlib.ExitStack() as undo:
         with step("bridge"):
             br = setup_bridge(host, conf)
         with step("veth"):
@@ -65,8 +65,7 @@ def cmd_add(args: CmdArgs) -> Result:
             undo.callback(quietly, "delete veth", ctr.delete_link_if_exists, args.ifname)
             # A bridge port does no IP. Without IPv6 it holds no link-local address and adds no
             # fe80::/64 and ff00::/8 routes: with those, every IPv6 route lookup and link change
-            # on the host walks one entry per container (one A/B run: our bridge ADD grew by
-            # 3.7 ms over 1,000 containers with this, 7.4 ms without).
+            # on the host walks one entry per container (bench/README.md, "Growth").
             _write_sysctls([(sysctl.iface_key(6, pair.host.name, "disable_ipv6"), "1")])
         with step("bridge port"):
             attach_to_bridge(host, pair.host, br)
@@ -92,9 +91,9 @@ def cmd_add(args: CmdArgs) -> Result:
             with step(f"configure {args.ifname}"):
                 ctr_link = configure_iface(ctr, ctr_fd, args.ifname, result, routes=False)
             # The link-up has the kernel announce the container's IPv6 link-local address (MLD
-            # report, router solicitation) while it holds RTNL, flooded to every bridge port (at
-            # 1,000 ports the route add right after it waited 3.9 ms longer). The host work below
-            # needs no RTNL and runs meanwhile; the routes come after it (same end state).
+            # report, router solicitation) while it holds RTNL, flooded to every bridge port: a
+            # route add right after it waits. The host work below needs no RTNL and runs
+            # meanwhile; the routes come after it (same end state).
             with step("gateway"):
                 result = set_gateways(host, br, conf, gateways, result)
             if conf.ip_masq:
@@ -217,7 +216,7 @@ def cmd_del(args: CmdArgs) -> None:
 
         addresses = [prev.ips[i].address for i in ips_for(prev, args.ifname)] or addresses
         port = port or (prev.interfaces[1].name if len(prev.interfaces) > 2 and not prev.interfaces[1].sandbox else "")
-        mac = mac or next((i.mac for i in prev.interfaces if i.name == args.ifname and i.sandbox), "")
+        mac = mac or _mac(prev.interface(args.ifname, sandbox=True))
     if conf.macspoofchk or conf.ip_masq:
         nft, owner = nft_state.host_nft(), nft_state.owner(args)
         if conf.macspoofchk:
@@ -266,12 +265,12 @@ def check_links(args: CmdArgs, conf: BridgeConf, prev: Result) -> list[str]:
     from cni_plugins.kernel.addr import ips_for, validate_ips, validate_routes
     from cni_plugins.kernel.netlink import host_and_container
 
-    want_br = next((i for i in prev.interfaces if i.name == conf.bridge and not i.sandbox), None)
-    want_ctr = next((i for i in prev.interfaces if i.name == args.ifname and i.sandbox == args.netns), None)
+    want_br = prev.interface(conf.bridge, sandbox=False)
+    want_ctr = prev.interface(args.ifname, sandbox=args.netns)
     if want_br is None or want_ctr is None:
         return [f"prevResult lacks the bridge {conf.bridge!r} or interface {args.ifname!r} in sandbox {args.netns}"]
     problems: list[str] = []
-    with host_and_container(args.netns) as (host, ctr, _fd, _host_fd):
+    with host_and_container(args.netns) as (host, ctr, _host_fd, _fd):
         br, link = host.link(conf.bridge), ctr.link(args.ifname)
         if br is None or br.kind != "bridge":
             return [f"bridge {conf.bridge} not found (or not a bridge) in the host namespace"]
@@ -284,10 +283,10 @@ def check_links(args: CmdArgs, conf: BridgeConf, prev: Result) -> list[str]:
         if want_ctr.mac and want_ctr.mac != link.mac:
             problems.append(f"interface {args.ifname} MAC is {link.mac}, prevResult says {want_ctr.mac}")
         port = host.link_by_index(link.link) if link.link else None
-        if port is None or port.kind != "veth" or port.link != link.index or port.master != br.index or port.name not in {i.name for i in prev.interfaces}:
+        want_port = prev.interface(port.name) if port is not None else None
+        if port is None or want_port is None or port.kind != "veth" or port.link != link.index or port.master != br.index:
             problems.append(f"no veth of prevResult peered with {args.ifname} is a port of bridge {br.name}")
         else:
-            want_port = next(i for i in prev.interfaces if i.name == port.name)
             if want_port.mac and want_port.mac != port.mac:
                 problems.append(f"host veth {port.name} MAC is {port.mac}, prevResult says {want_port.mac}")
             if bool(port.port.get("IFLA_BRPORT_MODE")) != conf.hairpin:
@@ -311,7 +310,7 @@ def _check_firewall(args: CmdArgs, conf: BridgeConf, prev: Result, port: Link | 
     if conf.macspoofchk and port is not None:
         from firewall.rules.spoofchk import validate_spoofcheck
 
-        want = next((i.mac for i in prev.interfaces if i.name == args.ifname and i.sandbox), "")
+        want = _mac(prev.interface(args.ifname, sandbox=True))
         problems += validate_spoofcheck(nft, owner, port.name, want)
     return problems
 
@@ -345,6 +344,10 @@ def cmd_gc(args: CmdArgs) -> None:
 
 
 # ---------------------------------------------------------------- small pieces
+
+
+def _mac(iface: Interface | None) -> str:
+    return iface.mac if iface is not None else ""
 
 
 def _container_sysctls(ifname: str, enable_dad: bool) -> list[tuple[str, str]]:

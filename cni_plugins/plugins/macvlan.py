@@ -90,7 +90,7 @@ def cmd_add(args: CmdArgs) -> Result:
             f"cniVersion {args.conf.cni_version} results must carry an IP address, and without IPAM there is none",
             'use cniVersion 0.3.0 or later for an L2-only macvlan, or configure "ipam"',
         )
-    with host_and_container(args.netns) as (host, ctr, ctr_fd, _host_fd), contextlib.ExitStack() as undo:
+    with host_and_container(args.netns) as (host, ctr, _host_fd, ctr_fd), contextlib.ExitStack() as undo:
         parent = ctr if conf.link_in_container else host
         master = find_master(conf, parent)
         if conf.mtu > master.mtu:
@@ -153,7 +153,7 @@ def cmd_check(args: CmdArgs) -> None:
             invoke.delegate(conf.ipam_type, "CHECK", args.stdin, args.environ, args.path)
     prev = prev_result_for_check(args, "macvlan")
     expected = prev_container_interface(prev, args)
-    with host_and_container(args.netns) as (host, ctr, _fd, _host_fd):
+    with host_and_container(args.netns) as (host, ctr, _host_fd, _fd):
         master = find_master(conf, ctr if conf.link_in_container else host)
         link = ctr.link(args.ifname)
         if link is None:

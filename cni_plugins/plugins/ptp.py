@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cni_plugins.kernel import sysctl
+from cni_plugins.kernel.netlink import RT_SCOPE_HOST, RT_SCOPE_LINK
 from cni_plugins.kernel.netns import NetNSGone
 from cni_plugins.plugins import nft_state
 from cni_plugins.protocol import invoke, log, skel
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
     from cni_plugins.kernel.netlink import Link, Netlink
 
 MASQ_BACKENDS = ("iptables", "nftables")
-RT_SCOPE_LINK, RT_SCOPE_HOST = 253, 254
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,7 +90,7 @@ def cmd_add(args: CmdArgs) -> Result:
     conf.require_ipam()
     if conf.ip_masq and conf.ip_masq_backend == "iptables":
         log.note("ipMasqBackend: iptables asked for; masquerade is served by nftables (table inet cni_py_masq)")
-    with host_and_container(args.netns) as (host, ctr, ctr_fd, host_fd), contextlib.ExitStack() as undo:
+    with host_and_container(args.netns) as (host, ctr, host_fd, ctr_fd), contextlib.ExitStack() as undo:
         undo.callback(quietly, "IPAM DEL", invoke.delegate, conf.ipam_type, "DEL", args.stdin, args.environ, args.path)  # also for a failed ADD, as the spec asks
         with step(f"IPAM {conf.ipam_type} ADD"):
             ipam = invoke.delegate_add(conf.ipam_type, args.stdin, args.environ, args.path)
@@ -211,7 +211,7 @@ def cmd_check(args: CmdArgs) -> None:
     prev = prev_result_for_check(args, "ptp")
     expected = prev_container_interface(prev, args)
     ips = [prev.ips[i] for i in ips_for(prev, args.ifname)]
-    with host_and_container(args.netns) as (host, ctr, _fd, _hfd):
+    with host_and_container(args.netns) as (host, ctr, _hfd, _fd):
         link = ctr.link(args.ifname)
         if link is None:
             raise CNIError(f"container interface {args.ifname} not found in {args.netns}")

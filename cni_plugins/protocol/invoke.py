@@ -17,7 +17,12 @@ import subprocess
 import sys
 from typing import Mapping
 
-from cni_plugins.spec.errors import CNIError, DecodingFailure, InternalError, InvalidNetworkConfig
+from cni_plugins.spec.errors import (
+    CNIError,
+    DecodingFailure,
+    InternalError,
+    InvalidNetworkConfig,
+)
 from cni_plugins.spec.errors import from_json as error_from_json
 from cni_plugins.spec.types import Result
 from cni_plugins.spec.version import result_from_json
@@ -61,8 +66,7 @@ def _exec(path: str, stdin: bytes, env: dict[str, str]) -> tuple[int, bytes, byt
 
 
 def _run_in_process(path: str, stdin: bytes, env: dict[str, str]) -> tuple[int, bytes, bytes] | None:
-    from cni_plugins.protocol import installed
-    from cni_plugins.protocol import registry, skel
+    from cni_plugins.protocol import installed, registry, skel
 
     marker = installed.read_marker(path)
     if marker is None or marker[1] != installed.package_root() or marker[0] not in registry.PLUGINS:

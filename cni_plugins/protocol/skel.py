@@ -1,8 +1,10 @@
 """The CNI protocol for one plugin call: environment + stdin -> verb -> stdout.
 
-``run()`` is the only place that writes to stdout and the only broad ``except`` in the code:
-a ``CNIError`` becomes the spec's error JSON, anything else code 999 with the traceback on
-stderr. Handlers return a ``Result`` (ADD) or ``None`` and never print.
+``run()`` writes a plugin's answer to stdout and holds the plugins' one broad ``except``: a
+``CNIError`` becomes the spec's error JSON, anything else code 999 with the traceback on
+stderr. Handlers return a ``Result`` (ADD) or ``None`` and never print. (The launcher,
+``cni_plugins.helper.client``, answers VERSION itself and reports a helper worker that died
+mid-call; nothing else writes to a plugin's stdout.)
 
 Nothing heavy is imported here: VERSION and every error path stay cheap.
 """
@@ -11,16 +13,29 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Mapping, TextIO
 
 from cni_plugins.protocol import attachment_lock, cancel, log
-from cni_plugins.spec.errors import CNIError, IncompatibleCNIVersion, InvalidEnvironment, InvalidNetNS, IOFailure, UnknownContainer
+from cni_plugins.spec.errors import (
+    CNIError,
+    IncompatibleCNIVersion,
+    InvalidEnvironment,
+    InvalidNetNS,
+    IOFailure,
+    UnknownContainer,
+)
+from cni_plugins.spec.names import ID_RE, interface_name_problem
 from cni_plugins.spec.types import Result
-from cni_plugins.spec.version import CURRENT_VERSION, SUPPORTED_VERSIONS, at_least, check_supported, result_to_json
+from cni_plugins.spec.version import (
+    CURRENT_VERSION,
+    SUPPORTED_VERSIONS,
+    at_least,
+    check_supported,
+    result_to_json,
+)
 from conf import gojson
 from conf.cni_args import CniArgs
 from conf.netconf import NetConf
@@ -31,14 +46,11 @@ COMMANDS = (ADD, DEL, CHECK, STATUS, GC, VERSION)
 # The first spec version that defines each verb.
 MIN_VERSION = {ADD: "0.1.0", DEL: "0.1.0", CHECK: "0.4.0", STATUS: "1.1.0", GC: "1.1.0"}
 
-CONTAINER_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-IFNAME_MAX = 15
-
 
 def validate_container_id(value: str) -> None:
     if not value:
         raise UnknownContainer("missing containerID", "set CNI_CONTAINERID")
-    if not CONTAINER_ID_RE.match(value):
+    if not ID_RE.match(value):
         raise InvalidEnvironment(
             "invalid characters in containerID",
             f"CNI_CONTAINERID={value!r}: use letters, digits, '_', '.' and '-', starting with a letter or digit",
@@ -46,15 +58,7 @@ def validate_container_id(value: str) -> None:
 
 
 def validate_ifname(value: str) -> None:
-    problem = ""
-    if not value:
-        problem = "interface name is empty"
-    elif len(value) > IFNAME_MAX:
-        problem = f"interface name is too long ({len(value)} > {IFNAME_MAX} characters)"
-    elif value in (".", ".."):
-        problem = "interface name is . or .."
-    elif any(c in value for c in "/:") or any(c.isspace() for c in value):
-        problem = "interface name contains / or : or whitespace characters"
+    problem = interface_name_problem(value)
     if problem:
         raise InvalidEnvironment(problem, f"CNI_IFNAME={value!r}")
 
@@ -190,7 +194,7 @@ def _serve(plugin: Plugin, environ: Mapping[str, str], stdin: BinaryIO | bytes |
     except CNIError as err:
         _write(stdout, err.to_json(cni_version or _declared_version(data)), indent=4)
         return 1
-    except Exception as exc:  # the one broad catch: nothing unexpected reaches the caller as a traceback
+    except Exception as exc:  # nothing unexpected reaches the caller as a traceback
         import traceback
 
         traceback.print_exc(file=stderr)

@@ -67,7 +67,7 @@ def prev_result_for_check(args: CmdArgs, plugin: str) -> Result:
 
 def prev_container_interface(prev: Result, args: CmdArgs) -> Interface:
     """prevResult's entry for this call's interface in this call's sandbox."""
-    for interface in prev.interfaces:
-        if interface.name == args.ifname and interface.sandbox == args.netns:
-            return interface
+    interface = prev.interface(args.ifname, sandbox=args.netns)
+    if interface is not None:
+        return interface
     raise InvalidNetworkConfig(f"prevResult has no interface {args.ifname!r} in sandbox {args.netns}", "CHECK must use the ADD result of this container")

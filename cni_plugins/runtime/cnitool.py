@@ -24,9 +24,9 @@ import os
 import sys
 from typing import Any
 
-from cni_plugins.spec.errors import CNIError
 from cni_plugins.runtime import cache
 from cni_plugins.runtime.runner import CNIRunner, RuntimeConf
+from cni_plugins.spec.errors import CNIError
 from conf.loader import load_conflist
 
 DEFAULT_NETDIR = "/etc/cni/net.d"

@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from cni_plugins.spec.errors import CNIError, IncompatibleCNIVersion, InternalError
-from cni_plugins.spec.errors import from_json as error_from_json
 from cni_plugins.protocol.invoke import find_in_path
 from cni_plugins.runtime import cache
+from cni_plugins.spec.errors import CNIError, IncompatibleCNIVersion, InternalError
+from cni_plugins.spec.errors import from_json as error_from_json
 from cni_plugins.spec.version import at_least, convert
 from conf.loader import NetworkConfigList, PluginConf
 

@@ -18,8 +18,8 @@ namespaces and files, also when a step failed or the run is interrupted. The exi
 from __future__ import annotations
 
 import argparse
-import itertools
 import ipaddress
+import itertools
 import json
 import os
 import shutil
@@ -33,9 +33,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
 
-from cni_plugins.spec.errors import CNIError
 from cni_plugins.runtime.runner import CNIRunner, RuntimeConf
-from cni_plugins.runtime.scenario_file import Check, Container, Scenario, ScenarioError, literal, load, nft_comment
+from cni_plugins.runtime.scenario_file import (
+    Check,
+    Container,
+    Scenario,
+    ScenarioError,
+    literal,
+    load,
+    nft_comment,
+)
+from cni_plugins.spec.errors import CNIError
 from cni_plugins.spec.version import at_least, convert
 
 HOST_OUT = ("198.18.0.1", "fd00:198:18::1")  # the host's outside address (benchmarking range)

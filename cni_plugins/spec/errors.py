@@ -15,7 +15,8 @@ Hierarchy (code in brackets)::
     ├── PluginNotAvailable        [50] STATUS: the plugin cannot serve ADD now
     ├── LimitedConnectivity       [51] STATUS: ... and existing containers may be affected
     ├── InternalError             [999] anything unexpected
-    └── DelegateError             [any] an error JSON returned by a delegated plugin, code kept
+    ├── DelegateError             [any] an error JSON returned by a delegated plugin, code kept
+    └── StepsFailed               [any] several steps of one call failed, the first one's code
 
 Only ``skel.run`` turns these into the error JSON on stdout.
 """
@@ -110,6 +111,19 @@ class DelegateError(CNIError):
         return self.delegate_code
 
 
+class StepsFailed(CNIError):
+    """Several steps of one call failed (a DEL goes on after a failed step): every step's
+    message, the first one's code."""
+
+    def __init__(self, what: str, errors: list[CNIError]) -> None:
+        msg = f"{what}: {len(errors)} steps failed: " + "; ".join(e.msg for e in errors)
+        super().__init__(msg, "; ".join(e.details for e in errors if e.details))
+        self.first_code = errors[0].error_code()
+
+    def error_code(self) -> int:
+        return self.first_code
+
+
 def from_json(obj: object) -> CNIError:
     """Rebuild an error from a plugin's error JSON (the runtime side and delegation use it)."""
     if not isinstance(obj, dict) or not isinstance(obj.get("code"), int):
@@ -137,9 +151,7 @@ class ErrorList:
             return
         if len(self.errors) == 1:
             raise self.errors[0].with_context(self.what)
-        first = self.errors[0]
-        msg = f"{self.what}: {len(self.errors)} steps failed: " + "; ".join(e.msg for e in self.errors)
-        raise DelegateError(first.error_code(), msg, "; ".join(e.details for e in self.errors if e.details))
+        raise StepsFailed(self.what, self.errors)
 
 
 class _Step:

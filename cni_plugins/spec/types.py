@@ -206,9 +206,6 @@ class DNS:
     search: tuple[str, ...] = ()
     options: tuple[str, ...] = ()
 
-    def is_empty(self) -> bool:
-        return not (self.nameservers or self.domain or self.search or self.options)
-
     @classmethod
     def from_json(cls, obj: object, where: str) -> DNS:
         if obj is None:
@@ -247,12 +244,12 @@ class Result:
     def replace(self, **changes: Any) -> Result:
         return replace(self, **changes)
 
-    def interface_index(self, name: str, *, in_sandbox: bool | None = None) -> int | None:
-        """Index of the interface named ``name`` (optionally only one with/without a sandbox)."""
-        for i, iface in enumerate(self.interfaces):
+    def interface(self, name: str, *, sandbox: str | bool | None = None) -> Interface | None:
+        """The first interface named ``name``; ``sandbox``: a path (in that sandbox), True (in
+        any sandbox), False (on the host) or None (anywhere)."""
+        for iface in self.interfaces:
             if iface.name != name:
                 continue
-            if in_sandbox is not None and bool(iface.sandbox) != in_sandbox:
-                continue
-            return i
+            if sandbox is None or (bool(iface.sandbox) == sandbox if isinstance(sandbox, bool) else iface.sandbox == sandbox):
+                return iface
         return None

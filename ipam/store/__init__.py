@@ -7,14 +7,12 @@ the whole directory; tests/fakes has an in-memory store for the allocator's test
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Protocol
 
 from cni_plugins.spec.errors import InvalidEnvironment, InvalidNetworkConfig
+from cni_plugins.spec.names import ID_RE
 from cni_plugins.spec.types import IPAddress
-
-_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +35,7 @@ def parse_owner(data: bytes) -> Key | None:
     """Who holds an address file, trimmed as the reference trims; None for empty or garbage."""
     text = os.fsdecode(data).strip()
     cid, sep, ifname = text.partition("\r\n")
-    if not _ID_RE.match(cid):
+    if not ID_RE.match(cid):
         return None
     if not sep:
         return Key(cid, "")

@@ -25,7 +25,14 @@ import os
 from cni_plugins.protocol import log
 from cni_plugins.spec.errors import CNIError, InvalidNetworkConfig, IOFailure
 from cni_plugins.spec.types import IPAddress
-from ipam.store import Key, parse_owner, read_or_none, sort_key, unlink_if_exists, validate_component
+from ipam.store import (
+    Key,
+    parse_owner,
+    read_or_none,
+    sort_key,
+    unlink_if_exists,
+    validate_component,
+)
 from ipam.store.index import Index
 
 LOCK_FILE = "lock"

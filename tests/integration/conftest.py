@@ -12,7 +12,14 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.integration.nsutil import Namespaces, PluginRun, path, poll, run_plugin, sweep_dead_runs
+from tests.integration.nsutil import (
+    Namespaces,
+    PluginRun,
+    path,
+    poll,
+    run_plugin,
+    sweep_dead_runs,
+)
 
 # Directories outside pytest's basetemp that tests of this session give helpers (a socket
 # there must be reachable by a non-root user): tests/integration/test_helper.py.

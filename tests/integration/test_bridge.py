@@ -20,7 +20,16 @@ import pytest
 
 from cni_plugins.spec.version import SUPPORTED_VERSIONS
 from tests.integration.conftest import Runner
-from tests.integration.nsutil import Namespaces, addrs, ip_json, links, path, ping, poll, sh
+from tests.integration.nsutil import (
+    Namespaces,
+    addrs,
+    ip_json,
+    links,
+    path,
+    ping,
+    poll,
+    sh,
+)
 
 SUBNET, SUBNET6 = "10.91.0.0/24", "fd00:91::/64"
 GW, GW6 = "10.91.0.1", "fd00:91::1"
@@ -376,8 +385,8 @@ def test_failure_after_masquerade_rolls_back_every_step(cni_bin: Path, host_ns: 
     masquerade, spoof check, address and veth are all undone."""
     import io
 
-    from cni_plugins.plugins import bridge
     from cni_plugins.kernel import netns
+    from cni_plugins.plugins import bridge
     from cni_plugins.protocol import skel
     from cni_plugins.spec.errors import CNIError
 

@@ -26,7 +26,13 @@ import pytest
 
 from cni_plugins.runtime.cnitool import container_id_for
 from tests.integration.chainutil import CLIENT, SERVER
-from tests.integration.runtimes import Sandbox, build_refcnitool, host_untouched, install_plugins, need  # noqa: F401
+from tests.integration.runtimes import (  # noqa: F401
+    Sandbox,
+    build_refcnitool,
+    host_untouched,
+    install_plugins,
+    need,
+)
 
 NETWORK, SUBNET, GATEWAY, BRIDGE = "refnet", "10.87.3.0/24", "10.87.3.1", "cniref0"
 REFERENCE_BIN = "/usr/lib/cni"  # Debian's containernetworking-plugins 1.1.1

@@ -9,7 +9,16 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.integration.chainutil import WAN_HOST, WAN_PEER, Host, Servers, answers, elements, fetch, nft_table
+from tests.integration.chainutil import (
+    WAN_HOST,
+    WAN_PEER,
+    Host,
+    Servers,
+    answers,
+    elements,
+    fetch,
+    nft_table,
+)
 from tests.integration.nsutil import Namespaces, ping, poll, sh
 
 VERSIONS = ("0.4.0", "1.0.0", "1.1.0")

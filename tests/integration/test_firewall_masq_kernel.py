@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 from cni_plugins.kernel import netns
-from firewall.rules import masq
 from firewall.model import Owner
 from firewall.nft import LibNftables
+from firewall.rules import masq
 from tests.integration.nsutil import path, sh
 
 A = Owner(network="knet", container_id="aaa", ifname="eth0")

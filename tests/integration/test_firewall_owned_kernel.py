@@ -9,8 +9,8 @@ import pytest
 from cni_plugins.kernel import netns
 from firewall.model import Owner
 from firewall.nft import LibNftables, NftBackend
-from tests.fakes.nft import FakeNft
 from firewall.owned import Entry, EntryTaken, OwnedMaps, claim, release
+from tests.fakes.nft import FakeNft
 from tests.integration.nsutil import path
 
 MAPS = OwnedMaps(family="inet", table="cnitest_owned", owners="owners")

@@ -6,9 +6,9 @@ import statistics
 import time
 
 from cni_plugins.kernel import netns
-from firewall.rules import spoofchk
 from firewall.model import Owner
 from firewall.nft import LibNftables
+from firewall.rules import spoofchk
 from tests.integration.nsutil import path
 
 

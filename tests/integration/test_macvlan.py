@@ -7,7 +7,6 @@ end is up, so the master has carrier), never one of the machine's interfaces.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 
 from cni_plugins.spec.version import SUPPORTED_VERSIONS
 from tests.integration.conftest import Runner
-from tests.integration.nsutil import Namespaces, addrs, ip_json, links, path, ping, sh
+from tests.integration.nsutil import Namespaces, addrs, links, path, ping, sh
 
 SUBNET = "10.93.0.0/24"
 

@@ -115,7 +115,7 @@ def test_podman_lifecycle_on_our_plugins(podman: tuple[Podman, Path | None]) -> 
     assert nc_get(pm, "cli", web_ip, 80) == "web"
 
     # the published port: host loopback, another host address, a neighbour through the gateway (hairpin)
-    for url in (f"http://127.0.0.1:8080/", f"http://{HOST_ADDR}:8080/", f"http://{GW1}:8080/"):
+    for url in ("http://127.0.0.1:8080/", f"http://{HOST_ADDR}:8080/", f"http://{GW1}:8080/"):
         assert sb.fetch(url) == "web", url
     assert nc_get(pm, "cli", GW1, 8080) == "web"
     assert nc_get(pm, "web", GW1, 8080) == "web"  # the container itself through its own port

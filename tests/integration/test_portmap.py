@@ -12,7 +12,17 @@ from typing import Any, Iterator
 import pytest
 
 from cni_plugins.spec.version import SUPPORTED_VERSIONS, at_least
-from tests.integration.chainutil import WAN6_HOST, WAN_HOST, WAN_PEER, Host, Servers, answers, elements, fetch, nft_table
+from tests.integration.chainutil import (
+    WAN6_HOST,
+    WAN_HOST,
+    WAN_PEER,
+    Host,
+    Servers,
+    answers,
+    elements,
+    fetch,
+    nft_table,
+)
 from tests.integration.nsutil import Namespaces, path, sh
 
 GW = "10.66.0.1"

@@ -10,7 +10,11 @@ from typing import Any
 
 import pytest
 
-from cni_plugins.spec.version import SUPPORTED_VERSIONS, result_to_json, result_from_json
+from cni_plugins.spec.version import (
+    SUPPORTED_VERSIONS,
+    result_from_json,
+    result_to_json,
+)
 from tests.integration.conftest import Runner
 from tests.integration.nsutil import Namespaces, links, path, sh
 

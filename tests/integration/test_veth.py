@@ -16,7 +16,16 @@ import pytest
 
 from cni_plugins.spec.version import SUPPORTED_VERSIONS
 from tests.integration.conftest import Runner
-from tests.integration.nsutil import Namespaces, addrs, ip_json, links, path, ping, poll, run_plugin, sh
+from tests.integration.nsutil import (
+    Namespaces,
+    addrs,
+    links,
+    path,
+    ping,
+    poll,
+    run_plugin,
+    sh,
+)
 
 REFERENCE = Path("/usr/lib/cni")
 SUBNET, SUBNET6 = "10.94.0.0/24", "fd00:94::/64"
@@ -240,8 +249,8 @@ def test_failed_route_rolls_everything_back(plugin: Runner, host_ns: str, contai
 def test_failure_in_masquerade_rolls_back_every_step(cni_bin: Path, host_ns: str, container_ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process (inside host_ns): masquerade is set up, then fails; all of ADD is undone."""
     from cni_plugins.kernel import netns
-    from cni_plugins.protocol import skel
     from cni_plugins.plugins import ptp as veth
+    from cni_plugins.protocol import skel
     from cni_plugins.spec.errors import CNIError
     from firewall.rules import masq
 

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from cni_plugins.spec.errors import CNIError
-from conf.loader import NetworkNotFound, NoConfigsFound, list_networks, load_conflist, load_file
+from conf.loader import (
+    NetworkNotFound,
+    NoConfigsFound,
+    list_networks,
+    load_conflist,
+    load_file,
+)
 
 
 def write(d: Path, name: str, obj: object) -> Path:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import ipaddress
 
 from firewall import layout
-from firewall.rules import masq
 from firewall.model import Owner
-from tests.fakes.nft import FakeNft
 from firewall.owned import Entry, Group, OwnedMaps, claim_groups
+from firewall.rules import masq
+from tests.fakes.nft import FakeNft
 
 T = {"family": "inet", "table": "cni_py_test"}
 MAPS = OwnedMaps(family="inet", table="cni_py_test", owners="owners")

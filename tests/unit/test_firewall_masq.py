@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from firewall.rules import masq
 from firewall.model import Owner, short_hash
+from firewall.rules import masq
 from tests.fakes.nft import FakeNft
 
 A = Owner(network="net1", container_id="aaa", ifname="eth0")

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from firewall.model import Owner
+from firewall.owned import (
+    Entry,
+    EntryTaken,
+    OwnedMaps,
+    claim,
+    gc,
+    release,
+    release_all_of,
+)
 from tests.fakes.nft import FakeNft
-from firewall.owned import Entry, EntryTaken, OwnedMaps, claim, gc, release, release_all_of
 
 MAPS = OwnedMaps(family="inet", table="t", owners="owners")
 A = Owner(network="net", container_id="aaa", ifname="eth0")

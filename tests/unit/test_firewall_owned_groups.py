@@ -7,8 +7,16 @@ from typing import Any
 import pytest
 
 from firewall.model import Owner
+from firewall.owned import (
+    Entry,
+    EntryTaken,
+    Group,
+    OwnedMaps,
+    claim_groups,
+    problems,
+    release_groups,
+)
 from tests.fakes.nft import FakeNft
-from firewall.owned import Entry, EntryTaken, Group, OwnedMaps, claim_groups, problems, release_groups
 
 T = {"family": "inet", "table": "g"}
 PORTS = OwnedMaps(family="inet", table="g", owners="port_owners")

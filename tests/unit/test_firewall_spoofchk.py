@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from firewall.rules import spoofchk
 from firewall.model import Owner
+from firewall.rules import spoofchk
 from tests.fakes.nft import FakeNft
 
 A = Owner(network="net1", container_id="aaa", ifname="eth0")

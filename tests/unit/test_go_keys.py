@@ -17,9 +17,9 @@ import pytest
 from cni_plugins.plugins.firewall import FirewallConf
 from cni_plugins.plugins.macvlan import MacvlanConf
 from cni_plugins.plugins.portmap import PortMapConf
-from cni_plugins.protocol.skel import CmdArgs
-from cni_plugins.plugins.tuning import TuningConf
 from cni_plugins.plugins.ptp import VethConf
+from cni_plugins.plugins.tuning import TuningConf
+from cni_plugins.protocol.skel import CmdArgs
 from conf.bridge import BridgeConf
 from conf.cni_args import CniArgs
 from conf.gojson import fold, loads

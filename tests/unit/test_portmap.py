@@ -12,8 +12,8 @@ from cni_plugins.plugins import nft_state, portmap
 from cni_plugins.protocol import skel
 from cni_plugins.spec.errors import InvalidNetworkConfig, UnsupportedField
 from conf.netconf import NetConf
-from firewall.rules import portmap as layout
 from firewall.model import Owner
+from firewall.rules import portmap as layout
 from tests.fakes.nft import FakeNft
 
 PREV = {

@@ -7,13 +7,13 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
 from cni_plugins.runtime import cache
 from cni_plugins.runtime.cnitool import container_id_for, parse_cni_args
 from cni_plugins.runtime.runner import CNIRunner, RuntimeConf
-from conf.loader import conflist_from_object
 from conf.cni_args import CniArgs
-
-import pytest
+from conf.loader import conflist_from_object
 
 
 def test_cnitool_container_id_matches_reference_derivation() -> None:

@@ -8,7 +8,13 @@ from typing import Any
 
 import pytest
 
-from cni_plugins.runtime.scenario_file import Check, ScenarioError, load, nft_comment, parse_check
+from cni_plugins.runtime.scenario_file import (
+    Check,
+    ScenarioError,
+    load,
+    nft_comment,
+    parse_check,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 from typing import Any
 
 import pytest
 
 from cni_plugins.protocol import skel
-from cni_plugins.spec.errors import InvalidNetworkConfig
 from cni_plugins.protocol.skel import CmdArgs, Handler, Plugin
+from cni_plugins.spec.errors import InvalidNetworkConfig
 from cni_plugins.spec.types import IPConfig, Result
 from cni_plugins.spec.version import SUPPORTED_VERSIONS
-
-import ipaddress
 
 ENV = {
     "CNI_COMMAND": "ADD",

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from cni_plugins.spec.errors import InvalidNetworkConfig
-from cni_plugins.protocol.skel import CmdArgs
 from cni_plugins.plugins.tuning import TuningConf, check_allowlist, resolve_sysctl
+from cni_plugins.protocol.skel import CmdArgs
+from cni_plugins.spec.errors import InvalidNetworkConfig
 from conf.cni_args import CniArgs
 from conf.netconf import NetConf
 

@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from cni_plugins.spec.errors import CNIError
-from cni_plugins.spec.version import SUPPORTED_VERSIONS, convert, parse_version, result_from_json, result_to_json
+from cni_plugins.spec.version import (
+    SUPPORTED_VERSIONS,
+    convert,
+    parse_version,
+    result_from_json,
+    result_to_json,
+)
 
 RESULT_1X: dict[str, Any] = {
     "cniVersion": "1.1.0",

@@ -1,0 +1,24 @@
+"""The spec's (and libcni's) rules for names: container IDs and network names
+(``ValidateContainerID``, ``ValidateNetworkName``: letters, digits, ``_``, ``.``, ``-``,
+starting with a letter or digit) and interface names (at most 15 bytes, Linux's
+IFNAMSIZ - 1; no ``/``, ``:`` or white space; not ``.`` or ``..``)."""
+
+from __future__ import annotations
+
+import re
+
+ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+IFNAME_MAX = 15
+
+
+def interface_name_problem(name: str) -> str:
+    """What is wrong with ``name`` as a Linux interface name; '' if nothing."""
+    if not name:
+        return "interface name is empty"
+    if len(name.encode()) > IFNAME_MAX:
+        return f"interface name is too long ({len(name)} > {IFNAME_MAX} characters)"
+    if name in (".", ".."):
+        return "interface name is . or .."
+    if any(c in name for c in "/:") or any(c.isspace() for c in name):
+        return "interface name contains / or : or whitespace characters"
+    return ""
