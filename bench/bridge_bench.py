@@ -84,8 +84,14 @@ def main(argv: list[str] | None = None) -> int:
             helper = our_plugins.start_helper(sock)
             our_plugins.install(work / "warm", "bridge", "host-local", helper="on", helper_socket=sock)
             impls["ours+helper"] = str(work / "warm")
-        nets = {name: netlist(f"bench-{i}", f"bbr{i}", f"10.{210 + i}.0.0/16", work / "ipam", opts.ipmasq) for i, name in enumerate(impls)}
-        runners = {name: CNIRunner([path], str(work / "cache"), environ={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}) for name, path in impls.items()}
+        nets = {
+            name: netlist(f"bench-{i}", f"bbr{i}", f"10.{210 + i}.0.0/16", work / "ipam", opts.ipmasq)
+            for i, name in enumerate(impls)
+        }
+        runners = {
+            name: CNIRunner([path], str(work / "cache"), environ={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+            for name, path in impls.items()
+        }
         times: dict[str, dict[str, list[float]]] = {name: {"ADD": [], "DEL": []} for name in impls}
         with netns.entered(f"/var/run/netns/{host}"):
             sh("ip", "link", "set", "lo", "up")
@@ -101,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                         times[name]["ADD"].append(t1 - t0)
                         times[name]["DEL"].append(t2 - t1)
         kernel = os.uname().release
-        print(f"bridge + host-local via the libcni-like runner, {opts.runs} runs each (+{opts.warmup} warm-up), ipMasq={opts.ipmasq}, kernel {kernel}")
+        print(
+            f"bridge + host-local via the libcni-like runner, {opts.runs} runs each (+{opts.warmup} warm-up), ipMasq={opts.ipmasq}, kernel {kernel}"
+        )
         print(f"{'implementation':<14} {'ADD median':>11} {'ADD p90':>9} {'DEL median':>11} {'DEL p90':>9}")
         for name, t in times.items():
             row = [statistics.median(t["ADD"]), _p90(t["ADD"]), statistics.median(t["DEL"]), _p90(t["DEL"])]

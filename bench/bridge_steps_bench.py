@@ -76,13 +76,32 @@ def _timed(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
 def instrument() -> None:
     bridge.step = _timed_step  # type: ignore[assignment]
     bridge.PLUGIN = dataclasses.replace(bridge.PLUGIN, add=_timed(bridge.PLUGIN.add, "cmd_add"))
-    for name in ("open", "close", "link", "link_by_index", "create_link", "set_link", "set_bridge_port", "addresses", "add_address", "add_route", "routes"):
+    for name in (
+        "open",
+        "close",
+        "link",
+        "link_by_index",
+        "create_link",
+        "set_link",
+        "set_bridge_port",
+        "addresses",
+        "add_address",
+        "add_route",
+        "routes",
+    ):
         setattr(netlink.Netlink, name, _timed(getattr(netlink.Netlink, name), f"netlink: {name}"))
     for name in ("read", "write"):
         setattr(sysctl, name, _timed(getattr(sysctl, name), f"sysctl: {name}"))
 
 
-def _rest_of_chain(command: str, conf: dict[str, Any], env: dict[str, str], port: int, prev: dict[str, Any] | None, exec_dir: Path | None = None) -> dict[str, Any] | None:
+def _rest_of_chain(
+    command: str,
+    conf: dict[str, Any],
+    env: dict[str, str],
+    port: int,
+    prev: dict[str, Any] | None,
+    exec_dir: Path | None = None,
+) -> dict[str, Any] | None:
     """portmap and firewall after the bridge (before it for DEL, with ``prev`` the chain's
     result as a runtime passes it), untimed: in this process, or exec'd from ``exec_dir``.
     Returns the chain's result after them (ADD)."""
@@ -99,7 +118,9 @@ def _rest_of_chain(command: str, conf: dict[str, Any], env: dict[str, str], port
             stage["prevResult"] = final
         stdin = json.dumps(stage).encode()
         if exec_dir is not None:
-            proc = subprocess.run([str(exec_dir / plugin.name)], input=stdin, env={**env, "CNI_COMMAND": command}, capture_output=True)
+            proc = subprocess.run(
+                [str(exec_dir / plugin.name)], input=stdin, env={**env, "CNI_COMMAND": command}, capture_output=True
+            )
             code, output = proc.returncode, proc.stdout.decode()
         else:
             out = io.StringIO()
@@ -116,10 +137,23 @@ def _rest_of_chain(command: str, conf: dict[str, Any], env: dict[str, str], port
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=1000, help="containers on the full host (at most 1,022: the kernel caps a bridge at 1,023 ports)")
+    parser.add_argument(
+        "-n",
+        type=int,
+        default=1000,
+        help="containers on the full host (at most 1,022: the kernel caps a bridge at 1,023 ports)",
+    )
     parser.add_argument("--probes", type=int, default=30)
-    parser.add_argument("--chain", action="store_true", help="every container also gets portmap (one port) and firewall, as in chain_bench, so the hosts carry their rules")
-    parser.add_argument("--via-helper", action="store_true", help="probe ADDs exec our installed bridge, served by a private warm helper (as chain_bench runs it); steps come from its debug log")
+    parser.add_argument(
+        "--chain",
+        action="store_true",
+        help="every container also gets portmap (one port) and firewall, as in chain_bench, so the hosts carry their rules",
+    )
+    parser.add_argument(
+        "--via-helper",
+        action="store_true",
+        help="probe ADDs exec our installed bridge, served by a private warm helper (as chain_bench runs it); steps come from its debug log",
+    )
     parser.add_argument("--settle", type=float, default=45.0, help="seconds between the fill and the probes")
     opts = parser.parse_args()
     if os.geteuid() != 0:
@@ -128,7 +162,12 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="cni-bridge-steps-"))
     bin_dir = work / "bin"
     sock, log_file = str(work / "helper.sock"), work / "debug.log"
-    our_plugins.install(bin_dir, *(("bridge", "host-local", "portmap", "firewall") if opts.via_helper else ("host-local",)), helper="on" if opts.via_helper else "off", helper_socket=sock if opts.via_helper else "")
+    our_plugins.install(
+        bin_dir,
+        *(("bridge", "host-local", "portmap", "firewall") if opts.via_helper else ("host-local",)),
+        helper="on" if opts.via_helper else "off",
+        helper_socket=sock if opts.via_helper else "",
+    )
     helper = our_plugins.start_helper(sock) if opts.via_helper else None
     hosts = {"small": f"{tag}-small", "full": f"{tag}-full"}
     probe_ns = {"small": f"{tag}-ps", "full": f"{tag}-pf"}
@@ -144,7 +183,13 @@ def main() -> int:
         }  # fmt: skip
 
     def call_env(command: str, cid: str, ctr: str) -> dict[str, str]:
-        return {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{ctr}", "CNI_IFNAME": "eth0", "CNI_PATH": str(bin_dir)}
+        return {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": cid,
+            "CNI_NETNS": f"/var/run/netns/{ctr}",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": str(bin_dir),
+        }
 
     def exec_add(side: str, cid: str, ctr: str, port: int) -> float:
         """The chain's ADD by exec, through the helper, as a runtime runs it; only the bridge
@@ -153,14 +198,21 @@ def main() -> int:
         log_file.write_text("")
         with netns.entered(f"/var/run/netns/{hosts[side]}"):
             start = time.perf_counter()
-            proc = subprocess.run([str(bin_dir / "bridge")], input=json.dumps(conf).encode(), env={**env, "CNI_PY_DEBUG": "1", "CNI_PY_LOG_FILE": str(log_file)}, capture_output=True)
+            proc = subprocess.run(
+                [str(bin_dir / "bridge")],
+                input=json.dumps(conf).encode(),
+                env={**env, "CNI_PY_DEBUG": "1", "CNI_PY_LOG_FILE": str(log_file)},
+                capture_output=True,
+            )
             took = time.perf_counter() - start
             if proc.returncode != 0:
                 raise RuntimeError(f"ADD {cid} on {side}: {proc.stdout.decode()}")
             result = json.loads(proc.stdout)
             results[cid + side] = _rest_of_chain("ADD", conf, env, port, result, bin_dir) if port else result
         for line in log_file.read_text().splitlines():
-            if " bridge: debug: ADD " in line:  # the worker's whole skel.run: the rest of "ADD total" is launcher and hand-over
+            if (
+                " bridge: debug: ADD " in line
+            ):  # the worker's whole skel.run: the rest of "ADD total" is launcher and hand-over
                 _add_time("plugin (skel.run)", float(line.rpartition(": ")[2][:-3]) / 1000)
             what, _, ms = line.partition(" bridge: debug: step ")[2].rpartition(": ")
             if what and ms.endswith(" ms"):
@@ -172,7 +224,13 @@ def main() -> int:
         with netns.entered(f"/var/run/netns/{hosts[side]}"):
             if port:
                 _rest_of_chain("DEL", conf, env, port, prev, bin_dir)
-            subprocess.run([str(bin_dir / "bridge")], input=json.dumps({**conf, "prevResult": prev}).encode(), env=env, capture_output=True, check=True)
+            subprocess.run(
+                [str(bin_dir / "bridge")],
+                input=json.dumps({**conf, "prevResult": prev}).encode(),
+                env=env,
+                capture_output=True,
+                check=True,
+            )
 
     def call(command: str, side: str, cid: str, ctr: str, port: int = 0) -> float:
         conf, env = bridge_conf(side), call_env(command, cid, ctr)
@@ -189,7 +247,9 @@ def main() -> int:
             raise RuntimeError(f"{command} {cid} on {side}: {out.getvalue()}")
         return took
 
-    subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns add {n}\n" for n in names), text=True, check=True)
+    subprocess.run(
+        ["ip", "-force", "-batch", "-"], input="".join(f"netns add {n}\n" for n in names), text=True, check=True
+    )
     try:
         for side in hosts:
             subprocess.run(["ip", "-n", hosts[side], "link", "set", "lo", "up"], check=True)
@@ -199,7 +259,10 @@ def main() -> int:
         started = time.monotonic()
         for i, ctr in enumerate(fill):
             call("ADD", "full", f"full-{i}", ctr, port(i))
-        print(f"full host: {opts.n} containers in {time.monotonic() - started:.0f} s; settling {opts.settle:.0f} s", flush=True)
+        print(
+            f"full host: {opts.n} containers in {time.monotonic() - started:.0f} s; settling {opts.settle:.0f} s",
+            flush=True,
+        )
         time.sleep(opts.settle)
         samples: dict[str, list[dict[str, float]]] = {"small": [], "full": []}
         for r in range(opts.probes):
@@ -212,17 +275,30 @@ def main() -> int:
                 remove(side, f"probe-{r}", probe_ns[side], port(opts.n + 1 + r))
         rows = []
         for key in {k for side in samples.values() for s in side for k in s}:
-            small, full = (statistics.median(s.get(key, 0.0) for s in samples[side]) * 1000 for side in ("small", "full"))
+            small, full = (
+                statistics.median(s.get(key, 0.0) for s in samples[side]) * 1000 for side in ("small", "full")
+            )
             rows.append((full - small, key, small, full))
-        how = "exec'd, served by a warm helper; steps from its debug log" if opts.via_helper else "in one process, as in a warm helper worker"
+        how = (
+            "exec'd, served by a warm helper; steps from its debug log"
+            if opts.via_helper
+            else "in one process, as in a warm helper worker"
+        )
         print(f"median of {opts.probes} ADDs on each host, ms ({how})")
         print(f"{'':<34}{'1 attached':>12}{f'{opts.n} attached':>15}{'difference':>12}")
-        for diff, key, small, full in sorted(rows, key=lambda row: (row[1] not in ("ADD total", "plugin (skel.run)"), row[1] != "ADD total", -row[0])):
+        for diff, key, small, full in sorted(
+            rows, key=lambda row: (row[1] not in ("ADD total", "plugin (skel.run)"), row[1] != "ADD total", -row[0])
+        ):
             print(f"{key:<34}{small:>12.2f}{full:>15.2f}{diff:>+12.2f}")
         return 0
     finally:
         our_plugins.stop_helper(helper, sock)
-        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {n}\n" for n in names), text=True, capture_output=True)
+        subprocess.run(
+            ["ip", "-force", "-batch", "-"],
+            input="".join(f"netns del {n}\n" for n in names),
+            text=True,
+            capture_output=True,
+        )
         shutil.rmtree(work, ignore_errors=True)
 
 

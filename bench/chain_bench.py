@@ -84,7 +84,12 @@ def chain_conf(name: str, subnet: str, data_dir: str) -> dict[str, Any]:
                 "isGateway": True,
                 "ipMasq": True,
                 "hairpinMode": True,
-                "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": subnet}]], "dataDir": data_dir},
+                "ipam": {
+                    "type": "host-local",
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "ranges": [[{"subnet": subnet}]],
+                    "dataDir": data_dir,
+                },
             },
             {"type": "portmap", "capabilities": {"portMappings": True}},
             {"type": "firewall"},
@@ -94,7 +99,11 @@ def chain_conf(name: str, subnet: str, data_dir: str) -> dict[str, Any]:
 
 def single_conf(kind: str, subnet: str, data_dir: str) -> dict[str, Any]:
     ipam = {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": data_dir}
-    plugin: dict[str, Any] = {"type": "ptp", "ipam": ipam} if kind == "ptp" else {"type": "macvlan", "master": "benchm0", "mode": "bridge", "ipam": ipam}
+    plugin: dict[str, Any] = (
+        {"type": "ptp", "ipam": ipam}
+        if kind == "ptp"
+        else {"type": "macvlan", "master": "benchm0", "mode": "bridge", "ipam": ipam}
+    )
     return {"cniVersion": "1.0.0", "name": f"bench-{kind}", "plugins": [plugin]}
 
 
@@ -113,7 +122,15 @@ class Runtime:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # the runtime's result cache
     measure_rss: bool = False
 
-    def _exec(self, plugin: dict[str, Any], command: str, cid: str, ctr_ns: str, prev: dict[str, Any] | None, ports: list[dict[str, Any]]) -> tuple[bytes, Call]:
+    def _exec(
+        self,
+        plugin: dict[str, Any],
+        command: str,
+        cid: str,
+        ctr_ns: str,
+        prev: dict[str, Any] | None,
+        ports: list[dict[str, Any]],
+    ) -> tuple[bytes, Call]:
         conf = dict(plugin)
         conf["name"] = self.conflist["name"]
         conf["cniVersion"] = self.conflist["cniVersion"]
@@ -144,7 +161,9 @@ class Runtime:
             os.unlink(rss_file)
         elapsed = time.perf_counter() - start
         if code != 0:
-            raise RuntimeError(f"{self.bin_dir}/{plugin['type']} {command} {cid}: exit {code}: {out.decode(errors='replace')} {err.decode(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"{self.bin_dir}/{plugin['type']} {command} {cid}: exit {code}: {out.decode(errors='replace')} {err.decode(errors='replace')[-2000:]}"
+            )
         return out, Call(elapsed, maxrss)
 
     def add(self, cid: str, ctr_ns: str, ports: list[dict[str, Any]]) -> tuple[float, dict[str, Call]]:
@@ -181,7 +200,16 @@ def spawn(argv: list[str], stdin: bytes, env: dict[str, str]) -> tuple[int, byte
     r_out, w_out = os.pipe()
     r_err, w_err = os.pipe()
     try:
-        pid = os.posix_spawn(argv[0], argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, r_in, 0), (os.POSIX_SPAWN_DUP2, w_out, 1), (os.POSIX_SPAWN_DUP2, w_err, 2)])
+        pid = os.posix_spawn(
+            argv[0],
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, r_in, 0),
+                (os.POSIX_SPAWN_DUP2, w_out, 1),
+                (os.POSIX_SPAWN_DUP2, w_err, 2),
+            ],
+        )
     finally:
         for fd in (r_in, w_out, w_err):
             os.close(fd)
@@ -243,7 +271,9 @@ class Namespaces:
 
 def ip_batch(lines: list[str], check: bool = True) -> None:
     for i in range(0, len(lines), 500):
-        proc = subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines[i : i + 500]) + "\n", text=True, capture_output=True)
+        proc = subprocess.run(
+            ["ip", "-force", "-batch", "-"], input="\n".join(lines[i : i + 500]) + "\n", text=True, capture_output=True
+        )
         if check and proc.returncode != 0:
             raise RuntimeError(f"ip -batch: {proc.stderr.strip()}")
 
@@ -270,14 +300,23 @@ def ensure_reference(ref_dir: str, install: bool) -> str:
     if missing and install and ref_dir == "/usr/lib/cni":
         print(f"installing Debian's {REFERENCE_PACKAGE} (missing: {', '.join(missing)}) ...", flush=True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-q", REFERENCE_PACKAGE, "iptables"], check=False, env=env, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", REFERENCE_PACKAGE, "iptables"], check=False, env=env, capture_output=True
+        )
         if any(not os.path.exists(os.path.join(ref_dir, p)) for p in missing):
             subprocess.run(["apt-get", "update", "-q"], check=False, env=env, capture_output=True)
-            subprocess.run(["apt-get", "install", "-y", "-q", REFERENCE_PACKAGE, "iptables"], check=True, env=env, capture_output=True)
+            subprocess.run(
+                ["apt-get", "install", "-y", "-q", REFERENCE_PACKAGE, "iptables"],
+                check=True,
+                env=env,
+                capture_output=True,
+            )
     missing = [p for p in CHAIN_PLUGINS + ("ptp", "macvlan") if not os.path.exists(os.path.join(ref_dir, p))]
     if missing:
         raise SystemExit(f"reference plugins missing in {ref_dir}: {', '.join(missing)}")
-    version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", REFERENCE_PACKAGE], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", REFERENCE_PACKAGE], capture_output=True, text=True
+    ).stdout.strip()
     return version or "unknown version"
 
 
@@ -334,7 +373,17 @@ def alternate(impls: list[Impl], i: int) -> list[Impl]:
 
 
 def scenario_sequential(
-    impls: list[Impl], nss: Namespaces, work: Path, label: str, make_conf: Any, n: int, *, do_del: bool = True, progress: str = "", probes: int = 0, settle: float = 0.0
+    impls: list[Impl],
+    nss: Namespaces,
+    work: Path,
+    label: str,
+    make_conf: Any,
+    n: int,
+    *,
+    do_del: bool = True,
+    progress: str = "",
+    probes: int = 0,
+    settle: float = 0.0,
 ) -> dict[str, Any]:
     """N containers one after another on a fresh host per impl (ADD all, then DEL all in
     reverse), the implementations taking turns container by container. With ``probes``,
@@ -378,11 +427,24 @@ PROBE_PHASE_GAP_S = 2.0  # before each implementation's probes, for the previous
 
 def _call_growth(probe: dict[str, Any], plugin: str) -> float:
     """How much longer one plugin's ADD took on the full host than on the small one (median, s)."""
-    full, small = (statistics.median(float(c[plugin]) for c in probe[side]["add_calls"] if plugin in c) for side in ("full", "small"))
+    full, small = (
+        statistics.median(float(c[plugin]) for c in probe[side]["add_calls"] if plugin in c)
+        for side in ("full", "small")
+    )
     return full - small
 
 
-def probe_paired(impls: list[Impl], nss: Namespaces, work: Path, full: dict[str, Runtime], label: str, make_conf: Any, n: int, probes: int, out: dict[str, Any]) -> None:
+def probe_paired(
+    impls: list[Impl],
+    nss: Namespaces,
+    work: Path,
+    full: dict[str, Runtime],
+    label: str,
+    make_conf: Any,
+    n: int,
+    probes: int,
+    out: dict[str, Any],
+) -> None:
     """ADD and DEL of one more container on each impl's full host (``n`` attached), taking
     turns with the same on a small host (1 attached, so its bridge exists as on the full one).
     Consecutive calls see the same machine speed, so the full/small ratio is the cost of the
@@ -409,7 +471,10 @@ def probe_paired(impls: list[Impl], nss: Namespaces, work: Path, full: dict[str,
     for impl in impls:  # one implementation at a time: the other's calls leave kernel work behind
         time.sleep(PROBE_PHASE_GAP_S)
         for r in range(probes):
-            sides = [("full", impl.host_ns, full[impl.name]), ("small", small_hosts[impl.name].host_ns, small[impl.name])]
+            sides = [
+                ("full", impl.host_ns, full[impl.name]),
+                ("small", small_hosts[impl.name].host_ns, small[impl.name]),
+            ]
             for side, host, rt in sides if r % 2 == 0 else reversed(sides):
                 cid, ports = f"{label}-probe-{r}", ports_for(n + 1 + r)
                 with netns.entered(host):
@@ -421,7 +486,9 @@ def probe_paired(impls: list[Impl], nss: Namespaces, work: Path, full: dict[str,
     nss.drop(throwaway)
 
 
-def scenario_first(impls: list[Impl], nss: Namespaces, work: Path, trials: int, before: dict[str, Callable[[], object]] | None = None) -> dict[str, Any]:
+def scenario_first(
+    impls: list[Impl], nss: Namespaces, work: Path, trials: int, before: dict[str, Callable[[], object]] | None = None
+) -> dict[str, Any]:
     """The first container on an empty host: a fresh host namespace per trial, ADD then DEL.
     ``before[name]()`` runs ahead of each of that implementation's trials."""
     out: dict[str, Any] = {impl.name: {"add": [], "del": []} for impl in impls}
@@ -468,7 +535,9 @@ def worker_main(spec_path: str) -> int:
     return 0
 
 
-def scenario_concurrent(impls: list[Impl], nss: Namespaces, work: Path, runtimes: int, total: int, rounds: int) -> dict[str, Any]:
+def scenario_concurrent(
+    impls: list[Impl], nss: Namespaces, work: Path, runtimes: int, total: int, rounds: int
+) -> dict[str, Any]:
     """``runtimes`` processes adding ``total`` containers to one network at once, in rounds;
     the implementations take turns round by round (ABBA)."""
     out: dict[str, Any] = {}
@@ -487,8 +556,23 @@ def scenario_concurrent(impls: list[Impl], nss: Namespaces, work: Path, runtimes
             for w in range(runtimes):
                 mine = [(f"conc-{r}-{j:05d}", ctrs[j], r * per_round + j) for j in range(w, per_round, runtimes)]
                 spec = work / f"worker-{impl.name.replace(' ', '_').replace(',', '')}-{r}-{w}.json"
-                spec.write_text(json.dumps({"bin_dir": impl.bin_dir, "conflist": conflists[impl.name], "host_ns": impl.host_ns, "containers": mine, "plugin_env": PLUGIN_ENV}))
-                proc = subprocess.Popen([sys.executable, __file__, "--worker", str(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                spec.write_text(
+                    json.dumps(
+                        {
+                            "bin_dir": impl.bin_dir,
+                            "conflist": conflists[impl.name],
+                            "host_ns": impl.host_ns,
+                            "containers": mine,
+                            "plugin_env": PLUGIN_ENV,
+                        }
+                    )
+                )
+                proc = subprocess.Popen(
+                    [sys.executable, __file__, "--worker", str(spec)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
                 procs.append((proc, spec))
             for proc, _ in procs:
                 assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -552,7 +636,13 @@ def build_rows(res: dict[str, Any], ours: str, ref: str) -> list[Row]:
         pair("chain ADD p95", p95(o["add"]), p95(r["add"]))
         pair("chain DEL median", med(o["del"]), med(r["del"]))
         pair("chain DEL p95", p95(o["del"]), p95(r["del"]))
-        pair("chain ADD + DEL (sum of medians)", med(o["add"]) + med(o["del"]), med(r["add"]) + med(r["del"]), "<= 0.5x", 0.5)
+        pair(
+            "chain ADD + DEL (sum of medians)",
+            med(o["add"]) + med(o["del"]),
+            med(r["add"]) + med(r["del"]),
+            "<= 0.5x",
+            0.5,
+        )
         tenth = max(1, n // 10)
         pair(f"chain ADD median, first {tenth}", med(o["add"][:tenth]), med(r["add"][:tenth]))
         pair(f"chain ADD median, last {tenth}", med(o["add"][-tenth:]), med(r["add"][-tenth:]))
@@ -562,10 +652,20 @@ def build_rows(res: dict[str, Any], ours: str, ref: str) -> list[Row]:
         k = len(o["add"])
         pair(f"first container on an empty host, ADD (median of {k})", med(o["add"]), med(r["add"]))
         pair("first container on an empty host, DEL", med(o["del"]), med(r["del"]))
-        pair("first container on an empty host, ADD + DEL", med(o["add"]) + med(o["del"]), med(r["add"]) + med(r["del"]), "<= 1.0x", 1.0)
+        pair(
+            "first container on an empty host, ADD + DEL",
+            med(o["add"]) + med(o["del"]),
+            med(r["add"]) + med(r["del"]),
+            "<= 1.0x",
+            1.0,
+        )
         for other in (name for name in f if name not in (ours, ref)):
             pair(f"  ({other}) first container ADD", med(f[other]["add"]), med(r["add"]))
-            pair(f"  ({other}) first container ADD + DEL", med(f[other]["add"]) + med(f[other]["del"]), med(r["add"]) + med(r["del"]))
+            pair(
+                f"  ({other}) first container ADD + DEL",
+                med(f[other]["add"]) + med(f[other]["del"]),
+                med(r["add"]) + med(r["del"]),
+            )
     if "scale" in res:
         s = res["scale"]
         n = len(s[ours]["add"])
@@ -574,15 +674,38 @@ def build_rows(res: dict[str, Any], ours: str, ref: str) -> list[Row]:
         pair(f"scale: ADD median, containers 1-{size}", o_first, r_first)
         pair(f"scale: ADD median, containers {n - size + 1}-{n}", o_last, r_last)
         growth_o, growth_r = o_last / o_first, r_last / r_first
-        rows.append(Row(f"scale: ADD at {n} / ADD at first, during the fill", f"{growth_o:.2f}x", f"{growth_r:.2f}x", unit="", target="<= 1.1x", met=growth_o <= 1.1))
+        rows.append(
+            Row(
+                f"scale: ADD at {n} / ADD at first, during the fill",
+                f"{growth_o:.2f}x",
+                f"{growth_r:.2f}x",
+                unit="",
+                target="<= 1.1x",
+                met=growth_o <= 1.1,
+            )
+        )
         if "probe" in s[ours]:
             po, pr = s[ours]["probe"], s[ref]["probe"]
             k = len(po["full"]["add"])
             pair(f"scale probe: ADD at {n} attached (median of {k})", med(po["full"]["add"]), med(pr["full"]["add"]))
-            pair("scale probe: ADD at 1 attached, taking turns with it", med(po["small"]["add"]), med(pr["small"]["add"]))
-            growth_o, growth_r = med(po["full"]["add"]) / med(po["small"]["add"]), med(pr["full"]["add"]) / med(pr["small"]["add"])
+            pair(
+                "scale probe: ADD at 1 attached, taking turns with it", med(po["small"]["add"]), med(pr["small"]["add"])
+            )
+            growth_o, growth_r = (
+                med(po["full"]["add"]) / med(po["small"]["add"]),
+                med(pr["full"]["add"]) / med(pr["small"]["add"]),
+            )
             settle = res["meta"]["counts"].get("settle_s", 0)
-            rows.append(Row(f"scale probe: ADD at {n} / at 1, paired" + (f", {settle:.0f} s after fill" if settle else ""), f"{growth_o:.2f}x", f"{growth_r:.2f}x", unit="", target="<= 1.1x", met=growth_o <= 1.1))
+            rows.append(
+                Row(
+                    f"scale probe: ADD at {n} / at 1, paired" + (f", {settle:.0f} s after fill" if settle else ""),
+                    f"{growth_o:.2f}x",
+                    f"{growth_r:.2f}x",
+                    unit="",
+                    target="<= 1.1x",
+                    met=growth_o <= 1.1,
+                )
+            )
             for plugin in po["full"].get("add_calls", [{}])[0]:
                 grew_o, grew_r = (_call_growth(probe, plugin) for probe in (po, pr))
                 pair(f"  scale probe: {plugin} ADD, at {n} minus at 1", grew_o, grew_r)
@@ -590,11 +713,41 @@ def build_rows(res: dict[str, Any], ours: str, ref: str) -> list[Row]:
         c = res["concurrent"]
         o, r = c[ours], c[ref]
         runtimes = res["meta"]["runtimes"]
-        pair(f"{runtimes} runtimes, {o['containers']} containers: ADD median", med(o["adds"]), med(r["adds"]), "<= 0.5x", 0.5)
+        pair(
+            f"{runtimes} runtimes, {o['containers']} containers: ADD median",
+            med(o["adds"]),
+            med(r["adds"]),
+            "<= 0.5x",
+            0.5,
+        )
         pair(f"{runtimes} runtimes: ADD p95", p95(o["adds"]), p95(r["adds"]))
-        rows.append(Row(f"{runtimes} runtimes: throughput", round(o["throughput"], 1), round(r["throughput"], 1), unit="ADD/s", ratio=o["throughput"] / r["throughput"]))
-        rows.append(Row(f"{runtimes} runtimes: duplicate addresses", o["duplicates"], r["duplicates"], unit="", target="0", met=o["duplicates"] == 0))
-        rows.append(Row(f"{runtimes} runtimes: failed ADDs (reported, then DELeted)", len(o.get("failed", [])), len(r.get("failed", [])), unit=""))
+        rows.append(
+            Row(
+                f"{runtimes} runtimes: throughput",
+                round(o["throughput"], 1),
+                round(r["throughput"], 1),
+                unit="ADD/s",
+                ratio=o["throughput"] / r["throughput"],
+            )
+        )
+        rows.append(
+            Row(
+                f"{runtimes} runtimes: duplicate addresses",
+                o["duplicates"],
+                r["duplicates"],
+                unit="",
+                target="0",
+                met=o["duplicates"] == 0,
+            )
+        )
+        rows.append(
+            Row(
+                f"{runtimes} runtimes: failed ADDs (reported, then DELeted)",
+                len(o.get("failed", [])),
+                len(r.get("failed", [])),
+                unit="",
+            )
+        )
     for kind in ("ptp", "macvlan"):
         if kind in res:
             o, r, n = res[kind][ours], res[kind][ref], len(res[kind][ours]["add"])
@@ -605,23 +758,39 @@ def build_rows(res: dict[str, Any], ours: str, ref: str) -> list[Row]:
     if "memory" in res:
         m = res["memory"]
         for label, ours_kb, ref_kb in m["rows"]:
-            rows.append(Row(label, round(ours_kb / 1024, 1) if isinstance(ours_kb, (int, float)) else ours_kb, round(ref_kb / 1024, 1) if isinstance(ref_kb, (int, float)) else ref_kb, unit="MiB"))
+            rows.append(
+                Row(
+                    label,
+                    round(ours_kb / 1024, 1) if isinstance(ours_kb, (int, float)) else ours_kb,
+                    round(ref_kb / 1024, 1) if isinstance(ref_kb, (int, float)) else ref_kb,
+                    unit="MiB",
+                )
+            )
     return rows
 
 
 def print_table(rows: list[Row], header: str) -> str:
-    lines = [header, "", f"| {'measure':<58} | {'ours':>9} | {'reference':>9} | {'unit':<5} | {'ours/ref':>8} | {'target':<8} | met |", f"|{'-' * 60}|{'-' * 11}|{'-' * 11}|{'-' * 7}|{'-' * 10}|{'-' * 10}|-----|"]
+    lines = [
+        header,
+        "",
+        f"| {'measure':<58} | {'ours':>9} | {'reference':>9} | {'unit':<5} | {'ours/ref':>8} | {'target':<8} | met |",
+        f"|{'-' * 60}|{'-' * 11}|{'-' * 11}|{'-' * 7}|{'-' * 10}|{'-' * 10}|-----|",
+    ]
     for row in rows:
         fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)  # noqa: E731
         ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
         met = "" if row.met is None else ("yes" if row.met else "NO")
-        lines.append(f"| {row.what:<58} | {fmt(row.ours):>9} | {fmt(row.ref):>9} | {row.unit:<5} | {ratio:>8} | {row.target:<8} | {met:<3} |")
+        lines.append(
+            f"| {row.what:<58} | {fmt(row.ours):>9} | {fmt(row.ref):>9} | {row.unit:<5} | {ratio:>8} | {row.target:<8} | {met:<3} |"
+        )
     text = "\n".join(lines)
     print(text)
     return text
 
 
-def scenario_memory(impls: list[Impl], nss: Namespaces, work: Path, cold: Impl, sock: str, n: int = 3) -> dict[str, Any]:
+def scenario_memory(
+    impls: list[Impl], nss: Namespaces, work: Path, cold: Impl, sock: str, n: int = 3
+) -> dict[str, Any]:
     """Peak RSS (GNU time, i.e. wait4 of the plugin process alone) of each chain plugin, ADD
     and DEL of a few containers; ours through the helper and without it."""
     peaks: dict[str, dict[str, int]] = {}
@@ -639,9 +808,13 @@ def scenario_memory(impls: list[Impl], nss: Namespaces, work: Path, cold: Impl, 
     ours, ref = impls[1].name, impls[0].name
     rows: list[tuple[str, Any, Any]] = []
     for plugin in ("bridge", "portmap", "firewall"):
-        rows.append((f"peak RSS of one {plugin} process (ours: via the helper)", peaks[ours][plugin], peaks[ref][plugin]))
+        rows.append(
+            (f"peak RSS of one {plugin} process (ours: via the helper)", peaks[ours][plugin], peaks[ref][plugin])
+        )
     for plugin in ("bridge", "portmap", "firewall"):
-        rows.append((f"peak RSS of one {plugin} process (ours: no helper)", peaks[cold.name][plugin], peaks[ref][plugin]))
+        rows.append(
+            (f"peak RSS of one {plugin} process (ours: no helper)", peaks[cold.name][plugin], peaks[ref][plugin])
+        )
     rows.append(("PSS of our warm helper and its workers (one per host)", helper_pss_kb(sock), "-"))
     return {"peaks": peaks, "rows": rows}
 
@@ -665,7 +838,9 @@ def plot(res: dict[str, Any], ours: str, ref: str, path: Path) -> str:
         ax.plot(xs, rolling, color=color, label=f"{name} (rolling median)")
     ax.set_xlabel("containers already attached")
     ax.set_ylabel("chain ADD, ms (bridge + host-local + portmap + firewall)")
-    ax.set_title(f"ADD time vs containers on the host, one port mapping each ({res['meta']['kernel']}, {res['meta']['cpus']} CPUs)")
+    ax.set_title(
+        f"ADD time vs containers on the host, one port mapping each ({res['meta']['kernel']}, {res['meta']['cpus']} CPUs)"
+    )
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend()
@@ -681,19 +856,36 @@ def plot(res: dict[str, Any], ours: str, ref: str, path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smaller counts (about a minute or two)")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "out"), help="where chain_bench.json and chain_bench.png go")
+    parser.add_argument(
+        "--out", default=str(ROOT / "bench" / "out"), help="where chain_bench.json and chain_bench.png go"
+    )
     parser.add_argument("--reference", default="/usr/lib/cni", help="the reference plugins' directory")
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install the reference when missing")
-    parser.add_argument("--only", default="", help="comma-separated scenarios: chain,first,scale,concurrent,ptp,macvlan,memory")
+    parser.add_argument(
+        "--only", default="", help="comma-separated scenarios: chain,first,scale,concurrent,ptp,macvlan,memory"
+    )
     parser.add_argument("--chain", type=int, help="containers in the chain scenario (300; quick 60)")
     parser.add_argument("--scale", type=int, help="containers in the scaling scenario (1000; quick 200)")
-    parser.add_argument("--probes", type=int, help="paired probes of the full scaling host against a small one (60; quick 10)")
-    parser.add_argument("--settle", type=float, default=0.0, help="seconds to wait between the scaling fill and the probes (default 0: probe at once)")
+    parser.add_argument(
+        "--probes", type=int, help="paired probes of the full scaling host against a small one (60; quick 10)"
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds to wait between the scaling fill and the probes (default 0: probe at once)",
+    )
     parser.add_argument("--concurrent", type=int, help="containers added by the concurrent runtimes (400; quick 96)")
     parser.add_argument("--runtimes", type=int, default=8, help="concurrent runtimes (8)")
     parser.add_argument("--single", type=int, help="containers in the ptp and macvlan scenarios (100; quick 30)")
     parser.add_argument("--first", type=int, help="fresh-host trials for the first container (10; quick 4)")
-    parser.add_argument("--plugin-env", action="append", default=[], metavar="K=V", help="add to every plugin call's environment, e.g. CNI_PY_DEBUG=1 and CNI_PY_LOG_FILE=/tmp/x.log for ours' step timings")
+    parser.add_argument(
+        "--plugin-env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="add to every plugin call's environment, e.g. CNI_PY_DEBUG=1 and CNI_PY_LOG_FILE=/tmp/x.log for ours' step timings",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.worker:
@@ -711,7 +903,15 @@ def main(argv: list[str] | None = None) -> int:
         "single": opts.single or (30 if q else 100),
         "first": opts.first or (4 if q else 10),
     }
-    only = {s for s in opts.only.split(",") if s} or {"chain", "first", "scale", "concurrent", "ptp", "macvlan", "memory"}
+    only = {s for s in opts.only.split(",") if s} or {
+        "chain",
+        "first",
+        "scale",
+        "concurrent",
+        "ptp",
+        "macvlan",
+        "memory",
+    }
     ref_version = ensure_reference(opts.reference, not opts.no_install)
     out_dir = Path(opts.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -744,27 +944,66 @@ def main(argv: list[str] | None = None) -> int:
             "counts": counts,
             "runtimes": opts.runtimes,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+            "commit": subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            ).stdout.strip(),
         }
         res: dict[str, Any] = {"meta": meta}
-        print(f"reference: {meta['reference']}; ours: {ROOT} ({meta['commit']}), warm helper on a private socket; kernel {meta['kernel']}, {meta['cpus']} CPUs", flush=True)
-        scenario_sequential(impls, nss, work, "warm", lambda k, d: chain_conf("podman", "10.88.0.0/16", d), 3)  # warm-up, not counted
+        print(
+            f"reference: {meta['reference']}; ours: {ROOT} ({meta['commit']}), warm helper on a private socket; kernel {meta['kernel']}, {meta['cpus']} CPUs",
+            flush=True,
+        )
+        scenario_sequential(
+            impls, nss, work, "warm", lambda k, d: chain_conf("podman", "10.88.0.0/16", d), 3
+        )  # warm-up, not counted
         if "first" in only:
             print(f"first container on an empty host: {counts['first']} trials ...", flush=True)
-            res["first"] = scenario_first(impls + [cold, idle], nss, work, counts["first"], before={idle.name: lambda: stop_helper(None, idle_sock)})
+            res["first"] = scenario_first(
+                impls + [cold, idle],
+                nss,
+                work,
+                counts["first"],
+                before={idle.name: lambda: stop_helper(None, idle_sock)},
+            )
         if "chain" in only:
             print(f"chain: {counts['chain']} containers ...", flush=True)
-            res["chain"] = scenario_sequential(impls, nss, work, "chain", lambda k, d: chain_conf("podman", "10.88.0.0/16", d), counts["chain"], progress="chain")
+            res["chain"] = scenario_sequential(
+                impls,
+                nss,
+                work,
+                "chain",
+                lambda k, d: chain_conf("podman", "10.88.0.0/16", d),
+                counts["chain"],
+                progress="chain",
+            )
         for kind in ("ptp", "macvlan"):
             if kind in only:
                 print(f"{kind}: {counts['single']} containers ...", flush=True)
-                res[kind] = scenario_sequential(impls, nss, work, kind, lambda k, d, kind=kind: single_conf(kind, "10.90.0.0/16", d), counts["single"])
+                res[kind] = scenario_sequential(
+                    impls,
+                    nss,
+                    work,
+                    kind,
+                    lambda k, d, kind=kind: single_conf(kind, "10.90.0.0/16", d),
+                    counts["single"],
+                )
         if "concurrent" in only:
             print(f"concurrent: {opts.runtimes} runtimes, {counts['concurrent']} containers ...", flush=True)
             res["concurrent"] = scenario_concurrent(impls, nss, work, opts.runtimes, counts["concurrent"], rounds=2)
         if "scale" in only:
             print(f"scale: {counts['scale']} containers ...", flush=True)
-            res["scale"] = scenario_sequential(impls, nss, work, "scale", lambda k, d: chain_conf("podman", "10.88.0.0/16", d), counts["scale"], do_del=False, progress="scale", probes=counts["probes"], settle=opts.settle)
+            res["scale"] = scenario_sequential(
+                impls,
+                nss,
+                work,
+                "scale",
+                lambda k, d: chain_conf("podman", "10.88.0.0/16", d),
+                counts["scale"],
+                do_del=False,
+                progress="scale",
+                probes=counts["probes"],
+                settle=opts.settle,
+            )
         if "memory" in only:
             res["memory"] = scenario_memory(impls, nss, work, cold, sock)
         meta["wall_s"] = round(time.monotonic() - started, 1)

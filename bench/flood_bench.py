@@ -52,7 +52,13 @@ def _busy_ticks() -> int:
 def _chain_add(work: Path, bin_dir: Path, cid: str, ctr: str, port: int) -> None:
     """Podman's chain ADD in this process (each plugin's handler, prevResult threaded)."""
     conflist = chain_conf("podman", "10.88.0.0/16", str(work / "ipam"))
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{ctr}", "CNI_IFNAME": "eth0", "CNI_PATH": str(bin_dir)}
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": cid,
+        "CNI_NETNS": f"/var/run/netns/{ctr}",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": str(bin_dir),
+    }
     prev: dict[str, Any] | None = None
     for entry in conflist["plugins"]:
         conf: dict[str, Any] = {**entry, "name": conflist["name"], "cniVersion": conflist["cniVersion"]}
@@ -61,7 +67,12 @@ def _chain_add(work: Path, bin_dir: Path, cid: str, ctr: str, port: int) -> None
         if prev is not None:
             conf["prevResult"] = prev
         out = io.StringIO()
-        if skel.run(PLUGINS[entry["type"]], environ=env, stdin=json.dumps(conf).encode(), stdout=out, stderr=sys.stderr) != 0:
+        if (
+            skel.run(
+                PLUGINS[entry["type"]], environ=env, stdin=json.dumps(conf).encode(), stdout=out, stderr=sys.stderr
+            )
+            != 0
+        ):
             raise RuntimeError(f"{entry['type']} ADD {cid}: {out.getvalue()}")
         prev = json.loads(out.getvalue())
 
@@ -106,9 +117,13 @@ def main() -> int:
                 _chain_add(work, work / "bin", f"c{i}", ctr, 20000 + i)
             _chain_add(work, work / "bin", "sender", sender, 30000)
         time.sleep(10)  # the new containers' own announcements die down
-        print(f"machine busy with {opts.n + 1} idle containers (next 30 s): {_busy_seconds_idle(30) / 30 * 100:.1f}% of one CPU")
+        print(
+            f"machine busy with {opts.n + 1} idle containers (next 30 s): {_busy_seconds_idle(30) / 30 * 100:.1f}% of one CPU"
+        )
         in_host = ["ip", "netns", "exec", host, "sysctl", "-qw"]
-        print(f"CPU time per IPv6 multicast packet from one container, bridge with {opts.n + 1} ports, {opts.packets} packets:")
+        print(
+            f"CPU time per IPv6 multicast packet from one container, bridge with {opts.n + 1} ports, {opts.packets} packets:"
+        )
         print(f"  as set up:                          {_cpu_ms_per_packet(sender, opts.packets):.3f} ms")
         subprocess.run([*in_host, "net.bridge.bridge-nf-call-ip6tables=0"], check=True)
         print(f"  with bridge-nf-call-ip6tables=0:    {_cpu_ms_per_packet(sender, opts.packets):.3f} ms")

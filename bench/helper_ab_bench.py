@@ -25,7 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def installer(code: Path) -> list[str]:
-    return [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(code)!r}); from cni_plugins.install import main; sys.exit(main(sys.argv[1:]))"]
+    return [
+        sys.executable,
+        "-I",
+        "-c",
+        f"import sys; sys.path.insert(0, {str(code)!r}); from cni_plugins.install import main; sys.exit(main(sys.argv[1:]))",
+    ]
 
 
 class Side:
@@ -33,7 +38,23 @@ class Side:
         self.name, self.code = name, code
         self.bin, self.sock = work / name / "bin", work / name / "run" / "helper.sock"
         self.host, self.ctr = f"cnipyab-h-{name}", f"cnipyab-c-{name}"
-        subprocess.run([*installer(code), "install", "--dir", str(self.bin), "--helper", "on", "--helper-socket", str(self.sock), "bridge", "host-local", "loopback"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                *installer(code),
+                "install",
+                "--dir",
+                str(self.bin),
+                "--helper",
+                "on",
+                "--helper-socket",
+                str(self.sock),
+                "bridge",
+                "host-local",
+                "loopback",
+            ],
+            check=True,
+            capture_output=True,
+        )
         self.helper = subprocess.Popen([*installer(code), "helper", "--socket", str(self.sock), "--idle", "0"])
         deadline = time.monotonic() + 30
         while not self.sock.exists():
@@ -42,15 +63,34 @@ class Side:
             time.sleep(0.05)
         for ns in (self.host, self.ctr):
             subprocess.run(["ip", "netns", "add", ns], check=True)
-        self.conf = {"cniVersion": "1.0.0", "name": "abnet", "type": "bridge", "bridge": "cniab0", "isGateway": True, "ipMasq": True,
-                     "ipam": {"type": "host-local", "subnet": "10.83.0.0/24", "dataDir": str(work / name / "ipam")}}
+        self.conf = {
+            "cniVersion": "1.0.0",
+            "name": "abnet",
+            "type": "bridge",
+            "bridge": "cniab0",
+            "isGateway": True,
+            "ipMasq": True,
+            "ipam": {"type": "host-local", "subnet": "10.83.0.0/24", "dataDir": str(work / name / "ipam")},
+        }
         self.adds: list[float] = []
         self.dels: list[float] = []
 
     def call(self, command: str) -> float:
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "ab1", "CNI_NETNS": f"/var/run/netns/{self.ctr}", "CNI_IFNAME": "eth0", "CNI_PATH": str(self.bin), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": "ab1",
+            "CNI_NETNS": f"/var/run/netns/{self.ctr}",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": str(self.bin),
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        }
         started = time.perf_counter()
-        proc = subprocess.run(["ip", "netns", "exec", self.host, str(self.bin / "bridge")], input=json.dumps(self.conf).encode(), env=env, capture_output=True)
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.host, str(self.bin / "bridge")],
+            input=json.dumps(self.conf).encode(),
+            env=env,
+            capture_output=True,
+        )
         elapsed = time.perf_counter() - started
         if proc.returncode:
             raise SystemExit(f"{self.name} {command}: {proc.stdout.decode()} {proc.stderr.decode()}")
@@ -80,9 +120,13 @@ def main() -> None:
                 for s, a, d in zip(order, adds, dels):
                     s.adds.append(a)
                     s.dels.append(d)
-        print(f"bridge + host-local through the helper, {opts.rounds} interleaved rounds (ms): median ADD, DEL; mean ADD")
+        print(
+            f"bridge + host-local through the helper, {opts.rounds} interleaved rounds (ms): median ADD, DEL; mean ADD"
+        )
         for s in sides:
-            print(f"{s.name:6} {s.code}: {statistics.median(s.adds) * 1000:6.1f} {statistics.median(s.dels) * 1000:6.1f} {statistics.mean(s.adds) * 1000:6.1f}")
+            print(
+                f"{s.name:6} {s.code}: {statistics.median(s.adds) * 1000:6.1f} {statistics.median(s.dels) * 1000:6.1f} {statistics.mean(s.adds) * 1000:6.1f}"
+            )
     finally:
         for s in sides:
             s.close()

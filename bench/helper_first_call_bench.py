@@ -38,10 +38,24 @@ def sh(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
 
 
-def call(bin_dir: Path, plugin: str, command: str, conf: dict[str, object], host: str, ctr: str, ifname: str = "eth0") -> float:
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "first1", "CNI_NETNS": f"/var/run/netns/{ctr}", "CNI_IFNAME": ifname, "CNI_PATH": str(bin_dir), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+def call(
+    bin_dir: Path, plugin: str, command: str, conf: dict[str, object], host: str, ctr: str, ifname: str = "eth0"
+) -> float:
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": "first1",
+        "CNI_NETNS": f"/var/run/netns/{ctr}",
+        "CNI_IFNAME": ifname,
+        "CNI_PATH": str(bin_dir),
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    }
     started = time.perf_counter()
-    proc = subprocess.run(["ip", "netns", "exec", host, str(bin_dir / plugin)], input=json.dumps(conf).encode(), env=env, capture_output=True)
+    proc = subprocess.run(
+        ["ip", "netns", "exec", host, str(bin_dir / plugin)],
+        input=json.dumps(conf).encode(),
+        env=env,
+        capture_output=True,
+    )
     elapsed = time.perf_counter() - started
     if proc.returncode:
         raise SystemExit(f"{plugin} {command} failed: {proc.stdout.decode()} {proc.stderr.decode()}")
@@ -66,15 +80,34 @@ def trial(mode: str, n: int) -> tuple[float, float]:
         sh("ip", "netns", "add", ns)
     activator = None
     notify = None
-    conf = {"cniVersion": "1.0.0", "name": "firstnet", "type": "bridge", "bridge": "cnifirst0", "isGateway": True, "ipMasq": True,
-            "ipam": {"type": "host-local", "subnet": "10.82.0.0/24", "dataDir": str(work / "ipam")}}
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "firstnet",
+        "type": "bridge",
+        "bridge": "cnifirst0",
+        "isGateway": True,
+        "ipMasq": True,
+        "ipam": {"type": "host-local", "subnet": "10.82.0.0/24", "dataDir": str(work / "ipam")},
+    }
     try:
         if mode in ("boot", "activation"):
             run_dir.mkdir(mode=0o700)
             notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             notify.bind(str(work / "notify"))
             notify.settimeout(30)
-            activator = subprocess.Popen(["systemd-socket-activate", "--seqpacket", "-l", sock, "-E", f"NOTIFY_SOCKET={work / 'notify'}", "--", *exec_start(units / "cni-py-helper.service")], stderr=subprocess.DEVNULL)
+            activator = subprocess.Popen(
+                [
+                    "systemd-socket-activate",
+                    "--seqpacket",
+                    "-l",
+                    sock,
+                    "-E",
+                    f"NOTIFY_SOCKET={work / 'notify'}",
+                    "--",
+                    *exec_start(units / "cni-py-helper.service"),
+                ],
+                stderr=subprocess.DEVNULL,
+            )
             while not os.path.exists(sock):
                 time.sleep(0.01)
             if mode == "boot":
@@ -82,7 +115,9 @@ def trial(mode: str, n: int) -> tuple[float, float]:
                     probe.connect(sock)  # systemd would have started the service at boot
                 assert b"READY=1" in notify.recv(4096)
         if mode == "warm":
-            call(bin_dir, "loopback", "ADD", {"cniVersion": "1.0.0", "name": "lo", "type": "loopback"}, host, other, "lo")
+            call(
+                bin_dir, "loopback", "ADD", {"cniVersion": "1.0.0", "name": "lo", "type": "loopback"}, host, other, "lo"
+            )
         add = call(bin_dir, "bridge", "ADD", conf, host, ctr)
         delete = call(bin_dir, "bridge", "DEL", conf, host, ctr)
         return add, delete
@@ -92,7 +127,9 @@ def trial(mode: str, n: int) -> tuple[float, float]:
             activator.wait()
         if notify is not None:
             notify.close()
-        subprocess.run([sys.executable, "-m", "cni_plugins.install", "helper", "stop", "--socket", sock], capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "cni_plugins.install", "helper", "stop", "--socket", sock], capture_output=True
+        )
         for ns in (host, ctr, other):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
@@ -111,7 +148,9 @@ def main() -> None:
     print(f"{'':12} {'ADD':>8} {'DEL':>8} {'ADD+DEL':>8}")
     for mode, rows in results.items():
         adds, dels = [r[0] * 1000 for r in rows], [r[1] * 1000 for r in rows]
-        print(f"{mode:12} {statistics.median(adds):8.1f} {statistics.median(dels):8.1f} {statistics.median([a + d for a, d in zip(adds, dels)]):8.1f}")
+        print(
+            f"{mode:12} {statistics.median(adds):8.1f} {statistics.median(dels):8.1f} {statistics.median([a + d for a, d in zip(adds, dels)]):8.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,13 @@ NETWORK = "bench"
 
 
 def exec_plugin(binary: str, command: str, conf: bytes, cid: str) -> float:
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": "/var/run/netns/bench-none", "CNI_IFNAME": "eth0", "CNI_PATH": os.path.dirname(binary)}
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": cid,
+        "CNI_NETNS": "/var/run/netns/bench-none",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": os.path.dirname(binary),
+    }
     start = time.perf_counter()
     proc = subprocess.run([binary], input=conf, env=env, capture_output=True)
     elapsed = time.perf_counter() - start
@@ -46,7 +52,13 @@ def in_process(command: str, conf: bytes, cid: str) -> float:
     from cni_plugins.protocol import skel
     from ipam import host_local
 
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": "/var/run/netns/bench-none", "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": cid,
+        "CNI_NETNS": "/var/run/netns/bench-none",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": "/nonexistent",
+    }
     out, err = io.StringIO(), io.StringIO()
     start = time.perf_counter()
     rc = skel.run(host_local.PLUGIN, environ=env, stdin=conf, stdout=out, stderr=err)
@@ -74,10 +86,19 @@ def prefill(data_dir: Path, count: int) -> None:
 
 
 def measure(binary: str, data_dir: Path, runs: int, count: int) -> dict[str, float]:
-    run = (lambda command, conf, cid: in_process(command, conf, cid)) if binary == "in-process" else (
-        lambda command, conf, cid: exec_plugin(binary, command, conf, cid))
-    conf = json.dumps({"cniVersion": "1.0.0", "name": NETWORK, "type": "bridge",
-                       "ipam": {"type": "host-local", "subnet": str(SUBNET), "dataDir": str(data_dir)}}).encode()
+    run = (
+        (lambda command, conf, cid: in_process(command, conf, cid))
+        if binary == "in-process"
+        else (lambda command, conf, cid: exec_plugin(binary, command, conf, cid))
+    )
+    conf = json.dumps(
+        {
+            "cniVersion": "1.0.0",
+            "name": NETWORK,
+            "type": "bridge",
+            "ipam": {"type": "host-local", "subnet": str(SUBNET), "dataDir": str(data_dir)},
+        }
+    ).encode()
     prefill(data_dir, count)
     first = run("ADD", conf, "warmup")  # ours: rebuilds its index here if prefilled
     run("DEL", conf, "warmup")
@@ -86,8 +107,13 @@ def measure(binary: str, data_dir: Path, runs: int, count: int) -> dict[str, flo
     files = sum(1 for name in os.listdir(data_dir / NETWORK) if name[0].isdigit())
     if files != count:
         raise SystemExit(f"{binary}: {files} reservations left, expected {count}")
-    return {"first": first, "add": statistics.median(adds), "del": statistics.median(dels),
-            "add_p90": sorted(adds)[int(0.9 * (runs - 1))], "del_p90": sorted(dels)[int(0.9 * (runs - 1))]}
+    return {
+        "first": first,
+        "add": statistics.median(adds),
+        "del": statistics.median(dels),
+        "add_p90": sorted(adds)[int(0.9 * (runs - 1))],
+        "del_p90": sorted(dels)[int(0.9 * (runs - 1))],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             helper = our_plugins.start_helper(sock)
             our_plugins.install(work / "warm", "host-local", helper="on", helper_socket=sock)
             our_plugins.install(work / "cold", "host-local")
-            plugins = {"cni-py/helper": str(work / "warm" / "host-local"), "cni-py/no helper": str(work / "cold" / "host-local")}
+            plugins = {
+                "cni-py/helper": str(work / "warm" / "host-local"),
+                "cni-py/no helper": str(work / "cold" / "host-local"),
+            }
         plugins["cni-py/in-process"] = "in-process"
         if os.path.exists(args.reference):
             plugins["reference"] = args.reference
@@ -119,11 +148,17 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((name, count, r))
                 shutil.rmtree(data_dir)
         print(f"host-local, {args.runs} runs per cell, every operation an exec; times in ms (median, p90)")
-        print(f"{'plugin':<18} {'reservations':>12} {'ADD median':>11} {'ADD p90':>8} {'DEL median':>11} {'DEL p90':>8} {'first call':>11}")
+        print(
+            f"{'plugin':<18} {'reservations':>12} {'ADD median':>11} {'ADD p90':>8} {'DEL median':>11} {'DEL p90':>8} {'first call':>11}"
+        )
         for name, count, r in rows:
-            print(f"{name:<18} {count:>12} {r['add'] * 1e3:>11.1f} {r['add_p90'] * 1e3:>8.1f} {r['del'] * 1e3:>11.1f} {r['del_p90'] * 1e3:>8.1f} {r['first'] * 1e3:>11.1f}")
+            print(
+                f"{name:<18} {count:>12} {r['add'] * 1e3:>11.1f} {r['add_p90'] * 1e3:>8.1f} {r['del'] * 1e3:>11.1f} {r['del_p90'] * 1e3:>8.1f} {r['first'] * 1e3:>11.1f}"
+            )
         print("first call: the untimed warm-up ADD on that network (cni-py rebuilds its index there after the prefill)")
-        print("cni-py/helper: handed to a warm helper (the default install); cni-py/no helper: each call in its own interpreter")
+        print(
+            "cni-py/helper: handed to a warm helper (the default install); cni-py/no helper: each call in its own interpreter"
+        )
         print("cni-py/in-process: the same calls through skel.run inside this process, without interpreter start-up")
     finally:
         our_plugins.stop_helper(helper)

@@ -30,10 +30,21 @@ from cni_plugins.kernel import netns  # noqa: E402
 import our_plugins  # noqa: E402  (bench/our_plugins.py)
 
 CHAINS = {
-    "ptp": lambda data_dir: {"cniVersion": "1.0.0", "name": "benchptp", "type": "ptp", "ipMasq": False,
-                             "ipam": {"type": "host-local", "subnet": "10.210.0.0/16", "dataDir": data_dir}},
-    "macvlan": lambda data_dir: {"cniVersion": "1.0.0", "name": "benchmv", "type": "macvlan", "master": "benchm0", "mode": "bridge",
-                                 "ipam": {"type": "host-local", "subnet": "10.211.0.0/16", "dataDir": data_dir}},
+    "ptp": lambda data_dir: {
+        "cniVersion": "1.0.0",
+        "name": "benchptp",
+        "type": "ptp",
+        "ipMasq": False,
+        "ipam": {"type": "host-local", "subnet": "10.210.0.0/16", "dataDir": data_dir},
+    },
+    "macvlan": lambda data_dir: {
+        "cniVersion": "1.0.0",
+        "name": "benchmv",
+        "type": "macvlan",
+        "master": "benchm0",
+        "mode": "bridge",
+        "ipam": {"type": "host-local", "subnet": "10.211.0.0/16", "dataDir": data_dir},
+    },
 }
 
 
@@ -42,7 +53,13 @@ def sh(*argv: str) -> None:
 
 
 def exec_plugin(bin_dir: str, plugin: str, command: str, conf: bytes, ctr: str) -> float:
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "bench1", "CNI_NETNS": f"/var/run/netns/{ctr}", "CNI_IFNAME": "eth0", "CNI_PATH": bin_dir}
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": "bench1",
+        "CNI_NETNS": f"/var/run/netns/{ctr}",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": bin_dir,
+    }
     start = time.perf_counter()
     proc = subprocess.run([os.path.join(bin_dir, plugin)], input=conf, env=env, capture_output=True)
     elapsed = time.perf_counter() - start
@@ -53,7 +70,9 @@ def exec_plugin(bin_dir: str, plugin: str, command: str, conf: bytes, ctr: str) 
 
 def version_exec(binary: str) -> float:
     start = time.perf_counter()
-    subprocess.run([binary], input=b'{"cniVersion":"1.0.0"}', env={"CNI_COMMAND": "VERSION"}, capture_output=True, check=True)
+    subprocess.run(
+        [binary], input=b'{"cniVersion":"1.0.0"}', env={"CNI_COMMAND": "VERSION"}, capture_output=True, check=True
+    )
     return time.perf_counter() - start
 
 

@@ -15,12 +15,22 @@ ROOT = Path(__file__).resolve().parent.parent
 def install(target: Path | str, *types: str, helper: str = "off", helper_socket: str = "") -> None:
     """``cni-plugins install`` of this checkout into ``target`` (all types when none given)."""
     args = ["--helper", helper] + (["--helper-socket", helper_socket] if helper_socket else [])
-    subprocess.run([sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(target), *args, *types], check=True, capture_output=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(target), *args, *types],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
 
 
 def start_helper(sock: str, timeout: float = 30.0) -> subprocess.Popen[bytes]:
     """A warm helper on ``sock`` that never idles out; returns once it listens."""
-    proc = subprocess.Popen([sys.executable, "-m", "cni_plugins.install", "helper", "--socket", sock, "--idle", "0"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cni_plugins.install", "helper", "--socket", sock, "--idle", "0"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + timeout
     while not os.path.exists(sock):
         if time.monotonic() > deadline or proc.poll() is not None:
@@ -40,4 +50,8 @@ def stop_helper(proc: subprocess.Popen[bytes] | None, sock: str = "") -> None:
             proc.kill()
             proc.wait()
     if sock:
-        subprocess.run([sys.executable, "-m", "cni_plugins.install", "helper", "--stop", "--socket", sock], cwd=ROOT, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "cni_plugins.install", "helper", "--stop", "--socket", sock],
+            cwd=ROOT,
+            capture_output=True,
+        )

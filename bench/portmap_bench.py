@@ -45,11 +45,26 @@ def conf(i: int, ifname: str = "eth0") -> bytes:
         "ips": [{"address": f"{ip}/8", "gateway": "10.0.0.1", "interface": 2}],
     }
     mapping = {"hostPort": 10000 + i, "containerPort": 80, "protocol": "tcp"}
-    return json.dumps({"cniVersion": "1.0.0", "name": "benchnet", "type": "portmap", "runtimeConfig": {"portMappings": [mapping]}, "prevResult": prev}).encode()
+    return json.dumps(
+        {
+            "cniVersion": "1.0.0",
+            "name": "benchnet",
+            "type": "portmap",
+            "runtimeConfig": {"portMappings": [mapping]},
+            "prevResult": prev,
+        }
+    ).encode()
 
 
 def exec_plugin(binary: str, command: str, i: int, netns: str) -> float:
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": f"bench{i:05d}", "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": os.path.dirname(binary) or "/opt/cni/bin", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": f"bench{i:05d}",
+        "CNI_NETNS": netns,
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": os.path.dirname(binary) or "/opt/cni/bin",
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    }
     if binary == IN_PROCESS:
         return handler(env, i)
     start = time.perf_counter()
@@ -102,7 +117,20 @@ def run_in_namespace(label: str, binary: str, n: int) -> dict[str, Any]:
         sh("ip", "netns", "exec", host, "ip", "addr", "add", "10.0.0.1/8", "dev", "cni0")
         sh("ip", "netns", "exec", host, "ip", "link", "set", "cni0p", "up")
         sh("ip", "netns", "exec", host, "ip", "link", "set", "cni0", "up")
-        cmd = ["ip", "netns", "exec", host, sys.executable, __file__, "--inner", binary, "-n", str(n), "--netns", f"/var/run/netns/{ctr}"]
+        cmd = [
+            "ip",
+            "netns",
+            "exec",
+            host,
+            sys.executable,
+            __file__,
+            "--inner",
+            binary,
+            "-n",
+            str(n),
+            "--netns",
+            f"/var/run/netns/{ctr}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{label}: {proc.stderr.strip()}")
@@ -122,7 +150,9 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=1000, help="containers (default 1000)")
     parser.add_argument("--reference", default="/usr/lib/cni/portmap")
     parser.add_argument("--json", help="write all timings here")
-    parser.add_argument("--helper", action="store_true", help="also time ours through the warm helper (cni_plugins/helper/server.py)")
+    parser.add_argument(
+        "--helper", action="store_true", help="also time ours through the warm helper (cni_plugins/helper/server.py)"
+    )
     parser.add_argument("--inner", help=argparse.SUPPRESS)
     parser.add_argument("--netns", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -151,7 +181,9 @@ def main() -> int:
             our_plugins.stop_helper(helper)
     n = args.n
     print(f"portmap ADD, exec'd per call, inside a fresh host namespace; {n} containers, one tcp mapping each")
-    print(f"{'':34s} {'1st ADD':>11s} {'ADD #' + str(n):>11s} {'mean 1-10':>11s} {'mean last 10':>13s} {'DEL #' + str(n):>11s}  ruleset lines")
+    print(
+        f"{'':34s} {'1st ADD':>11s} {'ADD #' + str(n):>11s} {'mean 1-10':>11s} {'mean last 10':>13s} {'DEL #' + str(n):>11s}  ruleset lines"
+    )
     for label, r in results.items():
         adds = r["adds"]
         print(

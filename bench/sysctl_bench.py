@@ -47,7 +47,12 @@ def ip_batch(lines: list[str]) -> None:
 
 
 def probe(ns: str, how: str, where: str) -> float:
-    out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-I", "-c", PROBE, str(ROOT), how, where], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-I", "-c", PROBE, str(ROOT), how, where],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(out.stdout)
 
 
@@ -70,7 +75,12 @@ def measure(tag: str, trials: int) -> dict[tuple[str, str], float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=2000, help="other namespaces that touched their sysctls (2,000: chain_bench's two full hosts)")
+    parser.add_argument(
+        "-n",
+        type=int,
+        default=2000,
+        help="other namespaces that touched their sysctls (2,000: chain_bench's two full hosts)",
+    )
     parser.add_argument("--trials", type=int, default=15)
     opts = parser.parse_args()
     if os.geteuid() != 0:
@@ -79,16 +89,23 @@ def main() -> int:
     others = [f"{tag}-o{i}" for i in range(opts.n)]
     ip_batch([f"netns add {tag}-host\n"])
     try:
-        probe(f"{tag}-host", "proc", "host")  # the host namespace's dentries exist before the others', as on a real host
+        probe(
+            f"{tag}-host", "proc", "host"
+        )  # the host namespace's dentries exist before the others', as on a real host
         empty = measure(tag, opts.trials)
         ip_batch([f"netns add {n}\n" for n in others])
-        ip_batch([f"netns exec {n} sysctl -qw net.ipv4.conf.lo.arp_notify=1 net.ipv6.conf.lo.accept_dad=0\n" for n in others])
+        ip_batch(
+            [f"netns exec {n} sysctl -qw net.ipv4.conf.lo.arp_notify=1 net.ipv6.conf.lo.accept_dad=0\n" for n in others]
+        )
         full = measure(tag, opts.trials)
     finally:
         ip_batch([f"netns del {n}\n" for n in [*others, f"{tag}-host"]])
     print(f"a bridge ADD's sysctl accesses, median of {opts.trials} fresh processes, µs")
     print(f"{'':<58}{'0 others':>10}{f'{opts.n} others':>13}")
-    for where, what in (("container", "new container namespace (accept_dad, arp_notify)"), ("host", "old host namespace (accept_ra, disable_ipv6, ip_forward)")):
+    for where, what in (
+        ("container", "new container namespace (accept_dad, arp_notify)"),
+        ("host", "old host namespace (accept_ra, disable_ipv6, ip_forward)"),
+    ):
         print(what)
         for how, label in (("proc", "through /proc/sys"), ("private", "through a private procfs")):
             print(f"  {label:<56}{empty[how, where]:>10.0f}{full[how, where]:>13.0f}")

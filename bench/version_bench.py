@@ -26,7 +26,13 @@ CASES = {
         b'{"cniVersion":"1.0.0","name":"n","type":"bridge"}',
     ),
     "error: bad stdin": (
-        {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/none", "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"},
+        {
+            "CNI_COMMAND": "ADD",
+            "CNI_CONTAINERID": "c1",
+            "CNI_NETNS": "/var/run/netns/none",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": "/nonexistent",
+        },
         b"{not json",
     ),
 }
@@ -64,7 +70,9 @@ def main() -> None:
             for impl in ("ours", "reference"):
                 samples = sorted(times[case, plugin, impl])
                 row += [statistics.median(samples) * 1000, samples[int(len(samples) * 0.95) - 1] * 1000]
-            print(f"{case:<24}{plugin:<12}{row[0]:>8.1f}{row[1]:>8.1f}{row[2]:>11.1f}{row[3]:>8.1f}{row[0] / row[2]:>10.2f}")
+            print(
+                f"{case:<24}{plugin:<12}{row[0]:>8.1f}{row[1]:>8.1f}{row[2]:>11.1f}{row[3]:>8.1f}{row[0] / row[2]:>10.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,14 @@ def default_socket(run_dir: str = DEFAULT_RUN_DIR, interpreter: str | None = Non
     return socket_path(run_dir, install_id(interpreter))
 
 
-def launcher_text(plugin_type: str, *, helper: str = "", auto_start: bool = False, interpreter: str | None = None, run_dir: str = DEFAULT_RUN_DIR) -> str:
+def launcher_text(
+    plugin_type: str,
+    *,
+    helper: str = "",
+    auto_start: bool = False,
+    interpreter: str | None = None,
+    run_dir: str = DEFAULT_RUN_DIR,
+) -> str:
     """The executable for ``plugin_type``. ``helper``: the warm helper's socket ('' = none);
     ``run_dir``: where the attachment locks live."""
     interpreter = interpreter or sys.executable
@@ -56,7 +63,9 @@ def launcher_text(plugin_type: str, *, helper: str = "", auto_start: bool = Fals
     )
 
 
-def install(target: Path, types: list[str], *, helper: str = "", auto_start: bool = False, run_dir: str = DEFAULT_RUN_DIR) -> list[Path]:
+def install(
+    target: Path, types: list[str], *, helper: str = "", auto_start: bool = False, run_dir: str = DEFAULT_RUN_DIR
+) -> list[Path]:
     target.mkdir(parents=True, exist_ok=True)
     written = []
     for plugin_type in types:
@@ -105,16 +114,30 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="warm helper: auto = use it and start it on demand (default), on = use it if running, off = never",
     )
-    p_install.add_argument("--run-dir", default="", help=f"root-only directory of the helper's socket and the attachment locks (default {DEFAULT_RUN_DIR}, or the directory of --helper-socket)")
-    p_install.add_argument("--helper-socket", default="", help="helper socket (default: <run dir>/helper-<install id>.sock)")
-    p_install.add_argument("--systemd", action="store_true", help="also write a .socket and a .service unit that start the helper at boot")
-    p_install.add_argument("--unit-dir", default=DEFAULT_UNIT_DIR, help=f"where --systemd writes the units (default {DEFAULT_UNIT_DIR})")
-    p_install.add_argument("--unit-name", default=DEFAULT_UNIT_NAME, help=f"the units' name (default {DEFAULT_UNIT_NAME})")
+    p_install.add_argument(
+        "--run-dir",
+        default="",
+        help=f"root-only directory of the helper's socket and the attachment locks (default {DEFAULT_RUN_DIR}, or the directory of --helper-socket)",
+    )
+    p_install.add_argument(
+        "--helper-socket", default="", help="helper socket (default: <run dir>/helper-<install id>.sock)"
+    )
+    p_install.add_argument(
+        "--systemd", action="store_true", help="also write a .socket and a .service unit that start the helper at boot"
+    )
+    p_install.add_argument(
+        "--unit-dir", default=DEFAULT_UNIT_DIR, help=f"where --systemd writes the units (default {DEFAULT_UNIT_DIR})"
+    )
+    p_install.add_argument(
+        "--unit-name", default=DEFAULT_UNIT_NAME, help=f"the units' name (default {DEFAULT_UNIT_NAME})"
+    )
     p_install.add_argument("types", nargs="*", help="plugin types to install (default: all available)")
     sub.add_parser("list", help="list the plugin types this installation provides")
     p_helper = sub.add_parser("helper", help="run the warm helper, or say how it is doing, or stop it (docs/helper.md)")
     p_helper.add_argument("action", nargs="?", choices=("run", "status", "stop"), default="run")
-    p_helper.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=f"the install's run dir (default {DEFAULT_RUN_DIR})")
+    p_helper.add_argument(
+        "--run-dir", default=DEFAULT_RUN_DIR, help=f"the install's run dir (default {DEFAULT_RUN_DIR})"
+    )
     p_helper.add_argument("--socket", default="", help="default: this install's socket in --run-dir")
     p_helper.add_argument("--idle", type=float, default=600.0, help="exit after this many idle seconds (0: never)")
     p_helper.add_argument("--workers", type=int, default=0, help="ready workers (default: twice the CPUs, at least 4)")
@@ -133,16 +156,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown plugin type(s): {', '.join(unknown)}; available: {', '.join(available)}")
     if args.systemd and args.helper == "off":
         parser.error("--systemd needs the helper (--helper auto or on)")
-    run_dir = os.path.abspath(args.run_dir or (os.path.dirname(args.helper_socket) if args.helper_socket else DEFAULT_RUN_DIR))
+    run_dir = os.path.abspath(
+        args.run_dir or (os.path.dirname(args.helper_socket) if args.helper_socket else DEFAULT_RUN_DIR)
+    )
     sock = "" if args.helper == "off" else os.path.abspath(args.helper_socket or default_socket(run_dir))
-    for path in install(Path(args.dir), args.types or available, helper=sock, auto_start=args.helper == "auto", run_dir=run_dir):
+    for path in install(
+        Path(args.dir), args.types or available, helper=sock, auto_start=args.helper == "auto", run_dir=run_dir
+    ):
         print(path)
     if args.systemd:
         from cni_plugins.helper import units as helper_units
 
         for path in helper_units.write(Path(args.unit_dir), args.unit_name, sock, install_id()):
             print(path)
-        print(f"next: systemctl daemon-reload && systemctl enable --now {args.unit_name}.socket {args.unit_name}.service", file=sys.stderr)
+        print(
+            f"next: systemctl daemon-reload && systemctl enable --now {args.unit_name}.socket {args.unit_name}.service",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -52,13 +52,23 @@ class BridgeConf:
         raw = conf.raw
         bridge = str_field(raw, "bridge", DEFAULT_BRIDGE) or DEFAULT_BRIDGE
         if interface_name_problem(bridge):
-            raise InvalidNetworkConfig(f"bridge: {bridge!r} is not a valid interface name", f"use at most {IFNAME_MAX} characters, without '/', ':' or spaces")
-        mac_sources = (("CNI_ARGS MAC", cni_args.get("MAC") or ""), ("args.cni.mac", conf.args.mac), ("runtimeConfig.mac", conf.runtime_config.mac))
+            raise InvalidNetworkConfig(
+                f"bridge: {bridge!r} is not a valid interface name",
+                f"use at most {IFNAME_MAX} characters, without '/', ':' or spaces",
+            )
+        mac_sources = (
+            ("CNI_ARGS MAC", cni_args.get("MAC") or ""),
+            ("args.cni.mac", conf.args.mac),
+            ("runtimeConfig.mac", conf.runtime_config.mac),
+        )
         where, mac = next(((w, m) for w, m in reversed(mac_sources) if m), ("mac", ""))
         default_gw = bool_field(raw, "isDefaultGateway", False)
         backend = str_field(raw, "ipMasqBackend", "")
         if backend and backend not in MASQ_BACKENDS:
-            raise InvalidNetworkConfig(f"ipMasqBackend: {backend!r} is not one of 'iptables', 'nftables'", "leave it out: masquerade is served by nftables either way")
+            raise InvalidNetworkConfig(
+                f"ipMasqBackend: {backend!r} is not one of 'iptables', 'nftables'",
+                "leave it out: masquerade is served by nftables either way",
+            )
         return cls(
             network=conf.name,
             bridge=bridge,
@@ -90,11 +100,20 @@ class BridgeConf:
     def validate_for_add(self) -> None:
         """Combinations the reference refuses at ADD."""
         if self.hairpin and self.promisc:
-            raise InvalidNetworkConfig("hairpinMode and promiscMode: cannot set hairpin mode and promiscuous mode at the same time", "set at most one of them")
+            raise InvalidNetworkConfig(
+                "hairpinMode and promiscMode: cannot set hairpin mode and promiscuous mode at the same time",
+                "set at most one of them",
+            )
         if self.disable_container_interface and self.ipam_type:
-            raise InvalidNetworkConfig("disableContainerInterface: cannot use IPAM when the container interface is disabled", 'remove "ipam" (L2 only) or the flag')
+            raise InvalidNetworkConfig(
+                "disableContainerInterface: cannot use IPAM when the container interface is disabled",
+                'remove "ipam" (L2 only) or the flag',
+            )
         if self.vlan and self.is_gateway and len(self.vlan_gateway) > IFNAME_MAX:
-            raise InvalidNetworkConfig(f"bridge: the VLAN gateway link {self.vlan_gateway} would be longer than {IFNAME_MAX} characters", "use a shorter bridge name")
+            raise InvalidNetworkConfig(
+                f"bridge: the VLAN gateway link {self.vlan_gateway} would be longer than {IFNAME_MAX} characters",
+                "use a shorter bridge name",
+            )
 
     @property
     def vlan_filtering(self) -> bool:
@@ -112,11 +131,15 @@ def parse_trunk(items: list[Any]) -> tuple[int, ...]:
     for i, item in enumerate(items):
         where = f"vlanTrunk[{i}]"
         if not isinstance(item, dict):
-            raise InvalidNetworkConfig(f'{where}: expected an object like {{"id": 100}} or {{"minID": 200, "maxID": 210}}, got {item!r}')
+            raise InvalidNetworkConfig(
+                f'{where}: expected an object like {{"id": 100}} or {{"minID": 200, "maxID": 210}}, got {item!r}'
+            )
         lo, hi = item.get("minID"), item.get("maxID")
         if (lo is None) != (hi is None):
             missing = "minID" if lo is None else "maxID"
-            raise InvalidNetworkConfig(f"{where}: minID and maxID should be configured simultaneously, {missing} is missing")
+            raise InvalidNetworkConfig(
+                f"{where}: minID and maxID should be configured simultaneously, {missing} is missing"
+            )
         if lo is not None:
             lo_v, hi_v = (int_field(item, k, 0, where, minimum=1, maximum=VLAN_MAX) for k in ("minID", "maxID"))
             if hi_v < lo_v:
@@ -130,4 +153,6 @@ def parse_trunk(items: list[Any]) -> tuple[int, ...]:
 def dns_set(obj: object) -> bool:
     """The reference's rule for the config's ``dns`` replacing IPAM's: any of the lists given
     (even empty) or a domain."""
-    return isinstance(obj, dict) and (any(obj.get(k) is not None for k in ("nameservers", "search", "options")) or bool(obj.get("domain")))
+    return isinstance(obj, dict) and (
+        any(obj.get(k) is not None for k in ("nameservers", "search", "options")) or bool(obj.get("domain"))
+    )

@@ -32,7 +32,13 @@ def bool_field(obj: dict[str, Any], key: str, default: bool, where: str = "") ->
 
 
 def int_field(
-    obj: dict[str, Any], key: str, default: int, where: str = "", *, minimum: int | None = None, maximum: int | None = None
+    obj: dict[str, Any],
+    key: str,
+    default: int,
+    where: str = "",
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
 ) -> int:
     value = obj.get(key, default)
     if value is None:
@@ -43,14 +49,18 @@ def int_field(
         else:
             raise InvalidNetworkConfig(f"{_where(where, key)}: expected an integer, got {value!r}")
     if minimum is not None and value < minimum or maximum is not None and value > maximum:
-        bounds = f"between {minimum} and {maximum}" if minimum is not None and maximum is not None else (
-            f"at least {minimum}" if minimum is not None else f"at most {maximum}"
+        bounds = (
+            f"between {minimum} and {maximum}"
+            if minimum is not None and maximum is not None
+            else (f"at least {minimum}" if minimum is not None else f"at most {maximum}")
         )
         raise InvalidNetworkConfig(f"{_where(where, key)}: {value} is out of range, must be {bounds}")
     return int(value)
 
 
-def str_field(obj: dict[str, Any], key: str, default: str = "", where: str = "", *, choices: tuple[str, ...] = ()) -> str:
+def str_field(
+    obj: dict[str, Any], key: str, default: str = "", where: str = "", *, choices: tuple[str, ...] = ()
+) -> str:
     value = obj.get(key, default)
     if value is None:
         return default
@@ -95,7 +105,9 @@ def parse_mac(value: str, where: str) -> str:
         return ""
     parts = value.replace("-", ":").split(":")
     if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
-        raise InvalidNetworkConfig(f"{where}: {value!r} is not a MAC address", "write it as six hex bytes, e.g. c2:11:22:33:44:55")
+        raise InvalidNetworkConfig(
+            f"{where}: {value!r} is not a MAC address", "write it as six hex bytes, e.g. c2:11:22:33:44:55"
+        )
     return ":".join(parts).lower()
 
 
@@ -108,7 +120,11 @@ def abs_path_field(obj: dict[str, Any], key: str, default: str, where: str = "")
     if "\0" in text:
         raise InvalidNetworkConfig(f"{name}: contains a NUL character", "give an absolute directory path")
     if not text.startswith("/"):
-        raise InvalidNetworkConfig(f"{name}: {text!r} is not an absolute path", f"give an absolute directory path such as {default}")
+        raise InvalidNetworkConfig(
+            f"{name}: {text!r} is not an absolute path", f"give an absolute directory path such as {default}"
+        )
     if ".." in text.split("/"):
-        raise InvalidNetworkConfig(f"{name}: {text!r} has a '..' component", "give the directory without '..' components")
+        raise InvalidNetworkConfig(
+            f"{name}: {text!r} has a '..' component", "give the directory without '..' components"
+        )
     return "/" + os.path.normpath(text).lstrip("/")

@@ -135,7 +135,9 @@ def _plugin(obj: object, where: str) -> PluginConf:
         raise InvalidNetworkConfig(f"{where}: expected a JSON object, got {obj!r}")
     ptype = obj.get("type")
     if not isinstance(ptype, str) or not ptype:
-        raise InvalidNetworkConfig(f"{where}: type: missing plugin type", 'every plugin needs "type", the name of its executable')
+        raise InvalidNetworkConfig(
+            f"{where}: type: missing plugin type", 'every plugin needs "type", the name of its executable'
+        )
     if "/" in ptype or "\\" in ptype:
         raise InvalidNetworkConfig(f"{where}: type: {ptype!r} must be an executable name, not a path")
     caps = obj.get("capabilities", {}) or {}
@@ -144,7 +146,9 @@ def _plugin(obj: object, where: str) -> PluginConf:
     return PluginConf(type=ptype, capabilities=caps, raw=obj)
 
 
-def conflist_from_object(obj: dict[str, Any], data: bytes, source: str, *, directory: Path | None = None) -> NetworkConfigList:
+def conflist_from_object(
+    obj: dict[str, Any], data: bytes, source: str, *, directory: Path | None = None
+) -> NetworkConfigList:
     name = obj.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidNetworkConfig(f"{source}: name: missing network name", 'add "name" to the config list')
@@ -167,7 +171,9 @@ def conflist_from_object(obj: dict[str, Any], data: bytes, source: str, *, direc
             pobj, _ = _read_object(path)
             plugins.append(_plugin(pobj, str(path)))
     if not plugins:
-        raise InvalidNetworkConfig(f"{source}: plugins: no plugins in network {name!r}", "a config list needs at least one plugin")
+        raise InvalidNetworkConfig(
+            f"{source}: plugins: no plugins in network {name!r}", "a config list needs at least one plugin"
+        )
     return NetworkConfigList(
         name=name,
         cni_version=version,

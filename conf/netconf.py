@@ -69,7 +69,11 @@ class PortMapping:
         )
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"hostPort": self.host_port, "containerPort": self.container_port, "protocol": self.protocol}
+        out: dict[str, Any] = {
+            "hostPort": self.host_port,
+            "containerPort": self.container_port,
+            "protocol": self.protocol,
+        }
         if self.host_ip:
             out["hostIP"] = self.host_ip
         return out
@@ -165,7 +169,9 @@ class NetConf:
         try:
             raw = gojson.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise DecodingFailure(f"decode network config from stdin: {exc}", "stdin must hold one JSON object") from None
+            raise DecodingFailure(
+                f"decode network config from stdin: {exc}", "stdin must hold one JSON object"
+            ) from None
         if not isinstance(raw, dict):
             raise DecodingFailure(f"decode network config from stdin: expected a JSON object, got {type(raw).__name__}")
         version = raw.get("cniVersion") or DEFAULT_CONFIG_VERSION
@@ -225,5 +231,9 @@ def _attachments(obj: object) -> tuple[Attachment, ...] | None:
         where = f"cni.dev/valid-attachments[{i}]"
         if not isinstance(item, dict):
             raise InvalidNetworkConfig(f"{where}: expected a JSON object, got {item!r}")
-        out.append(Attachment(container_id=str_field(item, "containerID", "", where), ifname=str_field(item, "ifname", "", where)))
+        out.append(
+            Attachment(
+                container_id=str_field(item, "containerID", "", where), ifname=str_field(item, "ifname", "", where)
+            )
+        )
     return tuple(out)

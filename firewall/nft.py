@@ -38,6 +38,7 @@ def release_kept() -> None:
     if _KEPT:
         _KEPT.clear()
 
+
 EEXIST, ENOENT, EBUSY, OTHER = "exists", "missing", "busy", "other"
 
 
@@ -95,7 +96,11 @@ class LibNftables:
         rc, _, err = self._ctx.json_cmd({"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]})
         if rc != 0:
             text = " ".join(line.strip() for line in str(err).splitlines() if line.strip() and "^" not in line)
-            raise NftError(f"{what}: nftables refused the change: {text}", f"{len(commands)} commands, none applied", classify(str(err)))
+            raise NftError(
+                f"{what}: nftables refused the change: {text}",
+                f"{len(commands)} commands, none applied",
+                classify(str(err)),
+            )
 
     def _list(self, obj: Command) -> list[Command]:
         rc, out, err = self._ctx.json_cmd({"nftables": [{"list": obj}]})

@@ -112,7 +112,10 @@ def add_commands(maps: OwnedMaps, owner: Owner, entries: Iterable[Entry], *, exc
 
 def release_commands(maps: OwnedMaps, owner: Owner, entry: Entry) -> list[Command]:
     """Compare-and-delete for one entry (see the module docstring)."""
-    out = [_el("add", maps, maps.owners, [_elem(entry.key, owner.comment, owner.mark)]), _el("delete", maps, maps.owners, [entry.key])]
+    out = [
+        _el("add", maps, maps.owners, [_elem(entry.key, owner.comment, owner.mark)]),
+        _el("delete", maps, maps.owners, [entry.key]),
+    ]
     for name, value in entry.data.items():
         out.append(_el("add", maps, name, [_elem(entry.key, owner.comment, value)]))
         out.append(_el("delete", maps, name, [entry.key]))
@@ -157,7 +160,11 @@ def claim_groups(
     tries = 0
     while tries < RETRIES:
         head = stamp.guard() if fast and stamp is not None else setup + (stamp.create() if stamp is not None else [])
-        batch = head + always + [c for g in pending for c in add_commands(g.maps, g.owner or owner, g.entries, exclusive=g.exclusive)]
+        batch = (
+            head
+            + always
+            + [c for g in pending for c in add_commands(g.maps, g.owner or owner, g.entries, exclusive=g.exclusive)]
+        )
         try:
             nft.run(batch, what=what)
             if stamp is not None and not fast:
@@ -262,7 +269,9 @@ def release_all_of(nft: NftBackend, maps: OwnedMaps, owner: Owner, data_maps: tu
         nft.run(_delete_present(nft, maps, entries, data_maps), what=what)
 
 
-def gc(nft: NftBackend, maps: OwnedMaps, data_maps: tuple[str, ...], keep: set[str], network_prefix: str, *, what: str) -> int:
+def gc(
+    nft: NftBackend, maps: OwnedMaps, data_maps: tuple[str, ...], keep: set[str], network_prefix: str, *, what: str
+) -> int:
     """Remove entries of ``network_prefix`` whose owner prefix is not in ``keep``. Returns the count."""
     stale = []
     for el in nft.list_map(maps.family, maps.table, maps.owners):
@@ -297,13 +306,17 @@ def _holders(nft: NftBackend, maps: OwnedMaps, entries: list[Entry]) -> dict[str
     return out
 
 
-def _delete_present(nft: NftBackend, maps: OwnedMaps, entries: list[Entry], data_maps: tuple[str, ...] = ()) -> list[Command]:
+def _delete_present(
+    nft: NftBackend, maps: OwnedMaps, entries: list[Entry], data_maps: tuple[str, ...] = ()
+) -> list[Command]:
     """Delete commands for the keys of ``entries`` wherever they are present right now."""
     wanted = {_canon(e.key) for e in entries}
     names = {maps.owners, *data_maps, *(n for e in entries for n in e.data)}
     out: list[Command] = []
     for name in sorted(names):
-        present = [_plain_key(el) for el in nft.list_map(maps.family, maps.table, name) if _canon(_plain_key(el)) in wanted]
+        present = [
+            _plain_key(el) for el in nft.list_map(maps.family, maps.table, name) if _canon(_plain_key(el)) in wanted
+        ]
         if present:
             out.append(_el("delete", maps, name, present))
     return out

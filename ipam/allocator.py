@@ -63,12 +63,18 @@ class Allocator:
         )
 
 
-def allocate_all(store: Store, range_sets: tuple[RangeSet, ...], key: Key, requested: tuple[IPAddress | None, ...]) -> tuple[IPConfig, ...]:
+def allocate_all(
+    store: Store, range_sets: tuple[RangeSet, ...], key: Key, requested: tuple[IPAddress | None, ...]
+) -> tuple[IPConfig, ...]:
     """One address from each range set; on any failure the ones already taken are released."""
     done: list[IPConfig] = []
     for idx, range_set in enumerate(range_sets):
         try:
-            done.append(Allocator(range_set=range_set, store=store, range_id=idx).allocate(key, requested[idx] if idx < len(requested) else None))
+            done.append(
+                Allocator(range_set=range_set, store=store, range_id=idx).allocate(
+                    key, requested[idx] if idx < len(requested) else None
+                )
+            )
         except CNIError as err:
             for ipc in done:
                 store.release_ip(ipc.address.ip)
@@ -97,7 +103,11 @@ def gc(store: Store, valid: frozenset[Key]) -> tuple[IPAddress, ...]:
     valid_ids = {k.container_id for k in valid}
     stale = []
     for ip, owner in store.owners().items():
-        if owner is None or (owner.ifname and owner not in valid) or (not owner.ifname and owner.container_id not in valid_ids):
+        if (
+            owner is None
+            or (owner.ifname and owner not in valid)
+            or (not owner.ifname and owner.container_id not in valid_ids)
+        ):
             stale.append(ip)
     for ip in stale:
         store.release_ip(ip)

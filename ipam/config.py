@@ -40,7 +40,9 @@ class IPAMConf:
     def from_netconf(cls, conf: NetConf, cni_args: CniArgs) -> IPAMConf:
         ipam = conf.ipam
         if not ipam:
-            raise InvalidNetworkConfig("IPAM config missing 'ipam' key", 'add an "ipam" object with "type": "host-local"')
+            raise InvalidNetworkConfig(
+                "IPAM config missing 'ipam' key", 'add an "ipam" object with "type": "host-local"'
+            )
         validate_network_name(conf.name)
         sources: list[tuple[str, object]] = [
             (f"runtimeConfig.ipRanges[{i}]", rs) for i, rs in enumerate(conf.runtime_config.ip_ranges)
@@ -66,7 +68,9 @@ class IPAMConf:
 
 def parse_range_set(raw: object, where: str) -> RangeSet:
     if not isinstance(raw, list):
-        raise InvalidNetworkConfig(f"{where}: expected a list of ranges, got {raw!r}", 'a range set is [{"subnet": "10.1.0.0/24"}, ...]')
+        raise InvalidNetworkConfig(
+            f"{where}: expected a list of ranges, got {raw!r}", 'a range set is [{"subnet": "10.1.0.0/24"}, ...]'
+        )
     if not raw:
         raise InvalidNetworkConfig(f"{where}: empty range set", "give at least one range with a subnet")
     ranges: list[Range] = []
@@ -74,10 +78,15 @@ def parse_range_set(raw: object, where: str) -> RangeSet:
         item_where = where if where == "ipam" else f"{where}[{j}]"
         r = parse_range(item, item_where)
         if ranges and r.version != ranges[0].version:
-            raise InvalidNetworkConfig(f"{item_where}: mixed address families in one range set", "put IPv4 and IPv6 ranges in separate range sets")
+            raise InvalidNetworkConfig(
+                f"{item_where}: mixed address families in one range set",
+                "put IPv4 and IPv6 ranges in separate range sets",
+            )
         for k, other in enumerate(ranges):
             if r.overlaps(other):
-                raise InvalidNetworkConfig(f"{item_where}: subnet {r.subnet} ({r}) overlaps {where}[{k}] ({other.subnet} {other})")
+                raise InvalidNetworkConfig(
+                    f"{item_where}: subnet {r.subnet} ({r}) overlaps {where}[{k}] ({other.subnet} {other})"
+                )
         ranges.append(r)
     return RangeSet(ranges=tuple(ranges))
 
@@ -91,7 +100,9 @@ def parse_range(raw: object, where: str) -> Range:
     try:
         iface = ipaddress.ip_interface(text)
     except ValueError:
-        raise InvalidNetworkConfig(f"{where}.subnet: {text!r} is not a valid CIDR", 'use a network in CIDR form like "10.1.0.0/24"') from None
+        raise InvalidNetworkConfig(
+            f"{where}.subnet: {text!r} is not a valid CIDR", 'use a network in CIDR form like "10.1.0.0/24"'
+        ) from None
     if "/" not in text:
         raise InvalidNetworkConfig(f"{where}.subnet: {text!r} has no prefix length", 'use CIDR form like "10.1.0.0/24"')
     subnet: IPNetwork = iface.network
@@ -101,12 +112,18 @@ def parse_range(raw: object, where: str) -> Range:
             f"for a prefix length of {subnet.prefixlen} the network address is {subnet.network_address}: use {subnet}",
         )
     if subnet.prefixlen > subnet.max_prefixlen - 2:
-        raise InvalidNetworkConfig(f"{where}.subnet: network {subnet} too small to allocate from", "use a /30 (IPv4) or /126 (IPv6) or larger")
+        raise InvalidNetworkConfig(
+            f"{where}.subnet: network {subnet} too small to allocate from", "use a /30 (IPv4) or /126 (IPv6) or larger"
+        )
     gateway = _ip_in(raw, "gateway", subnet, where) or subnet.network_address + 1
     start = _ip_in(raw, "rangeStart", subnet, where) or subnet.network_address + 1
-    end = _ip_in(raw, "rangeEnd", subnet, where) or (subnet.broadcast_address - 1 if subnet.version == 4 else subnet.broadcast_address)
+    end = _ip_in(raw, "rangeEnd", subnet, where) or (
+        subnet.broadcast_address - 1 if subnet.version == 4 else subnet.broadcast_address
+    )
     if start > end:  # type: ignore[operator]
-        raise InvalidNetworkConfig(f"{where}.rangeStart: {start} is after rangeEnd {end}", "rangeStart must not be after rangeEnd")
+        raise InvalidNetworkConfig(
+            f"{where}.rangeStart: {start} is after rangeEnd {end}", "rangeStart must not be after rangeEnd"
+        )
     return Range(subnet=subnet, range_start=start, range_end=end, gateway=gateway)
 
 
@@ -119,7 +136,9 @@ def _ip_in(raw: dict[str, object], key: str, subnet: IPNetwork, where: str) -> I
     except ValueError:
         raise InvalidNetworkConfig(f"{where}.{key}: {text!r} is not an IP address") from None
     if ip.version != subnet.version or ip not in subnet:
-        raise InvalidNetworkConfig(f"{where}.{key}: {ip} is not in subnet {subnet}", f"give an address inside {subnet}, or leave {key} out")
+        raise InvalidNetworkConfig(
+            f"{where}.{key}: {ip} is not in subnet {subnet}", f"give an address inside {subnet}, or leave {key} out"
+        )
     return ip
 
 
@@ -127,7 +146,10 @@ def _check_sets(range_sets: list[RangeSet], wheres: list[str], cni_version: str)
     for i, rs in enumerate(range_sets):
         for j in range(i):
             if rs.overlaps(range_sets[j]):
-                raise InvalidNetworkConfig(f"{wheres[i]}: range set {i} overlaps with range set {j} ({wheres[j]})", "range sets must not share addresses")
+                raise InvalidNetworkConfig(
+                    f"{wheres[i]}: range set {i} overlaps with range set {j} ({wheres[j]})",
+                    "range sets must not share addresses",
+                )
     if not at_least(cni_version, "0.3.0"):
         for family in (4, 6):
             if sum(1 for rs in range_sets if rs.version == family) > 1:
@@ -150,13 +172,18 @@ def _requested_ips(conf: NetConf, cni_args: CniArgs) -> list[tuple[IPAddress, st
         try:
             ip = ipaddress.ip_interface(text.strip()).ip
         except ValueError:
-            raise InvalidNetworkConfig(f"{where}: cannot understand ip {text!r}", "give an IP address like 10.1.0.5 (a CIDR like 10.1.0.5/24 is accepted)") from None
+            raise InvalidNetworkConfig(
+                f"{where}: cannot understand ip {text!r}",
+                "give an IP address like 10.1.0.5 (a CIDR like 10.1.0.5/24 is accepted)",
+            ) from None
         if all(ip != seen for seen, _ in out):
             out.append((ip, where))
     return out
 
 
-def _match_requested(requested: list[tuple[IPAddress, str]], range_sets: list[RangeSet], wheres: list[str]) -> tuple[IPAddress | None, ...]:
+def _match_requested(
+    requested: list[tuple[IPAddress, str]], range_sets: list[RangeSet], wheres: list[str]
+) -> tuple[IPAddress | None, ...]:
     chosen: list[tuple[IPAddress, str] | None] = [None] * len(range_sets)
     for ip, where in requested:
         idx = next((i for i, rs in enumerate(range_sets) if rs.contains(ip)), None)
@@ -172,7 +199,9 @@ def _match_requested(requested: list[tuple[IPAddress, str]], range_sets: list[Ra
         r = range_sets[idx].range_for(ip)
         assert r is not None
         if ip == r.gateway:
-            raise InvalidNetworkConfig(f"{where}: requested ip {ip} is subnet's gateway", "request an address other than the gateway")
+            raise InvalidNetworkConfig(
+                f"{where}: requested ip {ip} is subnet's gateway", "request an address other than the gateway"
+            )
         if r.reserved(ip):
             raise InvalidNetworkConfig(f"{where}: requested ip {ip} is the network or broadcast address of {r.subnet}")
         chosen[idx] = (ip, where)
@@ -185,7 +214,9 @@ def parse_routes(ipam: dict[str, object], where: str) -> tuple[Route, ...]:
         try:
             out.append(Route.from_json(raw, f"{where}.routes[{i}]"))
         except DecodingFailure as exc:
-            raise InvalidNetworkConfig(exc.msg, 'a route is {"dst": "10.2.0.0/16", "gw": "10.1.0.1"} (gw optional)') from None
+            raise InvalidNetworkConfig(
+                exc.msg, 'a route is {"dst": "10.2.0.0/16", "gw": "10.1.0.1"} (gw optional)'
+            ) from None
     return tuple(out)
 
 
@@ -204,8 +235,13 @@ def parse_data_dir(ipam: dict[str, object]) -> str:
     if "\0" in text:
         raise InvalidNetworkConfig("ipam.dataDir: contains a NUL character", "give an absolute directory path")
     if not text.startswith("/"):
-        raise InvalidNetworkConfig(f"ipam.dataDir: {text!r} is not an absolute path", f"give an absolute directory path such as {DEFAULT_DATA_DIR}")
+        raise InvalidNetworkConfig(
+            f"ipam.dataDir: {text!r} is not an absolute path",
+            f"give an absolute directory path such as {DEFAULT_DATA_DIR}",
+        )
     if ".." in text.split("/"):
-        raise InvalidNetworkConfig(f"ipam.dataDir: {text!r} has a '..' component", "give the directory without '..' components")
+        raise InvalidNetworkConfig(
+            f"ipam.dataDir: {text!r} has a '..' component", "give the directory without '..' components"
+        )
     normal = os.path.normpath(text)
     return "/" + normal.lstrip("/")  # POSIX keeps a leading "//"; we do not

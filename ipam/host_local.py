@@ -63,12 +63,18 @@ def cmd_check(args: CmdArgs) -> None:
         with store:
             held = allocator.holds(store, key)
     if not held:
-        raise CNIError(f"host-local: Failed to find address added by container {key.container_id}", f"no reservation for interface {key.ifname} in {store.dir}")
+        raise CNIError(
+            f"host-local: Failed to find address added by container {key.container_id}",
+            f"no reservation for interface {key.ifname} in {store.dir}",
+        )
     prev = args.conf.prev_result
     for ipc in prev.ips if prev is not None else ():
         ip = ipc.address.ip
         if any(rs.contains(ip) for rs in conf.range_sets) and ip not in held:
-            raise CNIError(f"host-local: {ip} in prevResult is not reserved for container {key.container_id}", f"{key.ifname} holds {', '.join(map(str, held))}")
+            raise CNIError(
+                f"host-local: {ip} in prevResult is not reserved for container {key.container_id}",
+                f"{key.ifname} holds {', '.join(map(str, held))}",
+            )
 
 
 def cmd_gc(args: CmdArgs) -> None:
@@ -94,7 +100,10 @@ def cmd_status(args: CmdArgs) -> None:
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        raise PluginNotAvailable(f"host-local: dataDir {data_dir} is not usable: {probe} is not a writable directory", "fix ipam.dataDir or its permissions")
+        raise PluginNotAvailable(
+            f"host-local: dataDir {data_dir} is not usable: {probe} is not a writable directory",
+            "fix ipam.dataDir or its permissions",
+        )
 
 
 def parse_resolv_conf(path: str) -> DNS:
@@ -103,7 +112,9 @@ def parse_resolv_conf(path: str) -> DNS:
         with open(path, encoding="utf-8", errors="replace") as fh:
             lines = fh.read().splitlines()
     except OSError as exc:
-        raise IOFailure(f"ipam.resolvConf: read {path}: {exc.strerror}", "give a readable resolv.conf-style file") from None
+        raise IOFailure(
+            f"ipam.resolvConf: read {path}: {exc.strerror}", "give a readable resolv.conf-style file"
+        ) from None
     nameservers: list[str] = []
     search: list[str] = []
     options: list[str] = []

@@ -42,8 +42,10 @@ class Range:
 
     def reserved(self, ip: IPAddress) -> bool:
         """Never handed out: network address, IPv4 broadcast, gateway."""
-        return ip == self.subnet.network_address or ip == self.gateway or (
-            self.version == 4 and ip == self.subnet.broadcast_address
+        return (
+            ip == self.subnet.network_address
+            or ip == self.gateway
+            or (self.version == 4 and ip == self.subnet.broadcast_address)
         )
 
     def overlaps(self, other: Range) -> bool:

@@ -42,7 +42,9 @@ class StaticConf:
         elif conf.args.ips:
             addresses = [_cidr(text, f"args.cni.ips[{i}]") for i, text in enumerate(conf.args.ips)]
         else:
-            addresses = [_address(raw, f"ipam.addresses[{i}]") for i, raw in enumerate(list_field(ipam, "addresses", "ipam"))]
+            addresses = [
+                _address(raw, f"ipam.addresses[{i}]") for i, raw in enumerate(list_field(ipam, "addresses", "ipam"))
+            ]
             addresses += _from_cni_args(args)
         for family in (4, 6):
             if not at_least(conf.cni_version, "0.3.0") and sum(1 for a in addresses if a.version == family) > 1:
@@ -69,7 +71,10 @@ def _ip(text: str, where: str) -> IPAddress:
 
 def _address(raw: object, where: str) -> IPConfig:
     if not isinstance(raw, dict):
-        raise InvalidNetworkConfig(f"{where}: expected a JSON object, got {raw!r}", 'an address is {"address": "10.10.0.1/24", "gateway": "10.10.0.254"}')
+        raise InvalidNetworkConfig(
+            f"{where}: expected a JSON object, got {raw!r}",
+            'an address is {"address": "10.10.0.1/24", "gateway": "10.10.0.254"}',
+        )
     text = raw.get("address")
     if not isinstance(text, str):
         raise InvalidNetworkConfig(f"{where}.address: expected a CIDR string, got {text!r}")
@@ -106,13 +111,21 @@ def cmd_check(args: CmdArgs) -> None:
     conf = StaticConf.from_args(args)
     prev = args.conf.prev_result
     if prev is None:
-        raise InvalidNetworkConfig("static: required prevResult missing", "CHECK needs the cached ADD result as prevResult")
+        raise InvalidNetworkConfig(
+            "static: required prevResult missing", "CHECK needs the cached ADD result as prevResult"
+        )
     for want in conf.addresses:
         got = next((ip for ip in prev.ips if ip.address.ip == want.address.ip), None)
         if got is None:
-            raise CNIError(f"static: address {want.address} is not in prevResult for interface {args.ifname}", "ADD the attachment again")
+            raise CNIError(
+                f"static: address {want.address} is not in prevResult for interface {args.ifname}",
+                "ADD the attachment again",
+            )
         if want.gateway is not None and got.gateway != want.gateway:
-            raise CNIError(f"static: Failed to match addr {want.address.ip} on interface {args.ifname}", f"gateway is {got.gateway}, config says {want.gateway}")
+            raise CNIError(
+                f"static: Failed to match addr {want.address.ip} on interface {args.ifname}",
+                f"gateway is {got.gateway}, config says {want.gateway}",
+            )
 
 
 PLUGIN = Plugin(

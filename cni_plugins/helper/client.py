@@ -45,7 +45,14 @@ from cni_plugins.helper.protocol import (
 RUN_HERE = -1  # _via_helper: a helper is there but does not take this call
 
 
-def launch(plugin_type: str, versions: tuple[str, ...] = (), helper: str = "", auto_start: bool = False, install: str = "", run_dir: str = "") -> None:
+def launch(
+    plugin_type: str,
+    versions: tuple[str, ...] = (),
+    helper: str = "",
+    auto_start: bool = False,
+    install: str = "",
+    run_dir: str = "",
+) -> None:
     command = posix.environ.get(b"CNI_COMMAND", b"").decode("utf-8", "surrogateescape")
     if command == "VERSION" and versions:
         sys.exit(_version(versions))
@@ -137,7 +144,9 @@ def _via_helper(plugin_type: str, path: str, install: str, run_dir: str, version
             reply = b""
         if not reply.isdigit():
             # The worker died mid-call (it may have read stdin: the call cannot be run again here).
-            sys.stdout.write(f'{{"cniVersion": "{version}", "code": 999, "msg": "cni-py helper: the plugin process died before finishing", "details": "see the helper log (journal) or stderr"}}\n')
+            sys.stdout.write(
+                f'{{"cniVersion": "{version}", "code": 999, "msg": "cni-py helper: the plugin process died before finishing", "details": "see the helper log (journal) or stderr"}}\n'
+            )
             return 1
         return int(reply)
     finally:
@@ -157,7 +166,7 @@ def _may_start_helper() -> bool:
         finally:
             posix.close(fd)
         at = text.index(b"\nCapEff:") + len(b"\nCapEff:")
-        caps = int(text[at:text.index(b"\n", at)].strip(), 16)
+        caps = int(text[at : text.index(b"\n", at)].strip(), 16)
     except (OSError, ValueError):
         return False
     return caps & HELPER_NEEDS == HELPER_NEEDS
@@ -170,8 +179,13 @@ def _start_helper(path: str, install: str = "", wait: float = READY_WAIT) -> boo
     import select
 
     ready_r, ready_w = os.pipe()
-    args = [sys.executable, "-IS", "-c", f"import sys; sys.path[:0] = {sys.path[:2]!r}; sys.path += {sys.path[2:]!r}; "
-            f"from cni_plugins.helper.server import main; main(['--socket', {path!r}, '--install-id', {install!r}, '--daemon', '--ready-fd', '{ready_w}'])"]
+    args = [
+        sys.executable,
+        "-IS",
+        "-c",
+        f"import sys; sys.path[:0] = {sys.path[:2]!r}; sys.path += {sys.path[2:]!r}; "
+        f"from cni_plugins.helper.server import main; main(['--socket', {path!r}, '--install-id', {install!r}, '--daemon', '--ready-fd', '{ready_w}'])",
+    ]
     try:
         pid = os.fork()
     except OSError:

@@ -37,7 +37,9 @@ def socket_path(run_dir: str, install: str) -> str:
 def encode_request(install: str, plugin_type: str, umask: int, run_dir: str, environ: list[bytes]) -> bytes:
     """The request: who (install), what (plugin type) and the caller's umask, run dir and
     environment (``KEY=VALUE`` items)."""
-    return b"\0".join([PROTOCOL, install.encode(), plugin_type.encode(), str(umask).encode(), run_dir.encode(), *environ])
+    return b"\0".join(
+        [PROTOCOL, install.encode(), plugin_type.encode(), str(umask).encode(), run_dir.encode(), *environ]
+    )
 
 
 def decode_request(data: bytes) -> tuple[str, str, int, str, dict[str, str]]:
@@ -66,7 +68,7 @@ def declared_version(data: bytes, versions: tuple[str, ...]) -> str:
     asked = versions[-1] if versions else "1.1.0"
     at = data.find(b'"cniVersion"')
     if at >= 0:
-        rest = data[at + len(b'"cniVersion"'):].lstrip()
+        rest = data[at + len(b'"cniVersion"') :].lstrip()
         if rest.startswith(b":"):
             rest = rest[1:].lstrip()
             if rest.startswith(b'"'):

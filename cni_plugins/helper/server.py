@@ -111,7 +111,9 @@ class _Worker:
 class _Pool:
     """The manager's side: workers, the connections waiting for one, the counters."""
 
-    def __init__(self, server: socket.socket, identity: helper_worker.Identity, size: int, keep_from_workers: list[Any]) -> None:
+    def __init__(
+        self, server: socket.socket, identity: helper_worker.Identity, size: int, keep_from_workers: list[Any]
+    ) -> None:
         self.server = server
         self.identity = identity
         self.size = size
@@ -223,7 +225,9 @@ class _Pool:
                 pid = self.idle.pop()
                 worker = self.workers[pid]
                 try:
-                    worker.ctl.sendmsg([b"C"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", conn.fileno()))])
+                    worker.ctl.sendmsg(
+                        [b"C"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", conn.fileno()))]
+                    )
                 except OSError:
                     self.forget(pid)  # it died; another one takes the connection
                     continue
@@ -258,7 +262,10 @@ class _Pool:
             "calls": self.served,
             "refused": self.refused,
             "caller gone": self.gone,
-            "workers": {state: sorted(w.pid for w in self.workers.values() if w.state == state) for state in ("idle", "busy", "warming", "leaving")},
+            "workers": {
+                state: sorted(w.pid for w in self.workers.values() if w.state == state)
+                for state in ("idle", "busy", "warming", "leaving")
+            },
         }
 
 
@@ -269,8 +276,14 @@ def listen_fd() -> socket.socket | None:
     for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(key, None)
     sock = socket.socket(fileno=3)
-    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_SEQPACKET or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-        raise SystemExit("cni-plugins helper: the socket passed by systemd is not a listening AF_UNIX SOCK_SEQPACKET socket (ListenSequentialPacket=)")
+    if (
+        sock.family != socket.AF_UNIX
+        or sock.type != socket.SOCK_SEQPACKET
+        or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    ):
+        raise SystemExit(
+            "cni-plugins helper: the socket passed by systemd is not a listening AF_UNIX SOCK_SEQPACKET socket (ListenSequentialPacket=)"
+        )
     fd = fcntl.fcntl(3, fcntl.F_GETFD)
     fcntl.fcntl(3, fcntl.F_SETFD, fd | fcntl.FD_CLOEXEC)
     return sock
@@ -363,7 +376,12 @@ def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1, ins
     signal.signal(signal.SIGINT, lambda *_: flags.update(stop=True))
     signal.signal(signal.SIGUSR1, lambda *_: flags.update(status=True))
     identity = helper_worker.Identity(install=install, creds=me)
-    pool = _Pool(server, identity, workers or max(4, 2 * (os.cpu_count() or 1)), [server, lock_fd, wake_r, wake_w, *([notify.sock] if notify.sock else [])])
+    pool = _Pool(
+        server,
+        identity,
+        workers or max(4, 2 * (os.cpu_count() or 1)),
+        [server, lock_fd, wake_r, wake_w, *([notify.sock] if notify.sock else [])],
+    )
     pool.selector.register(server, selectors.EVENT_READ, "accept")
     pool.selector.register(wake_r, selectors.EVENT_READ, "wake")
     started = time.time()
@@ -398,7 +416,20 @@ def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1, ins
                 answer = _read_small(status_path + ".ask") if flags["status"] else ""
                 flags["status"] = False
                 last_status = now
-                _write_status(status_path, {"pid": os.getpid(), "started": started, "socket": sock_path, "activated": activated is not None, "install": install, "root": str(root), "stamp": stamp, **pool.snapshot(), "answer": answer})
+                _write_status(
+                    status_path,
+                    {
+                        "pid": os.getpid(),
+                        "started": started,
+                        "socket": sock_path,
+                        "activated": activated is not None,
+                        "install": install,
+                        "root": str(root),
+                        "stamp": stamp,
+                        **pool.snapshot(),
+                        "answer": answer,
+                    },
+                )
     finally:
         notify.send("STOPPING=1")
         if bound_inode >= 0:
@@ -429,7 +460,10 @@ def _settle() -> None:
         if netns.libc().unshare(helper_worker.CLONE_NEWNET) != 0:
             netns.raise_errno()
     except OSError as exc:
-        print(f"cni-plugins helper: staying in the network namespace it was started in: unshare: {exc.strerror}", file=sys.stderr)
+        print(
+            f"cni-plugins helper: staying in the network namespace it was started in: unshare: {exc.strerror}",
+            file=sys.stderr,
+        )
 
 
 def _drain(fd: int) -> None:
@@ -613,11 +647,14 @@ def describe(data: dict[str, Any] | None, sock_path: str) -> str:
     since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)) if started else "?"
     workers = data.get("workers", {})
     lines = [
-        f"helper: running, pid {data.get('pid')}, since {since}" + (f" ({time.time() - started:.0f} s)" if started else ""),
+        f"helper: running, pid {data.get('pid')}, since {since}"
+        + (f" ({time.time() - started:.0f} s)" if started else ""),
         f"socket: {data.get('socket', sock_path)}" + (" (socket activation)" if data.get("activated") else ""),
         f"code: {data.get('root', '?')}, install {data.get('install', '?')}, stamp {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(data.get('stamp', 0)))}",
         f"calls served: {data.get('calls', '?')} (the caller went away before the end: {data.get('caller gone', '?')}), refused: {data.get('refused', '?')}",
-        "workers: " + ", ".join(f"{len(pids)} {state} {pids}" for state, pids in workers.items() if pids) if workers else "workers: ?",
+        "workers: " + ", ".join(f"{len(pids)} {state} {pids}" for state, pids in workers.items() if pids)
+        if workers
+        else "workers: ?",
     ]
     return "\n".join(lines)
 

@@ -198,7 +198,9 @@ def _take_call(conn: socket.socket, identity: Identity, home: _Home) -> bool | N
     normally."""
     conn.settimeout(REQUEST_WAIT)
     try:
-        data, ancdata, flags, _addr = conn.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(len(FDS) * 4), socket.MSG_CMSG_CLOEXEC)
+        data, ancdata, flags, _addr = conn.recvmsg(
+            MAX_MESSAGE, socket.CMSG_SPACE(len(FDS) * 4), socket.MSG_CMSG_CLOEXEC
+        )
     except OSError:
         return None
     conn.settimeout(None)
@@ -234,7 +236,9 @@ def _read_all(fd: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _serve_call(conn: socket.socket, plugin_type: str, umask: int, run_dir: str, env: dict[str, str], fds: list[int], home: _Home) -> bool:
+def _serve_call(
+    conn: socket.socket, plugin_type: str, umask: int, run_dir: str, env: dict[str, str], fds: list[int], home: _Home
+) -> bool:
     """In a worker that took a call: become the caller, run the plugin, report the status.
     True when the call ran to its end normally (the worker may be reused).
 
@@ -310,7 +314,13 @@ def _warm() -> None:
     from conf.netconf import NetConf
     from firewall.nft import LibNftables
 
-    conf = {"cniVersion": "1.0.0", "name": "warm", "type": "portmap", "prevResult": WARM_PREV, "runtimeConfig": {"portMappings": [{"hostPort": 1, "containerPort": 2, "protocol": "tcp"}]}}
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "warm",
+        "type": "portmap",
+        "prevResult": WARM_PREV,
+        "runtimeConfig": {"portMappings": [{"hostPort": 1, "containerPort": 2, "protocol": "tcp"}]},
+    }
     data = json.dumps(conf).encode()
     for plugin_type in ("bridge", "portmap", "firewall", "host-local"):
         plugin = registry.load(plugin_type).PLUGIN
@@ -335,7 +345,12 @@ def _next_conn(ctl: socket.socket) -> socket.socket | None:
             continue
         if not data:
             return None
-        fds = [fd for level, kind, payload in ancdata if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS for (fd,) in struct.iter_unpack("i", payload[: len(payload) - len(payload) % 4])]
+        fds = [
+            fd
+            for level, kind, payload in ancdata
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+            for (fd,) in struct.iter_unpack("i", payload[: len(payload) - len(payload) % 4])
+        ]
         if data != b"C" or len(fds) != 1:
             for fd in fds:
                 os.close(fd)

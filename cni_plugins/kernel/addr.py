@@ -41,7 +41,9 @@ def first_gateway(result: Result, version: int) -> IPAddress | None:
     return next((ip.gateway for ip in result.ips if ip.version == version and ip.gateway is not None), None)
 
 
-def configure_iface(nl: Netlink, ns: str | int, ifname: str, result: Result, *, up: bool = True, routes: bool = True) -> Link:
+def configure_iface(
+    nl: Netlink, ns: str | int, ifname: str, result: Result, *, up: bool = True, routes: bool = True
+) -> Link:
     """Configure ``ifname`` inside the namespace ``ns`` (``nl`` is bound to that namespace).
     With ``routes=False`` the caller adds them later with ``add_routes``."""
     link = nl.require_link(ifname)
@@ -98,7 +100,9 @@ def settle_addresses(nl: Netlink, index: int, timeout: float = DAD_TIMEOUT_S) ->
         if not pending:
             return
         if time.monotonic() > deadline:
-            raise CNIError(f"IPv6 duplicate address detection did not finish for {pending[0].address} in {timeout:.0f}s")
+            raise CNIError(
+                f"IPv6 duplicate address detection did not finish for {pending[0].address} in {timeout:.0f}s"
+            )
         time.sleep(0.05)
 
 
@@ -106,14 +110,21 @@ def validate_ips(nl: Netlink, ifname: str, ips: Sequence[IPConfig]) -> None:
     """CHECK: every address of ``ips`` is on ``ifname`` (same prefix), and a route to its subnet exists."""
     link = nl.link(ifname)
     if link is None:
-        raise CNIError(f"interface {ifname} not found in {nl.label}", "the interface from prevResult is gone; DEL and ADD again")
+        raise CNIError(
+            f"interface {ifname} not found in {nl.label}", "the interface from prevResult is gone; DEL and ADD again"
+        )
     present = {a.address for a in nl.addresses(index=link.index)}
     routes = {r.dst for r in nl.routes()}
     for ip in ips:
         if ip.address not in present:
-            raise CNIError(f"address {ip.address} is missing on {ifname} in {nl.label}", "it was in prevResult; something removed it")
+            raise CNIError(
+                f"address {ip.address} is missing on {ifname} in {nl.label}",
+                "it was in prevResult; something removed it",
+            )
         if ip.address.network not in routes:
-            raise CNIError(f"no route to {ip.address.network} for {ifname} in {nl.label}", "the subnet route from ADD is gone")
+            raise CNIError(
+                f"no route to {ip.address.network} for {ifname} in {nl.label}", "the subnet route from ADD is gone"
+            )
 
 
 def validate_routes(nl: Netlink, routes: Sequence[Route]) -> None:
@@ -126,7 +137,9 @@ def validate_routes(nl: Netlink, routes: Sequence[Route]) -> None:
         found = [r for r in tables[table] if r.dst == route.dst and (route.gw is None or r.gw == route.gw)]
         if not found:
             via = f" via {route.gw}" if route.gw else ""
-            raise CNIError(f"expected route {route.dst}{via} not found in {nl.label}", "it was in prevResult; something removed it")
+            raise CNIError(
+                f"expected route {route.dst}{via} not found in {nl.label}", "it was in prevResult; something removed it"
+            )
 
 
 def ensure_gateway_addr(nl: Netlink, link: Link, address: IPInterface, *, force: bool = False) -> None:

@@ -34,16 +34,33 @@ def delete_udp_flows(ports: Iterable[int], versions: Iterable[int]) -> list[str]
         return []
     tool = find_tool()
     if tool is None:
-        return [f"conntrack tool not found in {', '.join(SEARCH)}: stale UDP flows to port(s) {', '.join(map(str, ports))} are not removed"]
+        return [
+            f"conntrack tool not found in {', '.join(SEARCH)}: stale UDP flows to port(s) {', '.join(map(str, ports))} are not removed"
+        ]
     import subprocess
 
     problems = []
-    argvs = [[tool, "-D", "-f", FAMILIES[v], "-p", "udp", "--orig-port-dst", str(int(port))] for v in versions for port in ports]
+    argvs = [
+        [tool, "-D", "-f", FAMILIES[v], "-p", "udp", "--orig-port-dst", str(int(port))]
+        for v in versions
+        for port in ports
+    ]
     for start in range(0, len(argvs), PARALLEL):  # one exec costs ~10-30 ms: run them side by side
         running = []
         for argv in argvs[start : start + PARALLEL]:
             try:
-                running.append((argv, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})))
+                running.append(
+                    (
+                        argv,
+                        subprocess.Popen(
+                            argv,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE,
+                            text=True,
+                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                        ),
+                    )
+                )
             except OSError as exc:
                 problems.append(f"{' '.join(argv)}: {exc}")
         for argv, proc in running:

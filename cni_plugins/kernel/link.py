@@ -59,7 +59,10 @@ def setup_veth(
             break
         except LinkExists:
             if container.link(ifname) is not None:  # looked at only now: the common path reads nothing before creating
-                raise LinkExists(f"container interface {ifname!r} already exists in {container.label}", "an interface name may be added once per container") from None
+                raise LinkExists(
+                    f"container interface {ifname!r} already exists in {container.label}",
+                    "an interface name may be added once per container",
+                ) from None
             if host_name or attempt == VETH_RETRIES - 1:
                 raise
     host_end = host.require_link(name)
@@ -71,7 +74,9 @@ def setup_veth(
     return VethPair(host=dataclasses.replace(host_end, flags=host_end.flags | IFF_UP), container=created)
 
 
-def ensure_bridge(host: Netlink, name: str, *, mtu: int = 0, promisc: bool = False, vlan_filtering: bool = False) -> Link:
+def ensure_bridge(
+    host: Netlink, name: str, *, mtu: int = 0, promisc: bool = False, vlan_filtering: bool = False
+) -> Link:
     """The bridge ``name``, created if missing (a concurrent creator is fine), up.
 
     ``mtu`` applies only when creating it, as in the reference. Call in the host namespace:
@@ -90,7 +95,10 @@ def ensure_bridge(host: Netlink, name: str, *, mtu: int = 0, promisc: bool = Fal
         except LinkExists:
             link = host.require_link(name)
     if link.kind != "bridge":
-        raise InvalidNetworkConfig(f"{name!r} already exists but is not a bridge (it is a {link.kind or 'plain'} link)", 'pick another "bridge" name')
+        raise InvalidNetworkConfig(
+            f"{name!r} already exists but is not a bridge (it is a {link.kind or 'plain'} link)",
+            'pick another "bridge" name',
+        )
     if vlan_filtering and not link.info.get("IFLA_BR_VLAN_FILTERING"):
         host.set_link(link.index, kind="bridge", br_vlan_filtering=1)
         changed = True
@@ -153,9 +161,15 @@ def create_macvlan(
     reference's workaround for the same kernel behaviour). If the rename fails it is deleted.
     """
     if container.link(ifname) is not None:
-        raise LinkExists(f"container interface {ifname!r} already exists in {container.label}", "an interface name may be added once per container")
+        raise LinkExists(
+            f"container interface {ifname!r} already exists in {container.label}",
+            "an interface name may be added once per container",
+        )
     if master.flags & IFF_LOOPBACK:
-        raise InvalidNetworkConfig(f"master {master.name!r} is a loopback interface; a macvlan needs an Ethernet master", 'set "master" to an Ethernet interface')
+        raise InvalidNetworkConfig(
+            f"master {master.name!r} is a loopback interface; a macvlan needs an Ethernet master",
+            'set "master" to an Ethernet interface',
+        )
     attrs: dict[str, object] = {"link": master.index, "macvlan_mode": MACVLAN_MODES[mode]}
     if parent_ns is not container:
         attrs["net_ns_fd"] = container_fd

@@ -25,10 +25,28 @@ RTM_NEWLINK, RTM_GETLINK = 16, 18
 NLMSG_ERROR = 2
 NLM_F_REQUEST = 0x1
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_TXQLEN, IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_EXT_MASK = 1, 3, 4, 5, 10, 13, 16, 18, 29
+(
+    IFLA_ADDRESS,
+    IFLA_IFNAME,
+    IFLA_MTU,
+    IFLA_LINK,
+    IFLA_MASTER,
+    IFLA_TXQLEN,
+    IFLA_OPERSTATE,
+    IFLA_LINKINFO,
+    IFLA_EXT_MASK,
+) = 1, 3, 4, 5, 10, 13, 16, 18, 29
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_DATA = 1, 2, 5
 RTEXT_FILTER_SKIP_STATS = 1 << 3  # the counters are most of a link's message, and unused here
-OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")  # RFC 2863, as pyroute2 names them
+OPERSTATES = (
+    "UNKNOWN",
+    "NOTPRESENT",
+    "DOWN",
+    "LOWERLAYERDOWN",
+    "TESTING",
+    "DORMANT",
+    "UP",
+)  # RFC 2863, as pyroute2 names them
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _RTATTR = struct.Struct("=HH")
@@ -53,7 +71,9 @@ class Link:
     link: int | None  # IFLA_LINK: the veth peer's / macvlan master's index (maybe in another ns)
     txqlen: int
     info: Mapping[str, Any]  # IFLA_INFO_DATA as pyroute2 decodes it (macvlan mode, bridge options...)
-    port: Mapping[str, Any] = field(default_factory=dict)  # IFLA_INFO_SLAVE_DATA: bridge port options (IFLA_BRPORT_MODE ...)
+    port: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # IFLA_INFO_SLAVE_DATA: bridge port options (IFLA_BRPORT_MODE ...)
 
     @property
     def is_up(self) -> bool:

@@ -179,7 +179,11 @@ def _teach_pyroute2() -> None:
 
     names = [name for name, _ in macvx_data.nla_map]
     if "IFLA_MACVLAN_BC_QUEUE_LEN" not in names and len(names) == 7:
-        macvx_data.nla_map = (*macvx_data.nla_map, ("IFLA_MACVLAN_BC_QUEUE_LEN", "uint32"), ("IFLA_MACVLAN_BC_QUEUE_LEN_USED", "uint8"))
+        macvx_data.nla_map = (
+            *macvx_data.nla_map,
+            ("IFLA_MACVLAN_BC_QUEUE_LEN", "uint32"),
+            ("IFLA_MACVLAN_BC_QUEUE_LEN_USED", "uint8"),
+        )
 
 
 def _link_data(msg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -365,11 +369,22 @@ class Netlink:
             msgs = self._dump(lambda: self._ipr.get_addr(**kwargs))
         out = []
         for m in msgs:
-            addr = m.get_attr("IFA_ADDRESS") if m["family"] == socket.AF_INET6 else (m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS"))
+            addr = (
+                m.get_attr("IFA_ADDRESS")
+                if m["family"] == socket.AF_INET6
+                else (m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS"))
+            )
             if addr is None:
                 continue
             flags = m.get_attr("IFA_FLAGS") or m["flags"]
-            out.append(Addr(index=m["index"], address=ipaddress.ip_interface(f"{addr}/{m['prefixlen']}"), scope=m["scope"], flags=flags))
+            out.append(
+                Addr(
+                    index=m["index"],
+                    address=ipaddress.ip_interface(f"{addr}/{m['prefixlen']}"),
+                    scope=m["scope"],
+                    flags=flags,
+                )
+            )
         return out
 
     def add_address(self, index: int, address: IPInterface, *, scope: int | None = None, nodad: bool = False) -> None:
@@ -431,7 +446,11 @@ class Netlink:
     ) -> None:
         """``ip route add``; protocol ``boot`` as the reference's netlink library sends it
         (pyroute2 would say ``static``), so ``ip route`` shows the same routes for both."""
-        attrs: dict[str, Any] = {"dst": str(dst.network_address), "dst_len": dst.prefixlen, "family": socket.AF_INET if dst.version == 4 else socket.AF_INET6}
+        attrs: dict[str, Any] = {
+            "dst": str(dst.network_address),
+            "dst_len": dst.prefixlen,
+            "family": socket.AF_INET if dst.version == 4 else socket.AF_INET6,
+        }
         attrs["proto"] = RTPROT_BOOT
         if gw is not None:
             attrs["gateway"] = str(gw)
@@ -456,10 +475,22 @@ class Netlink:
         with translate_errors(self._ctx(f"add route {dst}{via}")):
             self._ipr.route("replace" if replace else "add", **attrs)
 
-    def del_route(self, dst: IPNetwork, *, gw: IPAddress | None = None, oif: int | None = None, table: int | None = None, scope: int = RT_SCOPE_NOWHERE) -> None:
+    def del_route(
+        self,
+        dst: IPNetwork,
+        *,
+        gw: IPAddress | None = None,
+        oif: int | None = None,
+        table: int | None = None,
+        scope: int = RT_SCOPE_NOWHERE,
+    ) -> None:
         """Delete a route; ``scope`` NOWHERE matches any scope (pyroute2 would send universe,
         which misses the kernel's link-scope connected routes)."""
-        attrs: dict[str, Any] = {"dst": str(dst.network_address), "dst_len": dst.prefixlen, "family": socket.AF_INET if dst.version == 4 else socket.AF_INET6}
+        attrs: dict[str, Any] = {
+            "dst": str(dst.network_address),
+            "dst_len": dst.prefixlen,
+            "family": socket.AF_INET if dst.version == 4 else socket.AF_INET6,
+        }
         attrs["scope"] = scope
         if gw is not None:
             attrs["gateway"] = str(gw)

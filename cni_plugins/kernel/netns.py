@@ -75,7 +75,10 @@ def open_netns(path: str) -> int:
         except OSError as exc:
             raise InvalidNetNS(f"network namespace {path}: {exc.strerror}", "check CNI_NETNS") from None
         if kind != NSFS_MAGIC:
-            raise InvalidNetNS(f"{path} is not a network namespace", "CNI_NETNS must name a network namespace, e.g. /var/run/netns/<name>")
+            raise InvalidNetNS(
+                f"{path} is not a network namespace",
+                "CNI_NETNS must name a network namespace, e.g. /var/run/netns/<name>",
+            )
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
@@ -114,7 +117,10 @@ def entered(target: str | int, *, label: str = "") -> Iterator[None]:
             _setns(fd, CLONE_NEWNET)
         except OSError as exc:
             if exc.errno == errno.EINVAL:
-                raise InvalidNetNS(f"{name} is not a network namespace", "CNI_NETNS must name a network namespace, e.g. /var/run/netns/<name>") from None
+                raise InvalidNetNS(
+                    f"{name} is not a network namespace",
+                    "CNI_NETNS must name a network namespace, e.g. /var/run/netns/<name>",
+                ) from None
             raise InvalidNetNS(f"enter network namespace {name}: {exc.strerror}") from None
         try:
             yield
@@ -128,4 +134,3 @@ def entered(target: str | int, *, label: str = "") -> Iterator[None]:
         os.close(own)
         if isinstance(target, str):
             os.close(fd)
-

@@ -61,7 +61,9 @@ def cmd_add(args: CmdArgs) -> Result:
         with step("bridge"):
             br = setup_bridge(host, conf)
         with step("veth"):
-            pair = setup_veth(ctr, host, host_fd, args.ifname, mtu=conf.mtu, mac=conf.mac, up=False)  # up once DAD is set
+            pair = setup_veth(
+                ctr, host, host_fd, args.ifname, mtu=conf.mtu, mac=conf.mac, up=False
+            )  # up once DAD is set
             undo.callback(quietly, "delete veth", ctr.delete_link_if_exists, args.ifname)
             # A bridge port does no IP. Without IPv6 it holds no link-local address and adds no
             # fe80::/64 and ff00::/8 routes: with those, every IPv6 route lookup and link change
@@ -69,7 +71,15 @@ def cmd_add(args: CmdArgs) -> Result:
             _write_sysctls([(sysctl.iface_key(6, pair.host.name, "disable_ipv6"), "1")])
         with step("bridge port"):
             attach_to_bridge(host, pair.host, br)
-            configure_bridge_port(host, pair.host, hairpin=conf.hairpin, isolated=conf.port_isolation, vlan=conf.vlan, trunk=conf.trunk, preserve_default_vlan=conf.preserve_default_vlan)
+            configure_bridge_port(
+                host,
+                pair.host,
+                hairpin=conf.hairpin,
+                isolated=conf.port_isolation,
+                vlan=conf.vlan,
+                trunk=conf.trunk,
+                preserve_default_vlan=conf.preserve_default_vlan,
+            )
         owner = nft_state.owner(args)
         if conf.macspoofchk:
             from firewall.rules.spoofchk import setup_spoofcheck, teardown_spoofcheck
@@ -77,14 +87,27 @@ def cmd_add(args: CmdArgs) -> Result:
             nft = nft_state.host_nft()
             with step("macspoofchk"):
                 setup_spoofcheck(nft, owner, pair.host.name, pair.container.mac)
-            undo.callback(quietly, "mac spoof check", teardown_spoofcheck, nft, owner, pair.host.name, pair.container.mac)
-        result = Result(interfaces=(Interface(name=br.name), Interface(name=pair.host.name), Interface(name=args.ifname, mac=pair.container.mac, sandbox=args.netns)))
+            undo.callback(
+                quietly, "mac spoof check", teardown_spoofcheck, nft, owner, pair.host.name, pair.container.mac
+            )
+        result = Result(
+            interfaces=(
+                Interface(name=br.name),
+                Interface(name=pair.host.name),
+                Interface(name=args.ifname, mac=pair.container.mac, sandbox=args.netns),
+            )
+        )
         if conf.ipam_type:
             with step(f"IPAM {conf.ipam_type} ADD"):
                 ipam = invoke.delegate_add(conf.ipam_type, args.stdin, args.environ, args.path)
-            undo.callback(quietly, "IPAM DEL", invoke.delegate, conf.ipam_type, "DEL", args.stdin, args.environ, args.path)
+            undo.callback(
+                quietly, "IPAM DEL", invoke.delegate, conf.ipam_type, "DEL", args.stdin, args.environ, args.path
+            )
             if not ipam.ips:
-                raise InternalError(f"IPAM {conf.ipam_type} ADD: IPAM plugin returned missing IP config", "its ranges must yield at least one address")
+                raise InternalError(
+                    f"IPAM {conf.ipam_type} ADD: IPAM plugin returned missing IP config",
+                    "its ranges must yield at least one address",
+                )
             result, gateways = with_gateways(result, ipam, conf)
             with step(f"configure {args.ifname}"), netns.entered(ctr_fd, label=args.netns):
                 _write_sysctls(_container_sysctls(args.ifname, conf.enable_dad))
@@ -109,7 +132,9 @@ def cmd_add(args: CmdArgs) -> Result:
             with step(f"set {args.ifname} up"):
                 ctr.set_link(pair.container.index, state="up")
         with step("port state"):
-            port = host.require_link(pair.host.name) if conf.disable_container_interface else wait_port_up(host, pair.host)
+            port = (
+                host.require_link(pair.host.name) if conf.disable_container_interface else wait_port_up(host, pair.host)
+            )
         interfaces = list(result.interfaces)  # MACs as they are now: a bridge takes its ports' until pinned
         interfaces[0] = dataclasses.replace(interfaces[0], mac=host.require_link(br.name).mac)
         interfaces[1] = dataclasses.replace(interfaces[1], mac=port.mac)
@@ -195,12 +220,16 @@ def wait_port_up(host: Netlink, port: Link) -> Link:
         now = host.link_by_index(port.index)
         if now is not None and now.operstate == "UP":
             return now
-    raise InternalError(f"bridge port in error state: {now.operstate if now else 'gone'}", f"host veth {port.name} did not come up")
+    raise InternalError(
+        f"bridge port in error state: {now.operstate if now else 'gone'}", f"host veth {port.name} did not come up"
+    )
 
 
 def cmd_del(args: CmdArgs) -> None:
     """Container link, IPAM, spoof check, masquerade; each step runs even if another failed."""
-    conf = options_for_del("bridge", lambda: BridgeConf.from_json(args.conf, args.cni_args), lambda: BridgeConf.owning_all(args.conf))
+    conf = options_for_del(
+        "bridge", lambda: BridgeConf.from_json(args.conf, args.cni_args), lambda: BridgeConf.owning_all(args.conf)
+    )
     errors = ErrorList("bridge DEL")
     seen: tuple[list[IPInterface] | None, str, str] = (None, "", "")
     if args.netns:
@@ -284,13 +313,21 @@ def check_links(args: CmdArgs, conf: BridgeConf, prev: Result) -> list[str]:
             problems.append(f"interface {args.ifname} MAC is {link.mac}, prevResult says {want_ctr.mac}")
         port = host.link_by_index(link.link) if link.link else None
         want_port = prev.interface(port.name) if port is not None else None
-        if port is None or want_port is None or port.kind != "veth" or port.link != link.index or port.master != br.index:
+        if (
+            port is None
+            or want_port is None
+            or port.kind != "veth"
+            or port.link != link.index
+            or port.master != br.index
+        ):
             problems.append(f"no veth of prevResult peered with {args.ifname} is a port of bridge {br.name}")
         else:
             if want_port.mac and want_port.mac != port.mac:
                 problems.append(f"host veth {port.name} MAC is {port.mac}, prevResult says {want_port.mac}")
             if bool(port.port.get("IFLA_BRPORT_MODE")) != conf.hairpin:
-                problems.append(f"host veth {port.name} hairpin is {bool(port.port.get('IFLA_BRPORT_MODE'))}, the config says {conf.hairpin}")
+                problems.append(
+                    f"host veth {port.name} hairpin is {bool(port.port.get('IFLA_BRPORT_MODE'))}, the config says {conf.hairpin}"
+                )
             if conf.port_isolation and not port.port.get("IFLA_BRPORT_ISOLATED"):
                 problems.append(f"host veth {port.name} is not an isolated port")
         _collect(problems, validate_ips, ctr, args.ifname, [prev.ips[i] for i in ips_for(prev, args.ifname)])
@@ -354,7 +391,9 @@ def _container_sysctls(ifname: str, enable_dad: bool) -> list[tuple[str, str]]:
     """DAD off by default (fast start; hairpin echoes would fail it), on with enhanced DAD
     when ``enabledad``; ``arp_notify`` announces the new address."""
     settings = [("enhanced_dad", "1"), ("accept_dad", "1")] if enable_dad else [("accept_dad", "0")]
-    return [(sysctl.iface_key(6, ifname, leaf), value) for leaf, value in settings] + [(sysctl.iface_key(4, ifname, "arp_notify"), "1")]
+    return [(sysctl.iface_key(6, ifname, leaf), value) for leaf, value in settings] + [
+        (sysctl.iface_key(4, ifname, "arp_notify"), "1")
+    ]
 
 
 def _write_sysctls(settings: list[tuple[str, str]]) -> None:

@@ -31,7 +31,18 @@ from firewall.rules import forward
 
 POLICIES = ("", forward.OPEN, forward.SAME_BRIDGE, forward.ISOLATED)
 CHAIN_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,27}$")
-RESERVED_CHAINS = ("ACCEPT", "DROP", "RETURN", "QUEUE", "FORWARD", "INPUT", "OUTPUT", forward.IPT_CHAIN, "forward", "isolation")
+RESERVED_CHAINS = (
+    "ACCEPT",
+    "DROP",
+    "RETURN",
+    "QUEUE",
+    "FORWARD",
+    "INPUT",
+    "OUTPUT",
+    forward.IPT_CHAIN,
+    "forward",
+    "isolation",
+)
 VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 
 
@@ -55,7 +66,9 @@ class FirewallConf:
             )
         policy = str_field(raw, "ingressPolicy", "") or forward.OPEN
         if policy not in POLICIES:
-            raise InvalidNetworkConfig(f"ingressPolicy: unknown ingress policy {policy!r}", "use open, same-bridge or isolated")
+            raise InvalidNetworkConfig(
+                f"ingressPolicy: unknown ingress policy {policy!r}", "use open, same-bridge or isolated"
+            )
         str_field(raw, "firewalldZone", "")
         prev = conf.prev_result
         return cls(
@@ -72,19 +85,28 @@ def _mark(value: object) -> int:
     if value is None:
         return forward.DEFAULT_MARK
     try:
-        mark = int(value, 0) if isinstance(value, str) else value if isinstance(value, int) and not isinstance(value, bool) else -1
+        mark = (
+            int(value, 0)
+            if isinstance(value, str)
+            else value
+            if isinstance(value, int) and not isinstance(value, bool)
+            else -1
+        )
     except ValueError:
         mark = -1
     if not 0 < mark <= 0xFFFFFFFF:
-        raise InvalidNetworkConfig(f"iptablesAcceptMark: {value!r} is not a mark", "give a nonzero 32-bit value, e.g. \"0x10000000\" (one bit no other tool uses)")
+        raise InvalidNetworkConfig(
+            f"iptablesAcceptMark: {value!r} is not a mark",
+            'give a nonzero 32-bit value, e.g. "0x10000000" (one bit no other tool uses)',
+        )
     return mark
-
-
 
 
 def _notes(conf: FirewallConf) -> None:
     if conf.backend == "firewalld":
-        log.note("backend firewalld asked for; served by nftables (table inet cni_py_firewall); firewalldZone is not used")
+        log.note(
+            "backend firewalld asked for; served by nftables (table inet cni_py_firewall); firewalldZone is not used"
+        )
     elif conf.backend not in ("", "iptables", "nftables"):
         log.note(f"unknown backend {conf.backend!r}; served by nftables (table inet cni_py_firewall)")
     for proc, tool in (("/proc/net/ip_tables_names", "iptables"), ("/proc/net/ip6_tables_names", "ip6tables")):
@@ -94,9 +116,13 @@ def _notes(conf: FirewallConf) -> None:
         except OSError:
             legacy = False
         if legacy:
-            log.note(f"{tool}-legacy has a filter table here: our accepts cannot override a drop in it; use {tool}-nft or accept the containers' traffic there yourself")
+            log.note(
+                f"{tool}-legacy has a filter table here: our accepts cannot override a drop in it; use {tool}-nft or accept the containers' traffic there yourself"
+            )
     if conf.ingress_policy == forward.ISOLATED and _bridge_nf_call_iptables() != "1":
-        log.note("ingressPolicy isolated: traffic between containers of one bridge is filtered only with br_netfilter loaded and net.bridge.bridge-nf-call-iptables=1 (as with the reference and Docker's icc=false)")
+        log.note(
+            "ingressPolicy isolated: traffic between containers of one bridge is filtered only with br_netfilter loaded and net.bridge.bridge-nf-call-iptables=1 (as with the reference and Docker's icc=false)"
+        )
 
 
 def _bridge_nf_call_iptables() -> str:
@@ -115,34 +141,57 @@ def _iptables_states(nft: NftBackend) -> list[forward.IptablesState]:
         rules = nft.list_chain(fam, forward.IPT_TABLE, "FORWARD")
         if rules is not None:
             ours = nft.list_chain(fam, forward.IPT_TABLE, forward.IPT_CHAIN)
-            out.append(forward.IptablesState(family=fam, forward=[r["rule"] for r in rules], cni_forward=None if ours is None else [r["rule"] for r in ours]))
+            out.append(
+                forward.IptablesState(
+                    family=fam,
+                    forward=[r["rule"] for r in rules],
+                    cni_forward=None if ours is None else [r["rule"] for r in ours],
+                )
+            )
     return out
 
 
 def cmd_add(args: CmdArgs) -> Result:
     prev = args.conf.prev_result
     if prev is None:
-        raise InvalidNetworkConfig("firewall: missing prevResult from earlier plugin", "chain firewall after a main plugin (bridge, ptp, ...)")
+        raise InvalidNetworkConfig(
+            "firewall: missing prevResult from earlier plugin", "chain firewall after a main plugin (bridge, ptp, ...)"
+        )
     conf = FirewallConf.from_netconf(args.conf)
     if conf.ingress_policy != forward.OPEN and not conf.bridge:
         raise InvalidNetworkConfig(
-            f"interface needs to be set for ingress policy {conf.ingress_policy!r}", 'chain "firewall" after "bridge": its first interface is the bridge'
+            f"interface needs to be set for ingress policy {conf.ingress_policy!r}",
+            'chain "firewall" after "bridge": its first interface is the bridge',
         )
     _notes(conf)
     nft = nft_state.host_nft()
     setup: list[Command] = forward.base_commands(conf.admin_chain, conf.accept_mark)
-    always = [c for state in _iptables_states(nft) for c in forward.iptables_commands(state, conf.admin_chain, conf.accept_mark)]
+    always = [
+        c
+        for state in _iptables_states(nft)
+        for c in forward.iptables_commands(state, conf.admin_chain, conf.accept_mark)
+    ]
     extra, bridge_group = forward.bridge_commands_and_group(conf.bridge, conf.ingress_policy)
     groups = forward.accept_groups(conf.addresses) + ([bridge_group] if bridge_group else [])
     stamp = stamp_for(forward.FAMILY, forward.TABLE, "firewall", setup)  # one layout for every network
-    claim_groups(nft, nft_state.owner(args), groups, setup=setup, always=always + extra, stamp=stamp, what=f"firewall for {args.container_id}/{args.ifname}")
+    claim_groups(
+        nft,
+        nft_state.owner(args),
+        groups,
+        setup=setup,
+        always=always + extra,
+        stamp=stamp,
+        what=f"firewall for {args.container_id}/{args.ifname}",
+    )
     return prev
 
 
 def cmd_del(args: CmdArgs) -> None:
     """Remove this attachment's elements (found by owner when prevResult is missing). Per-bridge
     entries and the constant chains stay, as the reference leaves its chains."""
-    conf = FirewallConf(addresses=tuple(ip.address.ip for ip in args.conf.prev_result.ips) if args.conf.prev_result else ())
+    conf = FirewallConf(
+        addresses=tuple(ip.address.ip for ip in args.conf.prev_result.ips) if args.conf.prev_result else ()
+    )
     owner, what = nft_state.owner(args), f"remove firewall entries of {args.container_id}/{args.ifname}"
     nft, errors = nft_state.host_nft(), ErrorList("firewall DEL")
     if args.conf.prev_result is None:
@@ -157,7 +206,9 @@ def cmd_del(args: CmdArgs) -> None:
 
 def cmd_check(args: CmdArgs) -> None:
     if args.conf.prev_result is None:
-        raise InvalidNetworkConfig("firewall CHECK: missing prevResult from earlier plugin", "CHECK needs the result of ADD as prevResult")
+        raise InvalidNetworkConfig(
+            "firewall CHECK: missing prevResult from earlier plugin", "CHECK needs the result of ADD as prevResult"
+        )
     conf = FirewallConf.from_netconf(args.conf)
     nft, owner, found = nft_state.host_nft(), nft_state.owner(args), []
     for chain in ("forward", "isolation", conf.admin_chain):
@@ -167,11 +218,17 @@ def cmd_check(args: CmdArgs) -> None:
         found += [f"accept entry for {e.key}: {why}" for e, why in problems(nft, group.maps, owner, group.entries)]
     _, bridge_group = forward.bridge_commands_and_group(conf.bridge, conf.ingress_policy)
     if bridge_group is not None:
-        found += [f"{conf.ingress_policy} entry for bridge {conf.bridge}: {why}" for e, why in problems(nft, bridge_group.maps, forward.bridge_owner(conf.bridge), bridge_group.entries)]
+        found += [
+            f"{conf.ingress_policy} entry for bridge {conf.bridge}: {why}"
+            for e, why in problems(nft, bridge_group.maps, forward.bridge_owner(conf.bridge), bridge_group.entries)
+        ]
     for state in _iptables_states(nft):
         found += forward.iptables_problems(state, conf.admin_chain, conf.accept_mark)
     if found:
-        raise CNIError(f"firewall CHECK of {args.container_id}/{args.ifname}: {'; '.join(found)}", "run ADD again to restore the rules")
+        raise CNIError(
+            f"firewall CHECK of {args.container_id}/{args.ifname}: {'; '.join(found)}",
+            "run ADD again to restore the rules",
+        )
 
 
 def cmd_gc(args: CmdArgs) -> None:
@@ -186,13 +243,27 @@ def cmd_gc(args: CmdArgs) -> None:
     nft, errors = nft_state.host_nft(), ErrorList("firewall GC")
     for v in (4, 6):
         with errors.step(f"GC of IPv{v} accept entries"):
-            gc(nft, forward.ACCEPT[v], (forward.ACCEPT_SET[v],), keep, network_prefix(args.conf.name), what=f"gc firewall entries of {args.conf.name}")
+            gc(
+                nft,
+                forward.ACCEPT[v],
+                (forward.ACCEPT_SET[v],),
+                keep,
+                network_prefix(args.conf.name),
+                what=f"gc firewall entries of {args.conf.name}",
+            )
     errors.raise_if_any()
 
 
-PLUGIN = Plugin(name="firewall", add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, versions=VERSIONS, about="CNI firewall plugin (cni-py, nftables)")
+PLUGIN = Plugin(
+    name="firewall",
+    add=cmd_add,
+    delete=cmd_del,
+    check=cmd_check,
+    gc=cmd_gc,
+    versions=VERSIONS,
+    about="CNI firewall plugin (cni-py, nftables)",
+)
 
 
 def main() -> None:
     skel.main(PLUGIN)
-

@@ -94,21 +94,48 @@ def cmd_add(args: CmdArgs) -> Result:
         parent = ctr if conf.link_in_container else host
         master = find_master(conf, parent)
         if conf.mtu > master.mtu:
-            raise InvalidNetworkConfig(f"mtu: {conf.mtu} is out of range, must be within [0, {master.mtu}] (the MTU of master {master.name!r})")
+            raise InvalidNetworkConfig(
+                f"mtu: {conf.mtu} is out of range, must be within [0, {master.mtu}] (the MTU of master {master.name!r})"
+            )
         from cni_plugins.kernel.link import create_macvlan
 
         with step("create macvlan"):
-            link = create_macvlan(parent, ctr, ctr_fd, args.ifname, master, mode=conf.mode, mtu=conf.mtu, mac=conf.mac, bcqueuelen=conf.bcqueuelen)
+            link = create_macvlan(
+                parent,
+                ctr,
+                ctr_fd,
+                args.ifname,
+                master,
+                mode=conf.mode,
+                mtu=conf.mtu,
+                mac=conf.mac,
+                bcqueuelen=conf.bcqueuelen,
+            )
         undo.callback(quietly, f"delete {args.ifname}", ctr.delete_link_if_exists, args.ifname)
         if conf.bcqueuelen is not None and link.info.get("IFLA_MACVLAN_BC_QUEUE_LEN") is None:
-            raise InvalidNetworkConfig("bcqueuelen: this kernel does not support a macvlan broadcast queue length", "it needs Linux 5.11 or later; remove the option")
+            raise InvalidNetworkConfig(
+                "bcqueuelen: this kernel does not support a macvlan broadcast queue length",
+                "it needs Linux 5.11 or later; remove the option",
+            )
         result = Result(interfaces=(Interface(name=args.ifname, mac=link.mac, sandbox=args.netns),))
         if conf.ipam_type:
-            undo.callback(quietly, f"IPAM {conf.ipam_type} DEL", invoke.delegate, conf.ipam_type, "DEL", args.stdin, args.environ, args.path)  # also for a failed ADD, as the spec asks
+            undo.callback(
+                quietly,
+                f"IPAM {conf.ipam_type} DEL",
+                invoke.delegate,
+                conf.ipam_type,
+                "DEL",
+                args.stdin,
+                args.environ,
+                args.path,
+            )  # also for a failed ADD, as the spec asks
             with step(f"IPAM {conf.ipam_type} ADD"):
                 ipam = invoke.delegate_add(conf.ipam_type, args.stdin, args.environ, args.path)
             if not ipam.ips:
-                raise CNIError(f"IPAM plugin {conf.ipam_type} returned no IP configuration", "check the ipam section: it must yield at least one address")
+                raise CNIError(
+                    f"IPAM plugin {conf.ipam_type} returned no IP configuration",
+                    "check the ipam section: it must yield at least one address",
+                )
             ips = tuple(dataclasses.replace(ip, interface=0) for ip in ipam.ips)
             result = result.replace(ips=ips, routes=ipam.routes)
             with netns.entered(ctr_fd, label=args.netns):
@@ -197,7 +224,10 @@ def find_master(conf: MacvlanConf, nl: Netlink) -> Link:
     if not conf.master:
         link = default_route_link(nl)
         if link is None:
-            raise InvalidNetworkConfig(f"master: not set, and {nl.label} has no default route to take it from", 'set "master" to the interface the macvlans should sit on')
+            raise InvalidNetworkConfig(
+                f"master: not set, and {nl.label} has no default route to take it from",
+                'set "master" to the interface the macvlans should sit on',
+            )
         return link
     link = nl.link(conf.master)
     if link is None:

@@ -82,7 +82,9 @@ class PortMapConf:
         if strict:
             for key, hint in IPTABLES_ONLY.items():
                 if raw.get(key) is not None:
-                    raise UnsupportedField(f"{key} is an iptables option and cannot be used here", f"{hint}; remove {key}")
+                    raise UnsupportedField(
+                        f"{key} is an iptables option and cannot be used here", f"{hint}; remove {key}"
+                    )
             for version, key in ((4, "conditionsV4"), (6, "conditionsV6")):
                 conds[version] = conditions.parse(str_list_field(raw, key), version, key)
         return cls(
@@ -102,11 +104,22 @@ class PortMapConf:
             host = ipaddress.ip_address(pm.host_ip) if pm.host_ip else None
             for v in (4, 6) if host is None else (host.version,):
                 host_ip = "" if host is None or host.is_unspecified else str(host)
-                out[v].append(rules.Mapping(host_port=pm.host_port, container_port=pm.container_port, protocol=pm.protocol, host_ip=host_ip))
+                out[v].append(
+                    rules.Mapping(
+                        host_port=pm.host_port, container_port=pm.container_port, protocol=pm.protocol, host_ip=host_ip
+                    )
+                )
         return {v: tuple(ms) for v, ms in out.items() if ms and v in self.containers}
 
     def groups(self, network: str) -> list[Group]:
-        return rules.groups_for(network, self.containers, self.mappings(), snat=self.snat, masq_all=self.masq_all, exclusive=self.exclusive_host_ports)
+        return rules.groups_for(
+            network,
+            self.containers,
+            self.mappings(),
+            snat=self.snat,
+            masq_all=self.masq_all,
+            exclusive=self.exclusive_host_ports,
+        )
 
     def udp_ports(self) -> list[int]:
         return sorted({m.host_port for ms in self.mappings().values() for m in ms if m.protocol == "udp"})
@@ -129,12 +142,12 @@ def container_addresses(result: Result, ifname: str) -> dict[int, IPInterface]:
     return out
 
 
-
-
 def cmd_add(args: CmdArgs) -> Result:
     prev = args.conf.prev_result
     if prev is None:
-        raise InvalidNetworkConfig("portmap must be called as a chained plugin", "put it after a main plugin (bridge, ptp, ...) in a conflist")
+        raise InvalidNetworkConfig(
+            "portmap must be called as a chained plugin", "put it after a main plugin (bridge, ptp, ...) in a conflist"
+        )
     conf = PortMapConf.from_netconf(args.conf, args.ifname)
     if conf.backend == "iptables":
         log.note("backend iptables asked for; port mappings are served by nftables (table inet cni_py_portmap)")
@@ -145,7 +158,9 @@ def cmd_add(args: CmdArgs) -> Result:
         _enable_localnet(conf.containers[4])
     owner = nft_state.owner(args)
     what = f"map ports of {args.container_id}/{args.ifname}"
-    setup = rules.setup_commands(args.conf.name, conf.containers, conf.conditions, snat=conf.snat, masq_all=conf.masq_all)
+    setup = rules.setup_commands(
+        args.conf.name, conf.containers, conf.conditions, snat=conf.snat, masq_all=conf.masq_all
+    )
     try:
         stamp = stamp_for(rules.FAMILY, rules.TABLE, args.conf.name, setup)
         claim_groups(nft_state.host_nft(), owner, groups, setup=setup, what=what, stamp=stamp)
@@ -162,7 +177,9 @@ def cmd_add(args: CmdArgs) -> Result:
 def cmd_del(args: CmdArgs) -> None:
     """This attachment's mappings, from prevResult and runtimeConfig; found by owner when
     either is missing or unreadable (options that cannot be read: by owner too)."""
-    conf: PortMapConf | None = options_for_del("portmap", lambda: PortMapConf.from_netconf(args.conf, args.ifname, strict=False), lambda: None)
+    conf: PortMapConf | None = options_for_del(
+        "portmap", lambda: PortMapConf.from_netconf(args.conf, args.ifname, strict=False), lambda: None
+    )
     mappings_known = conf is not None and args.conf.readable("runtimeConfig")
     if conf is not None and mappings_known and not conf.port_mappings:
         return  # as the reference: nothing was mapped for this attachment
@@ -199,7 +216,10 @@ def cmd_check(args: CmdArgs) -> None:
         for entry, why in problems(nft, g.maps, g.owner or owner, g.entries):
             found.append(f"{rules.describe(g.maps.owners, entry.key)}: {why}")
     if found:
-        raise CNIError(f"portmap CHECK of {args.container_id}/{args.ifname}: {'; '.join(found)}", "run ADD again to restore the mappings")
+        raise CNIError(
+            f"portmap CHECK of {args.container_id}/{args.ifname}: {'; '.join(found)}",
+            "run ADD again to restore the mappings",
+        )
 
 
 def cmd_gc(args: CmdArgs) -> None:
@@ -234,7 +254,9 @@ def _enable_localnet(container: IPInterface) -> None:
 
 
 def _flush_udp(conf: PortMapConf, versions: tuple[int, ...] | None = None) -> None:
-    ports = sorted({pm.host_port for pm in conf.port_mappings if pm.protocol == "udp"}) if versions else conf.udp_ports()
+    ports = (
+        sorted({pm.host_port for pm in conf.port_mappings if pm.protocol == "udp"}) if versions else conf.udp_ports()
+    )
     if not ports:
         return
     from cni_plugins.kernel.conntrack import delete_udp_flows
@@ -243,7 +265,14 @@ def _flush_udp(conf: PortMapConf, versions: tuple[int, ...] | None = None) -> No
         log.warning(f"stale UDP conntrack entries: {problem}")
 
 
-PLUGIN = Plugin(name="portmap", add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, about="CNI portmap plugin (cni-py, nftables)")
+PLUGIN = Plugin(
+    name="portmap",
+    add=cmd_add,
+    delete=cmd_del,
+    check=cmd_check,
+    gc=cmd_gc,
+    about="CNI portmap plugin (cni-py, nftables)",
+)
 
 
 def main() -> None:

@@ -65,14 +65,19 @@ class VethConf:
 
     def require_ipam(self) -> str:
         if not self.ipam_type:
-            raise InvalidNetworkConfig("ipam: an IPAM plugin is required (ipam.type)", 'ptp routes container addresses: give e.g. "ipam": {"type": "host-local", ...}')
+            raise InvalidNetworkConfig(
+                "ipam: an IPAM plugin is required (ipam.type)",
+                'ptp routes container addresses: give e.g. "ipam": {"type": "host-local", ...}',
+            )
         return self.ipam_type
 
     @classmethod
     def from_json(cls, args: CmdArgs) -> VethConf:
         raw = args.conf.raw
         dns = raw.get("dns")
-        dns_set = isinstance(dns, dict) and (any(dns.get(k) is not None for k in ("nameservers", "search", "options")) or bool(dns.get("domain")))
+        dns_set = isinstance(dns, dict) and (
+            any(dns.get(k) is not None for k in ("nameservers", "search", "options")) or bool(dns.get("domain"))
+        )
         return cls(
             ip_masq=bool_field(raw, "ipMasq", False),
             ip_masq_backend=str_field(raw, "ipMasqBackend", "", choices=("", *MASQ_BACKENDS)),
@@ -91,14 +96,22 @@ def cmd_add(args: CmdArgs) -> Result:
     if conf.ip_masq and conf.ip_masq_backend == "iptables":
         log.note("ipMasqBackend: iptables asked for; masquerade is served by nftables (table inet cni_py_masq)")
     with host_and_container(args.netns) as (host, ctr, host_fd, ctr_fd), contextlib.ExitStack() as undo:
-        undo.callback(quietly, "IPAM DEL", invoke.delegate, conf.ipam_type, "DEL", args.stdin, args.environ, args.path)  # also for a failed ADD, as the spec asks
+        undo.callback(
+            quietly, "IPAM DEL", invoke.delegate, conf.ipam_type, "DEL", args.stdin, args.environ, args.path
+        )  # also for a failed ADD, as the spec asks
         with step(f"IPAM {conf.ipam_type} ADD"):
             ipam = invoke.delegate_add(conf.ipam_type, args.stdin, args.environ, args.path)
         if not ipam.ips:
-            raise CNIError(f"IPAM {conf.ipam_type} ADD: IPAM plugin returned missing IP config", "its ranges must yield at least one address")
+            raise CNIError(
+                f"IPAM {conf.ipam_type} ADD: IPAM plugin returned missing IP config",
+                "its ranges must yield at least one address",
+            )
         missing_gw = [str(ip.address) for ip in ipam.ips if ip.gateway is None]
         if missing_gw:
-            raise InvalidNetworkConfig(f"IPAM {conf.ipam_type} gave no gateway for {', '.join(missing_gw)}", "ptp routes through the gateway address: configure one in ipam")
+            raise InvalidNetworkConfig(
+                f"IPAM {conf.ipam_type} gave no gateway for {', '.join(missing_gw)}",
+                "ptp routes through the gateway address: configure one in ipam",
+            )
         with step("enable forwarding"):
             for version in sorted({ip.version for ip in ipam.ips}):
                 sysctl.enable_forwarding(version)
@@ -107,7 +120,10 @@ def cmd_add(args: CmdArgs) -> Result:
             undo.callback(quietly, "delete veth", ctr.delete_link_if_exists, args.ifname)
             _no_router_ads(pair.host.name)
         result = Result(
-            interfaces=(Interface(name=pair.host.name, mac=pair.host.mac), Interface(name=args.ifname, mac=pair.container.mac, sandbox=args.netns)),
+            interfaces=(
+                Interface(name=pair.host.name, mac=pair.host.mac),
+                Interface(name=args.ifname, mac=pair.container.mac, sandbox=args.netns),
+            ),
             ips=tuple(dataclasses.replace(ip, interface=1) for ip in ipam.ips),
             routes=ipam.routes,
             dns=ipam.dns,
@@ -166,7 +182,11 @@ def setup_host_side(host: Netlink, veth: Link, ips: tuple[IPConfig, ...]) -> Non
 def cmd_del(args: CmdArgs) -> None:
     """IPAM, the container veth (its host end and routes go with it), masquerade; each step
     runs even if another failed; a missing netns, link or reservation is fine."""
-    conf = options_for_del("ptp", lambda: VethConf.from_json(args), lambda: VethConf(ip_masq=True, ip_masq_backend="", mtu=0, ipam_type=args.conf.ipam_type, dns=None))
+    conf = options_for_del(
+        "ptp",
+        lambda: VethConf.from_json(args),
+        lambda: VethConf(ip_masq=True, ip_masq_backend="", mtu=0, ipam_type=args.conf.ipam_type, dns=None),
+    )
     errors = ErrorList("ptp DEL")
     if conf.ipam_type:
         with errors.step(f"IPAM {conf.ipam_type} DEL"):
@@ -273,8 +293,6 @@ def _no_router_ads(host_veth: str) -> None:
         sysctl.write(sysctl.iface_key(6, host_veth, "accept_ra"), "0")
     except CNIError:
         pass  # IPv6 disabled on the host
-
-
 
 
 PLUGIN = Plugin(

@@ -78,12 +78,16 @@ class TuningConf:
         cni = dict_field(dict_field(raw, "args"), "cni", "args")
         dups = _duplicate_sysctl_keys(args.stdin)
         if dups:
-            raise InvalidNetworkConfig(f"sysctl: duplicated keys are not allowed: {', '.join(sorted(dups))}", "give each sysctl once")
+            raise InvalidNetworkConfig(
+                f"sysctl: duplicated keys are not allowed: {', '.join(sorted(dups))}", "give each sysctl once"
+            )
         merged = {**_sysctl_map(raw, ""), **_sysctl_map(cni, "args.cni")}
         resolved = tuple((key, resolve_sysctl(key, args.ifname), value) for key, value in merged.items())
         paths = [path for _, path, _ in resolved]
         if len(set(paths)) != len(paths):
-            raise InvalidNetworkConfig("sysctl: two keys name the same sysctl (IFNAME and the interface name?)", "give each sysctl once")
+            raise InvalidNetworkConfig(
+                "sysctl: two keys name the same sysctl (IFNAME and the interface name?)", "give each sysctl once"
+            )
         check_allowlist([key for key, _, _ in resolved])
         sources = (
             ("mac", str_field(raw, "mac")),
@@ -123,7 +127,9 @@ def _sysctl_map(obj: dict[str, Any], where: str) -> dict[str, str]:
     for key, value in table.items():
         if not isinstance(value, str):
             name = f"{where}.sysctl" if where else "sysctl"
-            raise InvalidNetworkConfig(f"{name}.{key}: expected a string value, got {value!r}", 'sysctl values are strings, e.g. "1"')
+            raise InvalidNetworkConfig(
+                f"{name}.{key}: expected a string value, got {value!r}", 'sysctl values are strings, e.g. "1"'
+            )
     return dict(table)
 
 
@@ -168,7 +174,9 @@ def check_allowlist(keys: list[str], path: str = ALLOWLIST) -> None:
         except re.error as exc:
             raise InvalidNetworkConfig(f"sysctl allowlist {path}: invalid regular expression: {exc}") from None
         if not allowed:
-            raise InvalidNetworkConfig(f"sysctl: {key!r} is not allowed by {path}", f"allowed patterns: {', '.join(patterns)}")
+            raise InvalidNetworkConfig(
+                f"sysctl: {key!r} is not allowed by {path}", f"allowed patterns: {', '.join(patterns)}"
+            )
 
 
 class _Object(GoObject):
@@ -204,7 +212,11 @@ def cmd_add(args: CmdArgs) -> Result:
     prev = _require_prev(args)
     if not conf.sysctls and not conf.changes_link:
         return prev  # nothing to tune (podman's bare {"type": "tuning"}): pass through untouched
-    with _netns_fd(args.netns) as fd, _container_link(fd, args, conf.changes_link) as (nl, link), contextlib.ExitStack() as undo:
+    with (
+        _netns_fd(args.netns) as fd,
+        _container_link(fd, args, conf.changes_link) as (nl, link),
+        contextlib.ExitStack() as undo,
+    ):
         for key, path, value in conf.sysctls:
             with netns.entered(fd, label=args.netns):
                 old = sysctl.read(path)
@@ -219,7 +231,9 @@ def cmd_add(args: CmdArgs) -> Result:
         undo.pop_all()
     if not conf.mac:
         return prev
-    return prev.replace(interfaces=tuple(dataclasses.replace(i, mac=conf.mac) if i.name == args.ifname else i for i in prev.interfaces))
+    return prev.replace(
+        interfaces=tuple(dataclasses.replace(i, mac=conf.mac) if i.name == args.ifname else i for i in prev.interfaces)
+    )
 
 
 def apply_link(nl: Netlink, link: Link, conf: TuningConf, undo: contextlib.ExitStack) -> None:
@@ -229,7 +243,13 @@ def apply_link(nl: Netlink, link: Link, conf: TuningConf, undo: contextlib.ExitS
         (bool(conf.mac), "MAC", nl.set_link, {"address": conf.mac}, {"address": link.mac}),
         (bool(conf.promisc), "promiscuous mode", nl.set_flags, {"promisc": True}, {"promisc": link.promisc}),
         (bool(conf.mtu), "MTU", nl.set_link, {"mtu": conf.mtu}, {"mtu": link.mtu}),
-        (conf.allmulti is not None, "all-multicast mode", nl.set_flags, {"allmulti": conf.allmulti}, {"allmulti": link.allmulti}),
+        (
+            conf.allmulti is not None,
+            "all-multicast mode",
+            nl.set_flags,
+            {"allmulti": conf.allmulti},
+            {"allmulti": link.allmulti},
+        ),
         (conf.txqlen is not None, "txqueuelen", nl.set_link, {"txqlen": conf.txqlen}, {"txqlen": link.txqlen}),
     )
     for asked, what, setter, new, old in changes:
@@ -314,7 +334,9 @@ def validate_link(link: Link, conf: TuningConf) -> None:
 def backup_path(data_dir: str, args: CmdArgs) -> str:
     for value, what in ((args.container_id, "CNI_CONTAINERID"), (args.ifname, "CNI_IFNAME")):
         if not value or "/" in value or "\0" in value or value.startswith("."):
-            raise InvalidEnvironment(f"{what}={value!r} cannot name a file under dataDir", f"{what} must not contain '/' or start with '.'")
+            raise InvalidEnvironment(
+                f"{what}={value!r} cannot name a file under dataDir", f"{what} must not contain '/' or start with '.'"
+            )
     return os.path.join(data_dir, f"{args.container_id}_{args.ifname}.json")
 
 
@@ -363,7 +385,10 @@ def load_backup(path: str) -> dict[str, Any] | None:
 
 def _require_prev(args: CmdArgs) -> Result:
     if args.conf.prev_result is None:
-        raise InvalidNetworkConfig("tuning: required prevResult missing", "tuning is a chained plugin: put it after a plugin that creates the interface")
+        raise InvalidNetworkConfig(
+            "tuning: required prevResult missing",
+            "tuning is a chained plugin: put it after a plugin that creates the interface",
+        )
     return args.conf.prev_result
 
 
@@ -386,7 +411,10 @@ def _container_link(fd: int, args: CmdArgs, wanted: bool) -> Iterator[tuple[Netl
     with Netlink.open(fd, label=args.netns) as nl:
         link = nl.link(args.ifname)
         if link is None:
-            raise CNIError(f"container interface {args.ifname} not found in {args.netns}", "tuning runs after the plugin that creates it")
+            raise CNIError(
+                f"container interface {args.ifname} not found in {args.netns}",
+                "tuning runs after the plugin that creates it",
+            )
         yield nl, link
 
 
@@ -407,7 +435,14 @@ def _remove_quietly(path: str) -> None:
         log.warning(f"remove {path}: {exc.strerror}")
 
 
-PLUGIN = Plugin(name="tuning", add=cmd_add, delete=cmd_del, check=cmd_check, cni_args=frozenset({"MAC"}), about="CNI tuning plugin (cni-py)")
+PLUGIN = Plugin(
+    name="tuning",
+    add=cmd_add,
+    delete=cmd_del,
+    check=cmd_check,
+    cni_args=frozenset({"MAC"}),
+    about="CNI tuning plugin (cni-py)",
+)
 
 
 def main() -> None:

@@ -80,7 +80,9 @@ def _ensure_directory(path: str) -> None:
         except FileExistsError:
             pass
         except OSError as exc:
-            raise IOFailure(f"attachment lock directory {d}: {exc.strerror}", "the run dir must be writable by root") from None
+            raise IOFailure(
+                f"attachment lock directory {d}: {exc.strerror}", "the run dir must be writable by root"
+            ) from None
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
         raise IOFailure(

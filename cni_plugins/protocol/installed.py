@@ -51,7 +51,7 @@ def read_marker(path: str) -> tuple[str, str] | None:
         return None
     for line in head.splitlines()[:3]:
         if line.startswith(MARKER):
-            parts = line[len(MARKER):].split()
+            parts = line[len(MARKER) :].split()
             if len(parts) == 2:
                 return parts[0], parts[1]
     return None

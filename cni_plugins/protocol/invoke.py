@@ -33,7 +33,9 @@ IN_PROCESS = True  # the seam above; tests turn it off to compare both paths
 
 def find_in_path(plugin_type: str, paths: tuple[str, ...]) -> str:
     if not plugin_type or "/" in plugin_type or "\\" in plugin_type or plugin_type in (".", ".."):
-        raise InvalidNetworkConfig(f"invalid plugin type {plugin_type!r}", "a type names an executable, without any path")
+        raise InvalidNetworkConfig(
+            f"invalid plugin type {plugin_type!r}", "a type names an executable, without any path"
+        )
     for directory in paths:
         candidate = os.path.join(directory, plugin_type)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):

@@ -133,11 +133,15 @@ def run(
         return _serve(plugin, environ, stdin, stdout, stderr)
     finally:
         if log.debugging():
-            log.debug(f"{environ.get('CNI_COMMAND', '')} {environ.get('CNI_CONTAINERID', '')} {environ.get('CNI_IFNAME', '')}: {(time.perf_counter() - start) * 1000:.1f} ms")
+            log.debug(
+                f"{environ.get('CNI_COMMAND', '')} {environ.get('CNI_CONTAINERID', '')} {environ.get('CNI_IFNAME', '')}: {(time.perf_counter() - start) * 1000:.1f} ms"
+            )
         log.restore(saved)
 
 
-def _serve(plugin: Plugin, environ: Mapping[str, str], stdin: BinaryIO | bytes | None, stdout: TextIO, stderr: TextIO) -> int:
+def _serve(
+    plugin: Plugin, environ: Mapping[str, str], stdin: BinaryIO | bytes | None, stdout: TextIO, stderr: TextIO
+) -> int:
     cni_version = ""  # the config's, once parsed
     data = b""
     try:
@@ -146,7 +150,9 @@ def _serve(plugin: Plugin, environ: Mapping[str, str], stdin: BinaryIO | bytes |
             stderr.write(f"{plugin.about}\nCNI protocol versions supported: {', '.join(plugin.versions)}\n")
             return 0
         if command not in COMMANDS:
-            raise InvalidEnvironment(f"unknown CNI_COMMAND: {command}", f"CNI_COMMAND must be one of {', '.join(COMMANDS)}")
+            raise InvalidEnvironment(
+                f"unknown CNI_COMMAND: {command}", f"CNI_COMMAND must be one of {', '.join(COMMANDS)}"
+            )
         data = _read_stdin(stdin)
         if command == VERSION:
             return _write(stdout, _version_reply(plugin, data))
@@ -183,7 +189,9 @@ def _serve(plugin: Plugin, environ: Mapping[str, str], stdin: BinaryIO | bytes |
             conf=conf,
             environ=environ,
         )
-        with attachment_lock.held(plugin.name, conf.name, cmd.container_id, cmd.ifname):  # ADD, CHECK, DEL of one attachment never overlap
+        with attachment_lock.held(
+            plugin.name, conf.name, cmd.container_id, cmd.ifname
+        ):  # ADD, CHECK, DEL of one attachment never overlap
             if command == ADD:
                 result = cancel.run_add(plugin, cmd)  # stops at a safe point if a helper's caller goes away
                 return _write(stdout, result_to_json(result, conf.cni_version), indent=4)
@@ -198,7 +206,16 @@ def _serve(plugin: Plugin, environ: Mapping[str, str], stdin: BinaryIO | bytes |
         import traceback
 
         traceback.print_exc(file=stderr)
-        _write(stdout, {"cniVersion": cni_version or _declared_version(data), "code": 999, "msg": f"internal error: {exc}", "details": type(exc).__name__}, indent=4)
+        _write(
+            stdout,
+            {
+                "cniVersion": cni_version or _declared_version(data),
+                "code": 999,
+                "msg": f"internal error: {exc}",
+                "details": type(exc).__name__,
+            },
+            indent=4,
+        )
         return 1
 
 
@@ -224,7 +241,9 @@ def _read_stdin(stdin: BinaryIO | bytes | None) -> bytes:
 def _parse_env(command: str, environ: Mapping[str, str]) -> dict[str, str]:
     missing = [v.name for v in ENV_TABLE if command in v.required_for and not environ.get(v.name)]
     if missing:
-        raise InvalidEnvironment(f"required env variables [{','.join(missing)}] missing", f"{command} needs {', '.join(missing)} set")
+        raise InvalidEnvironment(
+            f"required env variables [{','.join(missing)}] missing", f"{command} needs {', '.join(missing)} set"
+        )
     values = {}
     for var in ENV_TABLE:
         value = environ.get(var.name, "")

@@ -53,7 +53,9 @@ def options_for_del(plugin: str, parse: Callable[[], T], owning_all: Callable[[]
     try:
         return parse()
     except CNIError as err:
-        log.warning(f"{plugin} DEL: ignoring options that cannot be read ({err.msg}); removing whatever this attachment owns")
+        log.warning(
+            f"{plugin} DEL: ignoring options that cannot be read ({err.msg}); removing whatever this attachment owns"
+        )
         return owning_all()
 
 
@@ -61,7 +63,9 @@ def prev_result_for_check(args: CmdArgs, plugin: str) -> Result:
     """The cached ADD result that CHECK compares the container against (required by the spec)."""
     prev = args.conf.prev_result
     if prev is None:
-        raise InvalidNetworkConfig(f"{plugin} CHECK: required prevResult missing", "the runtime passes the cached ADD result as prevResult")
+        raise InvalidNetworkConfig(
+            f"{plugin} CHECK: required prevResult missing", "the runtime passes the cached ADD result as prevResult"
+        )
     return prev
 
 
@@ -70,4 +74,7 @@ def prev_container_interface(prev: Result, args: CmdArgs) -> Interface:
     interface = prev.interface(args.ifname, sandbox=args.netns)
     if interface is not None:
         return interface
-    raise InvalidNetworkConfig(f"prevResult has no interface {args.ifname!r} in sandbox {args.netns}", "CHECK must use the ADD result of this container")
+    raise InvalidNetworkConfig(
+        f"prevResult has no interface {args.ifname!r} in sandbox {args.netns}",
+        "CHECK must use the ADD result of this container",
+    )

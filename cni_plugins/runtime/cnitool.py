@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         paths = [p for p in (env.get("CNI_PATH") or DEFAULT_CNI_PATH).split(os.pathsep) if p]
         runner = CNIRunner(paths, env.get("CNI_CACHE_DIR") or cache.DEFAULT_CACHE_DIR)
         rt = RuntimeConf(
-            container_id=container_id_for(netns), netns=netns, ifname=ifname, cni_args=cni_args, capability_args=cap_args
+            container_id=container_id_for(netns),
+            netns=netns,
+            ifname=ifname,
+            cni_args=cni_args,
+            capability_args=cap_args,
         )
         if opts.command == "add":
             result = runner.add(netlist, rt)

@@ -47,7 +47,9 @@ class Attachment:
 
 
 class CNIRunner:
-    def __init__(self, paths: list[str], cache_dir: str = cache.DEFAULT_CACHE_DIR, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, paths: list[str], cache_dir: str = cache.DEFAULT_CACHE_DIR, environ: Mapping[str, str] | None = None
+    ) -> None:
         self.paths = tuple(paths)
         self.cache_dir = cache_dir
         self.environ = dict(os.environ if environ is None else environ)
@@ -85,7 +87,9 @@ class CNIRunner:
 
     def check(self, netlist: NetworkConfigList, rt: RuntimeConf) -> None:
         if not at_least(netlist.cni_version, "0.4.0"):
-            raise IncompatibleCNIVersion(f'configuration version "{netlist.cni_version}" does not support the CHECK command')
+            raise IncompatibleCNIVersion(
+                f'configuration version "{netlist.cni_version}" does not support the CHECK command'
+            )
         if netlist.disable_check:
             return
         prev = self._cached_result(netlist, rt)
@@ -126,7 +130,11 @@ class CNIRunner:
         if at_least(netlist.cni_version, "1.1.0"):
             rt = RuntimeConf(container_id="", netns="", ifname="")
             attachments = [{"containerID": a.container_id, "ifname": a.ifname} for a in valid or []]
-            extra = {"cni.dev/valid-attachments": attachments, "cni.dev/attachments": attachments} if valid is not None else {}
+            extra = (
+                {"cni.dev/valid-attachments": attachments, "cni.dev/attachments": attachments}
+                if valid is not None
+                else {}
+            )
             for plugin in netlist.plugins:
                 conf = self._build(netlist, plugin, None, rt, capabilities=False)
                 conf.update(extra)

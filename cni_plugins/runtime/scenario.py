@@ -100,6 +100,7 @@ except OSError as exc:
     print(exc.strerror or exc); sys.exit(1)
 """
 
+
 class Interrupted(BaseException):
     pass
 
@@ -138,7 +139,9 @@ class Run:
 
     # ------------------------------------------------------------ commands
 
-    def sh(self, *argv: str, ns: str | None = None, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def sh(
+        self, *argv: str, ns: str | None = None, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         cmd = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -164,7 +167,9 @@ class Run:
             self.sh("ip", "link", "set", "lo", "up", ns=ns)
         if not self.sc.outside:
             return
-        self.sh("ip", "link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", self.outside, ns=self.host)
+        self.sh(
+            "ip", "link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", self.outside, ns=self.host
+        )
         for ns, dev, idx in ((self.host, UPLINK, 0), (self.outside, "eth0", 1)):
             self.sh("ip", "addr", "add", f"{(HOST_OUT, OUTSIDE)[idx][0]}/24", "dev", dev, ns=ns)
             self.sh("ip", "-6", "addr", "add", f"{(HOST_OUT, OUTSIDE)[idx][1]}/64", "dev", dev, "nodad", ns=ns)
@@ -173,14 +178,20 @@ class Run:
     def describe(self) -> None:
         parts = [f"host {self.host}"]
         if self.sc.outside:
-            parts.append(f"outside world {self.outside} ({OUTSIDE[0]}, {OUTSIDE[1]}; the host is {HOST_OUT[0]}, {HOST_OUT[1]})")
+            parts.append(
+                f"outside world {self.outside} ({OUTSIDE[0]}, {OUTSIDE[1]}; the host is {HOST_OUT[0]}, {HOST_OUT[1]})"
+            )
         parts.append("containers " + ", ".join(c.name for c in self.sc.containers))
         print(f"     namespaces: {'; '.join(parts)}", flush=True)
 
     def runtime_conf(self, c: Container, ifname: str) -> RuntimeConf:
         caps: dict[str, Any] = {"portMappings": c.ports} if c.ports else {}
         return RuntimeConf(
-            container_id=f"cnisc-{self.tag}-{c.name}", netns=f"/var/run/netns/{c.netns}", ifname=ifname, cni_args=c.cni_args, capability_args=caps
+            container_id=f"cnisc-{self.tag}-{c.name}",
+            netns=f"/var/run/netns/{c.netns}",
+            ifname=ifname,
+            cni_args=c.cni_args,
+            capability_args=caps,
         )
 
     def attach(self) -> None:
@@ -199,7 +210,9 @@ class Run:
                 c.results[ifname] = convert(result, "1.1.0")
                 self.report("+", f"{c.name} joins {net} as {ifname}: {self.addresses_text(c, ifname)}", started)
                 if c.ports:
-                    maps = ", ".join(f"{p.get('hostPort')}->{p.get('containerPort')}/{p.get('protocol', 'tcp')}" for p in c.ports)
+                    maps = ", ".join(
+                        f"{p.get('hostPort')}->{p.get('containerPort')}/{p.get('protocol', 'tcp')}" for p in c.ports
+                    )
                     print(f"     publishes {maps}", flush=True)
 
     def addresses_text(self, c: Container, ifname: str) -> str:
@@ -236,7 +249,9 @@ class Run:
                 assert proc.stdout is not None
                 if proc.stdout.readline().strip() != "ready":
                     err = proc.stderr.read().strip().splitlines() if proc.stderr else []
-                    raise ScenarioError(f"{name}: {proto} server on port {port} did not start: {err[-1] if err else 'no output'}")
+                    raise ScenarioError(
+                        f"{name}: {proto} server on port {port} did not start: {err[-1] if err else 'no output'}"
+                    )
                 print(f"     {name} serves {proto}/{port}", flush=True)
 
     # ------------------------------------------------------------ checks
@@ -269,7 +284,11 @@ class Run:
             if result is None:
                 raise ScenarioError(f"{ref!r}: {c.name} has no {ifname}")
             for ip in result.get("ips") or []:
-                addr = str(ip["gateway" if gateway else "address"]).split("/")[0] if (ip.get("gateway") or not gateway) else ""
+                addr = (
+                    str(ip["gateway" if gateway else "address"]).split("/")[0]
+                    if (ip.get("gateway") or not gateway)
+                    else ""
+                )
                 if addr and ipaddress.ip_address(addr).version == family:
                     return addr
         raise ScenarioError(f"{ref!r}: no IPv{family} {'gateway' if gateway else 'address'}")
@@ -287,10 +306,22 @@ class Run:
     def attempt(self, check: Check, ns: str, addr: str) -> tuple[bool, str]:
         wait = FAIL_TIMEOUT if check.must_fail else CHECK_TIMEOUT
         if check.kind == "ping":
-            proc = self.sh("ping", *(["-6"] if check.family == 6 else []), "-c", "1", "-W", str(wait), addr, ns=ns, check=False)
+            proc = self.sh(
+                "ping", *(["-6"] if check.family == 6 else []), "-c", "1", "-W", str(wait), addr, ns=ns, check=False
+            )
             return proc.returncode == 0, "" if proc.returncode == 0 else "no reply"
         proc = self.sh(
-            sys.executable, "-I", "-c", CLIENT, check.kind, addr, str(check.port), str(wait), ns=ns, check=False, timeout=wait + 10
+            sys.executable,
+            "-I",
+            "-c",
+            CLIENT,
+            check.kind,
+            addr,
+            str(check.port),
+            str(wait),
+            ns=ns,
+            check=False,
+            timeout=wait + 10,
         )
         answer = proc.stdout.strip() or proc.stderr.strip()
         if proc.returncode != 0:
@@ -355,7 +386,11 @@ class Run:
         ipam = self.work / "ipam"
         if ipam.is_dir():
             for net_dir in sorted(ipam.iterdir()):
-                left += [f"{net_dir.name} reservation {p.name}" for p in sorted(net_dir.iterdir()) if literal(p.name) is not None]
+                left += [
+                    f"{net_dir.name} reservation {p.name}"
+                    for p in sorted(net_dir.iterdir())
+                    if literal(p.name) is not None
+                ]
         results = self.work / "cache" / "results"
         if results.is_dir():
             left += [f"cached result {p.name}" for p in sorted(results.iterdir())]
@@ -374,7 +409,12 @@ class Run:
     def verify_clean(self) -> None:
         started = time.monotonic()
         left = self.leftovers()
-        self.outcome(not left, "nothing left behind (links, reservations, nftables entries, cached results)" + (f": {'; '.join(left)}" if left else ""), started)
+        self.outcome(
+            not left,
+            "nothing left behind (links, reservations, nftables entries, cached results)"
+            + (f": {'; '.join(left)}" if left else ""),
+            started,
+        )
 
     def remove_namespaces(self) -> None:
         for ns in reversed(self.namespaces):
@@ -385,7 +425,6 @@ class Run:
                     pass
             self.sh("ip", "netns", "del", ns, check=False)
         self.namespaces.clear()
-
 
 
 _runs = itertools.count()
@@ -452,9 +491,15 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cni-scenario", description="Run network test scenarios (YAML) on throwaway namespaces.")
+    parser = argparse.ArgumentParser(
+        prog="cni-scenario", description="Run network test scenarios (YAML) on throwaway namespaces."
+    )
     parser.add_argument("scenarios", nargs="+", type=Path, help="scenario files (see conf/scenarios/README.md)")
-    parser.add_argument("--cni-path", default=os.environ.get("CNI_PATH") or "/opt/cni/bin", help="plugin directories, ':'-separated (default: CNI_PATH or /opt/cni/bin)")
+    parser.add_argument(
+        "--cni-path",
+        default=os.environ.get("CNI_PATH") or "/opt/cni/bin",
+        help="plugin directories, ':'-separated (default: CNI_PATH or /opt/cni/bin)",
+    )
     opts = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("cni-scenario: needs root (it makes network namespaces)", file=sys.stderr)

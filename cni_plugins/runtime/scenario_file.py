@@ -70,7 +70,9 @@ def parse_check(text: str, where: str) -> Check:
     """``KIND[6] FROM -> TO[:PORT] [sees WHO] [fails]``, e.g. ``tcp host -> localhost:8080``."""
     m = CHECK_RE.match(text.strip()) if isinstance(text, str) else None
     if m is None:
-        raise ScenarioError(f"{where}: {text!r} is not a check; write KIND[6] FROM -> TO[:PORT] [sees WHO] [fails] (KIND: ping, tcp or udp)")
+        raise ScenarioError(
+            f"{where}: {text!r} is not a check; write KIND[6] FROM -> TO[:PORT] [sees WHO] [fails] (KIND: ping, tcp or udp)"
+        )
     kind, dst = m["kind"], m["dst"].strip("[]")
     port = int(m["port"]) if m["port"] else None
     if kind == "ping" and port is not None:
@@ -82,7 +84,16 @@ def parse_check(text: str, where: str) -> Check:
     family = 6 if m["six"] else 4
     if literal(dst) is not None:
         family = literal(dst) or family
-    return Check(kind=kind, family=family, src=m["src"], dst=dst, port=port, sees=m["sees"], must_fail=bool(m["fails"]), text=" ".join(text.split()))
+    return Check(
+        kind=kind,
+        family=family,
+        src=m["src"],
+        dst=dst,
+        port=port,
+        sees=m["sees"],
+        must_fail=bool(m["fails"]),
+        text=" ".join(text.split()),
+    )
 
 
 def literal(ref: str) -> int | None:
@@ -139,7 +150,9 @@ def load(path: Path, ipam_dir: Path) -> Scenario:
                 obj = item["conflist"]
                 netlist = conflist_from_object(obj, json.dumps(obj).encode(), where)
             else:
-                raise ScenarioError(f"{where}: give 'file' (a conflist path, relative to the scenario) or 'conflist' (inline)")
+                raise ScenarioError(
+                    f"{where}: give 'file' (a conflist path, relative to the scenario) or 'conflist' (inline)"
+                )
         except CNIError as exc:
             raise ScenarioError(f"{where}: {exc.msg}") from None
         if netlist.name in networks:
@@ -168,7 +181,13 @@ def load(path: Path, ipam_dir: Path) -> Scenario:
                     raise ScenarioError(f"{where}.args: {pair!r} is not KEY=VALUE")
                 args.append((k, v))
         containers.append(
-            Container(name=name, networks=nets, ports=[dict(p) for p in ports], serve=_serve_list(item.get("serve"), where), cni_args=tuple(args))
+            Container(
+                name=name,
+                networks=nets,
+                ports=[dict(p) for p in ports],
+                serve=_serve_list(item.get("serve"), where),
+                cni_args=tuple(args),
+            )
         )
     outside_raw = raw.get("outside")
     outside = bool(outside_raw)
@@ -179,9 +198,13 @@ def load(path: Path, ipam_dir: Path) -> Scenario:
         for ref in (check.src, check.dst, check.sees or "host"):
             base = ref.split(".")[0]
             if base not in places and literal(ref) is None:
-                raise ScenarioError(f"{path}: check {check.text!r}: unknown {ref!r}; known: {', '.join(sorted(places))}")
+                raise ScenarioError(
+                    f"{path}: check {check.text!r}: unknown {ref!r}; known: {', '.join(sorted(places))}"
+                )
         if check.src == "localhost" or (check.dst == "localhost" and check.src != "host"):
-            raise ScenarioError(f"{path}: check {check.text!r}: localhost is the host's own loopback: use 'host -> localhost'")
+            raise ScenarioError(
+                f"{path}: check {check.text!r}: localhost is the host's own loopback: use 'host -> localhost'"
+            )
     return Scenario(
         name=str(raw.get("name") or path.stem),
         description=str(raw.get("description") or ""),

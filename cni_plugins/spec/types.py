@@ -250,6 +250,8 @@ class Result:
         for iface in self.interfaces:
             if iface.name != name:
                 continue
-            if sandbox is None or (bool(iface.sandbox) == sandbox if isinstance(sandbox, bool) else iface.sandbox == sandbox):
+            if sandbox is None or (
+                bool(iface.sandbox) == sandbox if isinstance(sandbox, bool) else iface.sandbox == sandbox
+            ):
                 return iface
         return None

@@ -39,10 +39,10 @@ Version = tuple[int, int, int]
 def parse_version(text: object) -> Version:
     """``"1.0.0"`` -> (1, 0, 0); "0.4" is read as 0.4.0 as the Go library does."""
     if not isinstance(text, str) or not text:
-        raise DecodingFailure(f"cniVersion: expected a version string like \"1.0.0\", got {text!r}")
+        raise DecodingFailure(f'cniVersion: expected a version string like "1.0.0", got {text!r}')
     parts = text.split(".")
     if len(parts) > 3 or not all(p.isdigit() for p in parts):
-        raise DecodingFailure(f"cniVersion: {text!r} is not a version like \"1.0.0\"")
+        raise DecodingFailure(f'cniVersion: {text!r} is not a version like "1.0.0"')
     nums = [int(p) for p in parts] + [0] * (3 - len(parts))
     return (nums[0], nums[1], nums[2])
 
@@ -84,14 +84,28 @@ def result_from_json(obj: object, where: str = "prevResult") -> Result:
     if ("ip4" in d or "ip6" in d) and "ips" not in d:
         return _from_020(d, version, where)
     interfaces = tuple(
-        Interface.from_json(x, f"{where}.interfaces[{i}]") for i, x in enumerate(expect_list(d.get("interfaces"), f"{where}.interfaces"))
+        Interface.from_json(x, f"{where}.interfaces[{i}]")
+        for i, x in enumerate(expect_list(d.get("interfaces"), f"{where}.interfaces"))
     )
-    ips = tuple(IPConfig.from_json(x, f"{where}.ips[{i}]") for i, x in enumerate(expect_list(d.get("ips"), f"{where}.ips")))
-    routes = tuple(Route.from_json(x, f"{where}.routes[{i}]") for i, x in enumerate(expect_list(d.get("routes"), f"{where}.routes")))
+    ips = tuple(
+        IPConfig.from_json(x, f"{where}.ips[{i}]") for i, x in enumerate(expect_list(d.get("ips"), f"{where}.ips"))
+    )
+    routes = tuple(
+        Route.from_json(x, f"{where}.routes[{i}]")
+        for i, x in enumerate(expect_list(d.get("routes"), f"{where}.routes"))
+    )
     for i, ip in enumerate(ips):
         if ip.interface is not None and not 0 <= ip.interface < len(interfaces):
-            raise DecodingFailure(f"{where}.ips[{i}].interface: index {ip.interface} does not name one of the {len(interfaces)} interfaces")
-    return Result(cni_version=version, interfaces=interfaces, ips=ips, routes=routes, dns=DNS.from_json(d.get("dns"), f"{where}.dns"))
+            raise DecodingFailure(
+                f"{where}.ips[{i}].interface: index {ip.interface} does not name one of the {len(interfaces)} interfaces"
+            )
+    return Result(
+        cni_version=version,
+        interfaces=interfaces,
+        ips=ips,
+        routes=routes,
+        dns=DNS.from_json(d.get("dns"), f"{where}.dns"),
+    )
 
 
 def _from_020(d: dict[str, Any], version: str, where: str) -> Result:
@@ -112,7 +126,9 @@ def _from_020(d: dict[str, Any], version: str, where: str) -> Result:
             Route.from_json(r, f"{where}.{family}.routes[{i}]")
             for i, r in enumerate(expect_list(block.get("routes"), f"{where}.{family}.routes"))
         )
-    return Result(cni_version=version, ips=tuple(ips), routes=tuple(routes), dns=DNS.from_json(d.get("dns"), f"{where}.dns"))
+    return Result(
+        cni_version=version, ips=tuple(ips), routes=tuple(routes), dns=DNS.from_json(d.get("dns"), f"{where}.dns")
+    )
 
 
 # ---------------------------------------------------------------- writing

@@ -81,7 +81,11 @@ def _condition(tokens: list[str], pos: int, version: int, where: str, out: list[
         field = tokens[pos + 1] if pos + 1 < len(tokens) else ""
         if field not in ("saddr", "daddr"):
             raise _err(where, f"{word} {field!r}: only saddr and daddr can be matched")
-        left, convert, pos = {"payload": {"protocol": word, "field": field}}, lambda t: _address(t, version, where), pos + 2
+        left, convert, pos = (
+            {"payload": {"protocol": word, "field": field}},
+            lambda t: _address(t, version, where),
+            pos + 2,
+        )
     elif word in ("iifname", "oifname"):
         left, convert, pos = {"meta": {"key": word}}, lambda t: _ifname(t, where), pos + 1
     elif word == "mark":
@@ -138,7 +142,9 @@ def _address(token: str, version: int, where: str) -> Any:
 def _ifname(token: str, where: str) -> str:
     name = token[1:-1] if len(token) >= 2 and token[0] == token[-1] == '"' else token
     if not IFNAME_RE.match(name) or name in (".", ".."):
-        raise _err(where, f"{token!r} is not an interface name (letters, digits, _ . @ + -, at most 15, optional trailing *)")
+        raise _err(
+            where, f"{token!r} is not an interface name (letters, digits, _ . @ + -, at most 15, optional trailing *)"
+        )
     return name
 
 

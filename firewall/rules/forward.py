@@ -73,9 +73,6 @@ POLICY_BRIDGES = "policy_bridges"
 BRIDGE_OWNER_NETWORK = "cni-py-bridge"
 
 
-
-
-
 def _mark_set(mark: int) -> dict[str, Any]:
     key = {"meta": {"key": "mark"}}
     return {"mangle": {"key": key, "value": {"|": [key, mark]}}}
@@ -182,12 +179,18 @@ def iptables_commands(state: IptablesState, admin_chain: str, mark: int) -> list
     if not jumps:
         expr = [{"counter": None}, {"jump": {"target": IPT_CHAIN}}]
         out.append({"insert": _ipt("rule", fam, chain="FORWARD", expr=expr, comment=FORWARD_COMMENT)})
-    out += [{"delete": _ipt("rule", fam, chain="FORWARD", handle=r["handle"])} for r in jumps[1:] if r.get("comment") == FORWARD_COMMENT]
+    out += [
+        {"delete": _ipt("rule", fam, chain="FORWARD", handle=r["handle"])}
+        for r in jumps[1:]
+        if r.get("comment") == FORWARD_COMMENT
+    ]
     rules = state.cni_forward or []
     admins = [r for r in rules if _jumps_to(r, admin_chain)]
     marks = [r for r in rules if _is_mark_rule(r, mark)]
     if not marks:
-        out.append({"add": mark_rule(fam, mark, handle=admins[0]["handle"])} if admins else {"insert": mark_rule(fam, mark)})
+        out.append(
+            {"add": mark_rule(fam, mark, handle=admins[0]["handle"])} if admins else {"insert": mark_rule(fam, mark)}
+        )
     if not admins:
         expr = [{"counter": None}, {"jump": {"target": admin_chain}}]
         out.append({"insert": _ipt("rule", fam, chain=IPT_CHAIN, expr=expr, comment=ADMIN_COMMENT)})

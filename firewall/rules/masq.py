@@ -58,7 +58,10 @@ TABLE = "cni_py_masq"
 NFT = Table(FAMILY, TABLE)
 BASE_CHAIN = "postrouting"
 SRCNAT_PRIORITY = 100
-MAPS = {4: OwnedMaps(family=FAMILY, table=TABLE, owners="owners4"), 6: OwnedMaps(family=FAMILY, table=TABLE, owners="owners6")}
+MAPS = {
+    4: OwnedMaps(family=FAMILY, table=TABLE, owners="owners4"),
+    6: OwnedMaps(family=FAMILY, table=TABLE, owners="owners6"),
+}
 VMAPS = {4: "masq4", 6: "masq6"}
 MULTICAST: dict[int, IPNetwork] = {4: ipaddress.ip_network("224.0.0.0/4"), 6: ipaddress.ip_network("ff00::/8")}
 
@@ -69,11 +72,15 @@ def chain_name(network: str, subnet: IPNetwork) -> str:
     return f"masq-{short_hash(network, 12)}-{token}"
 
 
-
-
 def _daddr_in(version: int, net: IPNetwork) -> object:
     left = payload(version, "daddr")
-    return {"match": {"op": "==", "left": left, "right": {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}}}
+    return {
+        "match": {
+            "op": "==",
+            "left": left,
+            "right": {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}},
+        }
+    }
 
 
 def base_commands() -> list[Command]:
@@ -82,7 +89,13 @@ def base_commands() -> list[Command]:
     for v in (4, 6):
         out.append({"add": NFT.obj("map", name=MAPS[v].owners, type=ADDR_TYPES[v], map="mark")})
         out.append({"add": NFT.obj("map", name=VMAPS[v], type=ADDR_TYPES[v], map="verdict")})
-    out.append({"add": NFT.obj("chain", name=BASE_CHAIN, type="nat", hook="postrouting", prio=SRCNAT_PRIORITY, policy="accept")})
+    out.append(
+        {
+            "add": NFT.obj(
+                "chain", name=BASE_CHAIN, type="nat", hook="postrouting", prio=SRCNAT_PRIORITY, policy="accept"
+            )
+        }
+    )
     out.append({"flush": NFT.obj("chain", name=BASE_CHAIN)})
     for v in (4, 6):
         saddr = payload(v, "saddr")
@@ -131,7 +144,9 @@ def setup_masq(nft: NftBackend, owner: Owner, addresses: Sequence[IPInterface]) 
     for subnet in dict.fromkeys(a.network for a in addresses):
         layout += subnet_chain_commands(owner.network, subnet)
     stamp = stamp_for(FAMILY, TABLE, owner.network, layout)
-    elements = [c for v, entries in entries_for(owner.network, addresses).items() for c in add_commands(MAPS[v], owner, entries)]
+    elements = [
+        c for v, entries in entries_for(owner.network, addresses).items() for c in add_commands(MAPS[v], owner, entries)
+    ]
     try:
         try:
             nft.run(stamp.guard() + elements, what=what)  # the layout is in place: elements only
@@ -180,7 +195,9 @@ def teardown_masq(nft: NftBackend, owner: Owner, addresses: Sequence[IPInterface
 def gc_masq(nft: NftBackend, network: str, valid: Iterable[Owner]) -> int:
     """Drop entries of ``network`` whose owner is not in ``valid``. Returns how many."""
     keep = {o.prefix for o in valid}
-    return sum(gc(nft, MAPS[v], (VMAPS[v],), keep, network_prefix(network), what=f"gc masquerade of {network}") for v in (4, 6))
+    return sum(
+        gc(nft, MAPS[v], (VMAPS[v],), keep, network_prefix(network), what=f"gc masquerade of {network}") for v in (4, 6)
+    )
 
 
 def validate_masq(nft: NftBackend, owner: Owner, addresses: Sequence[IPInterface]) -> list[str]:
@@ -195,7 +212,9 @@ def validate_masq(nft: NftBackend, owner: Owner, addresses: Sequence[IPInterface
             if owners.get(e.key) != owner.mark:
                 problems.append(f"masquerade entry for {e.key} is missing or owned by another attachment")
             elif verdicts.get(e.key) != e.data[VMAPS[v]]:
-                problems.append(f"masquerade entry for {e.key} is {verdicts.get(e.key)!r}, expected {e.data[VMAPS[v]]!r}")
+                problems.append(
+                    f"masquerade entry for {e.key} is {verdicts.get(e.key)!r}, expected {e.data[VMAPS[v]]!r}"
+                )
     return problems
 
 
@@ -205,4 +224,3 @@ def _val(elem: object) -> object:
     if isinstance(elem, dict) and "elem" in elem:
         return elem["elem"]["val"]
     return elem
-

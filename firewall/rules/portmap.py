@@ -119,14 +119,16 @@ class Mapping:
     host_ip: str  # "" = every local address of the family
 
 
-
-
 def _chain(name: str, *rules: list[Any], hook: str = "", prio: int = 0) -> list[Command]:
     """add + flush + re-add: the chain converges to exactly these rules."""
     spec: dict[str, Any] = {"name": name}
     if hook:
         spec.update(type="nat", hook=hook, prio=prio, policy="accept")
-    return [{"add": NFT.obj("chain", **spec)}, {"flush": NFT.obj("chain", name=name)}, *(NFT.rule(name, *r) for r in rules)]
+    return [
+        {"add": NFT.obj("chain", **spec)},
+        {"flush": NFT.obj("chain", name=name)},
+        *(NFT.rule(name, *r) for r in rules),
+    ]
 
 
 def dnat_chain(network: str, kind: Kind) -> str:
@@ -166,7 +168,11 @@ def base_commands() -> list[Command]:
 
 
 def _dispatch(k: Kind) -> list[Any]:
-    head = [] if k.specific else [{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": NFPROTO[k.version]}}]
+    head = (
+        []
+        if k.specific
+        else [{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": NFPROTO[k.version]}}]
+    )
     return [*head, {"vmap": {"key": k.key_expr(), "data": f"@{k.data_maps[0]}"}}]
 
 
@@ -191,7 +197,9 @@ def hairpin_commands(subnet: IPNetwork) -> list[Command]:
     if subnet.version == 4:
         sources.append(LOCALHOST4)
     saddr = payload(subnet.version, "saddr")
-    return _chain(hairpin_chain(subnet), [{"match": {"op": "==", "left": saddr, "right": {"set": sources}}}, {"masquerade": None}])
+    return _chain(
+        hairpin_chain(subnet), [{"match": {"op": "==", "left": saddr, "right": {"set": sources}}}, {"masquerade": None}]
+    )
 
 
 def kind_for(version: int, host_ip: str) -> Kind:
@@ -219,7 +227,9 @@ def groups_for(
                 k.data_maps[1]: str(cip.ip),
                 k.data_maps[2]: m.container_port,
             }
-            per_kind[k.name].setdefault(repr(key), Entry(key=key, data=data))  # the first of duplicates wins, as in the reference
+            per_kind[k.name].setdefault(
+                repr(key), Entry(key=key, data=data)
+            )  # the first of duplicates wins, as in the reference
     groups = [Group(maps=k.maps, entries=tuple(per_kind[k.name].values()), exclusive=exclusive) for k in KINDS]
     if snat:
         for v, cip in containers.items():
@@ -230,7 +240,14 @@ def groups_for(
     return [g for g in groups if g.entries]
 
 
-def setup_commands(network: str, containers: TMapping[int, IPInterface], conditions: TMapping[int, Sequence[dict[str, Any]]], *, snat: bool, masq_all: bool) -> list[Command]:
+def setup_commands(
+    network: str,
+    containers: TMapping[int, IPInterface],
+    conditions: TMapping[int, Sequence[dict[str, Any]]],
+    *,
+    snat: bool,
+    masq_all: bool,
+) -> list[Command]:
     """Everything an ADD re-asserts besides its own elements."""
     out = base_commands() + network_commands(network, conditions)
     if snat and not masq_all:
@@ -260,4 +277,3 @@ def describe(owners_map: str, key: Any) -> str:
 def owner_text(comment: str) -> str:
     """The readable part of an owner comment (``net:... if:... id:...``)."""
     return comment.split(" ", 1)[1] if " " in comment else comment
-

@@ -36,7 +36,6 @@ PRIORITY = -300  # as the reference: before anything else in the bridge family
 MAPS = OwnedMaps(family=FAMILY, table=TABLE, owners="owners")
 
 
-
 def _pair(port: str, mac: str) -> dict[str, Any]:
     return {"concat": [port, mac.lower()]}
 
@@ -45,7 +44,13 @@ def base_commands() -> list[Command]:
     iifname = {"meta": {"key": "iifname"}}
     rule = [
         {"match": {"op": "==", "left": iifname, "right": f"@{MAPS.owners}"}},
-        {"match": {"op": "!=", "left": {"concat": [iifname, {"payload": {"protocol": "ether", "field": "saddr"}}]}, "right": f"@{ALLOWED}"}},
+        {
+            "match": {
+                "op": "!=",
+                "left": {"concat": [iifname, {"payload": {"protocol": "ether", "field": "saddr"}}]},
+                "right": f"@{ALLOWED}",
+            }
+        },
         {"drop": None},
     ]
     return [
@@ -82,7 +87,15 @@ def teardown_spoofcheck(nft: NftBackend, owner: Owner, port: str | None = None, 
             return
         except NftError:
             pass  # already gone (a repeated DEL), or the MAC changed since ADD: settle by listing
-    ports = {port} if port else {str(_val(el)) for el in nft.list_map(FAMILY, TABLE, MAPS.owners) if isinstance(el, list) and el[1] == owner.mark}
+    ports = (
+        {port}
+        if port
+        else {
+            str(_val(el))
+            for el in nft.list_map(FAMILY, TABLE, MAPS.owners)
+            if isinstance(el, list) and el[1] == owner.mark
+        }
+    )
     for p in ports:
         release(nft, MAPS, owner, [Entry(key=p)], what=what)
     _delete_allowed(nft, lambda pair, comment: pair[0] in ports and owner.matches_comment(comment), what=what)

@@ -48,7 +48,10 @@ def validate_component(value: str, what: str) -> None:
     """A name used as one path component below dataDir must stay there."""
     if not value or value in (".", "..") or "/" in value or "\0" in value:
         cls = InvalidNetworkConfig if what == "network name" else InvalidEnvironment
-        raise cls(f"invalid {what} {value!r}: it cannot be used as a file name under dataDir", f"a {what} must not be empty, '.', '..' or contain '/'")
+        raise cls(
+            f"invalid {what} {value!r}: it cannot be used as a file name under dataDir",
+            f"a {what} must not be empty, '.', '..' or contain '/'",
+        )
 
 
 class Store(Protocol):

@@ -56,7 +56,10 @@ class _io:
             if self.store is not None:
                 self.store.broken = True
             where = f" {exc.filename}" if exc.filename else ""
-            raise IOFailure(f"{self.what}:{where}: {exc.strerror or exc}", "check that dataDir is a writable directory on a local filesystem") from None
+            raise IOFailure(
+                f"{self.what}:{where}: {exc.strerror or exc}",
+                "check that dataDir is a writable directory on a local filesystem",
+            ) from None
 
 
 class FileStore:
@@ -106,7 +109,9 @@ class FileStore:
 
     def _flush(self) -> None:
         if self._pending_last:
-            os.stat(self.dir)  # read the timestamps first: on multigrain file systems the change below gets a fine-grained one
+            os.stat(
+                self.dir
+            )  # read the timestamps first: on multigrain file systems the change below gets a fine-grained one
         for range_id, ip in self._pending_last.items():
             tmp = self.index.write_tmp(str(ip).encode(), LAST_RESERVED_MODE, sync=False)
             os.replace(tmp, os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{range_id}"))

@@ -102,7 +102,9 @@ class Index:
             try:
                 ips = parse_entry(data)
             except CorruptEntry:
-                log.note(f"{self.store_dir}: index entry for {key.container_id}/{key.ifname} is unreadable, rebuilding the index")
+                log.note(
+                    f"{self.store_dir}: index entry for {key.container_id}/{key.ifname} is unreadable, rebuilding the index"
+                )
                 self.rebuild()
                 return self._entries.setdefault(key, set())
         self._entries[key] = ips
@@ -179,7 +181,7 @@ class Index:
         if not data.startswith(STAMP_HEADER):
             return False
         try:
-            recorded = tuple(int(x) for x in data[len(STAMP_HEADER):].split())
+            recorded = tuple(int(x) for x in data[len(STAMP_HEADER) :].split())
         except ValueError:
             return False
         return recorded == self._dir_stats()
@@ -220,7 +222,7 @@ def parse_entry(data: bytes) -> set[IPAddress]:
     if not text.startswith(INDEX_HEADER):
         raise CorruptEntry
     try:
-        return {ipaddress.ip_address(line) for line in text[len(INDEX_HEADER):].split()}
+        return {ipaddress.ip_address(line) for line in text[len(INDEX_HEADER) :].split()}
     except ValueError:
         raise CorruptEntry from None
 

@@ -66,8 +66,8 @@ class FakeNft:
         return self.tables[key]
 
     def _apply(self, cmd: Command) -> None:
-        (verb, body), = cmd.items()
-        (kind, obj), = body.items()
+        ((verb, body),) = cmd.items()
+        ((kind, obj),) = body.items()
         if kind == "table":
             if verb in ("add", "create"):
                 if verb == "create" and (obj["family"], obj["name"]) in self.tables:
@@ -150,7 +150,7 @@ class FakeNft:
             return []
         out: list[Command] = [{"table": {"family": family, "name": table}}]
         for name, spec in t.set_specs.items():
-            (kind, obj), = spec.items()
+            ((kind, obj),) = spec.items()
             out.append({kind: {**obj, "elem": list(t.sets[name].values())}})
         for name, spec in t.chain_specs.items():
             out.append({"chain": spec})

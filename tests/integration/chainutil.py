@@ -77,7 +77,11 @@ class Servers:
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, ns: str, port: int, name: str, proto: str = "tcp") -> None:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, "python3", "-c", SERVER, proto, str(port), name], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "python3", "-c", SERVER, proto, str(port), name],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.procs.append(proc)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", f"server {name} did not start"
 
@@ -92,7 +96,19 @@ class Servers:
 
 def fetch(ns: str, host: str, port: int, proto: str = "tcp", *, timeout: float = 2.0, sport: int = 0) -> str:
     """What the server at host:port answers ('<name> <peer address>'), or 'FAIL ...'."""
-    out = sh("python3", "-c", CLIENT, proto, host, str(port), str(timeout), str(sport), ns=ns, check=False, timeout=timeout * 4 + 10)
+    out = sh(
+        "python3",
+        "-c",
+        CLIENT,
+        proto,
+        host,
+        str(port),
+        str(timeout),
+        str(sport),
+        ns=ns,
+        check=False,
+        timeout=timeout * 4 + 10,
+    )
     return out.stdout.strip() or f"FAIL {out.stderr.strip()}"
 
 
@@ -127,16 +143,41 @@ class Host:
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", ns=self.ns)
         return self
 
-    def bridge(self, name: str, bridge: str, subnet: str, subnet6: str = "", version: str = "1.0.0", **opts: Any) -> dict[str, Any]:
+    def bridge(
+        self, name: str, bridge: str, subnet: str, subnet6: str = "", version: str = "1.0.0", **opts: Any
+    ) -> dict[str, Any]:
         ranges: list[Any] = [[{"subnet": subnet}]] + ([[{"subnet": subnet6}]] if subnet6 else [])
         routes = [{"dst": "0.0.0.0/0"}] + ([{"dst": "::/0"}] if subnet6 else [])
         ipam = {"type": "host-local", "dataDir": str(self.tmp_path / "ipam"), "ranges": ranges, "routes": routes}
-        return {"cniVersion": version, "name": name, "type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False, "hairpinMode": True, "ipam": ipam, **opts}
+        return {
+            "cniVersion": version,
+            "name": name,
+            "type": "bridge",
+            "bridge": bridge,
+            "isGateway": True,
+            "ipMasq": False,
+            "hairpinMode": True,
+            "ipam": ipam,
+            **opts,
+        }
 
-    def run(self, plugin: str, command: str, conf: dict[str, Any], ctr: str, cid: str, ifname: str = "eth0") -> PluginRun:
-        return run_plugin(self.cni_bin, plugin, command, conf, netns=path(ctr) if ctr else "", container_id=cid, ifname=ifname, host_ns=self.ns)
+    def run(
+        self, plugin: str, command: str, conf: dict[str, Any], ctr: str, cid: str, ifname: str = "eth0"
+    ) -> PluginRun:
+        return run_plugin(
+            self.cni_bin,
+            plugin,
+            command,
+            conf,
+            netns=path(ctr) if ctr else "",
+            container_id=cid,
+            ifname=ifname,
+            host_ns=self.ns,
+        )
 
-    def add(self, chain: list[dict[str, Any]], ctr: str, cid: str, ifname: str = "eth0") -> tuple[dict[str, Any] | None, PluginRun]:
+    def add(
+        self, chain: list[dict[str, Any]], ctr: str, cid: str, ifname: str = "eth0"
+    ) -> tuple[dict[str, Any] | None, PluginRun]:
         """ADD through the chain as libcni does (prevResult threaded); on a failure, DEL what was
         added, in reverse. Returns (final result or None, the last run)."""
         prev: dict[str, Any] | None = None
@@ -160,12 +201,25 @@ class Host:
         assert result is not None, f"ADD failed: {run.stdout} {run.stderr}"
         return result
 
-    def each(self, command: str, chain: list[dict[str, Any]], result: dict[str, Any] | None, ctr: str, cid: str, ifname: str = "eth0") -> list[PluginRun]:
+    def each(
+        self,
+        command: str,
+        chain: list[dict[str, Any]],
+        result: dict[str, Any] | None,
+        ctr: str,
+        cid: str,
+        ifname: str = "eth0",
+    ) -> list[PluginRun]:
         """CHECK (in order) or DEL (in reverse) with ``result`` as prevResult (None: without)."""
         confs = chain if command == "CHECK" else list(reversed(chain))
-        return [self.run(c["type"], command, dict(c, prevResult=result) if result is not None else c, ctr, cid, ifname) for c in confs]
+        return [
+            self.run(c["type"], command, dict(c, prevResult=result) if result is not None else c, ctr, cid, ifname)
+            for c in confs
+        ]
 
-    def delete(self, chain: list[dict[str, Any]], result: dict[str, Any] | None, ctr: str, cid: str, ifname: str = "eth0") -> None:
+    def delete(
+        self, chain: list[dict[str, Any]], result: dict[str, Any] | None, ctr: str, cid: str, ifname: str = "eth0"
+    ) -> None:
         for run in self.each("DEL", chain, result, ctr, cid, ifname):
             run.ok()
         self.attached = [a for a in self.attached if a[1:] != (ctr, cid, ifname)]

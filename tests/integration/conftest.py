@@ -84,7 +84,11 @@ def cni_bin(tmp_path_factory: pytest.TempPathFactory, cni_run_dir: Path) -> Iter
     try:
         yield target
     finally:
-        subprocess.run([sys.executable, "-m", "cni_plugins.install", "helper", "stop", "--run-dir", str(cni_run_dir)], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "cni_plugins.install", "helper", "stop", "--run-dir", str(cni_run_dir)],
+            check=True,
+            capture_output=True,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +96,9 @@ def cni_bin_no_helper(tmp_path_factory: pytest.TempPathFactory, cni_run_dir: Pat
     """Our plugins with ``--helper off``: every call runs in its own process, as the
     reference's do (same run dir, so both take the same attachment locks)."""
     target = tmp_path_factory.mktemp("cnibin-nohelper")
-    subprocess.run(install_cmd(target, "--helper", "off", "--run-dir", str(cni_run_dir)), check=True, capture_output=True)
+    subprocess.run(
+        install_cmd(target, "--helper", "off", "--run-dir", str(cni_run_dir)), check=True, capture_output=True
+    )
     return target
 
 
@@ -121,8 +127,18 @@ class Runner:
         self.cni_bin = cni_bin
         self.host_ns = host_ns
 
-    def __call__(self, plugin: str, command: str, conf: dict[str, Any] | bytes, *, netns: str = "", **kw: Any) -> PluginRun:
-        return run_plugin(self.cni_bin, plugin, command, conf, netns=path(netns) if netns and not netns.startswith("/") else netns, host_ns=self.host_ns, **kw)
+    def __call__(
+        self, plugin: str, command: str, conf: dict[str, Any] | bytes, *, netns: str = "", **kw: Any
+    ) -> PluginRun:
+        return run_plugin(
+            self.cni_bin,
+            plugin,
+            command,
+            conf,
+            netns=path(netns) if netns and not netns.startswith("/") else netns,
+            host_ns=self.host_ns,
+            **kw,
+        )
 
 
 @pytest.fixture

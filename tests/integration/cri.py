@@ -99,7 +99,9 @@ class Cri:
         config), as kubelet does before it runs pods."""
         self.call("RuntimeService", "Version", timeout=timeout, version="v1")
         conditions = {c.type: (c.status, c.message) for c in self.runtime("Status").status.conditions}
-        assert all(ok for ok, _ in conditions.values()) and {"RuntimeReady", "NetworkReady"} <= set(conditions), conditions
+        assert all(ok for ok, _ in conditions.values()) and {"RuntimeReady", "NetworkReady"} <= set(conditions), (
+            conditions
+        )
 
     def image_present(self, image: str) -> bool:
         return bool(self.call("ImageService", "ImageStatus", image=self.pb.ImageSpec(image=image)).image.id)
@@ -107,14 +109,20 @@ class Cri:
     def sandbox_config(self, pod: PodSpec) -> Any:
         pb = self.pb
         return pb.PodSandboxConfig(
-            metadata=pb.PodSandboxMetadata(name=pod.name, uid=pod.uid or f"uid-{pod.name}", namespace=pod.namespace, attempt=0),
+            metadata=pb.PodSandboxMetadata(
+                name=pod.name, uid=pod.uid or f"uid-{pod.name}", namespace=pod.namespace, attempt=0
+            ),
             hostname=pod.name,
             log_directory=pod.log_directory,
-            port_mappings=[pb.PortMapping(protocol=pb.TCP, container_port=c, host_port=h) for h, c in pod.host_ports.items()],
+            port_mappings=[
+                pb.PortMapping(protocol=pb.TCP, container_port=c, host_port=h) for h, c in pod.host_ports.items()
+            ],
             labels={"io.kubernetes.pod.name": pod.name, "io.kubernetes.pod.namespace": pod.namespace},
             linux=pb.LinuxPodSandboxConfig(
                 cgroup_parent=pod.cgroup_parent,
-                security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD)),
+                security_context=pb.LinuxSandboxSecurityContext(
+                    namespace_options=pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD)
+                ),
             ),
         )
 
@@ -132,10 +140,16 @@ class Cri:
             log_path=f"{name}.log" if pod.log_directory else "",
             labels={"io.kubernetes.container.name": name},
             linux=pb.LinuxContainerConfig(
-                security_context=pb.LinuxContainerSecurityContext(namespace_options=pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD))
+                security_context=pb.LinuxContainerSecurityContext(
+                    namespace_options=pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD)
+                )
             ),
         )
-        cid = str(self.runtime("CreateContainer", pod_sandbox_id=pod_id, config=config, sandbox_config=self.sandbox_config(pod)).container_id)
+        cid = str(
+            self.runtime(
+                "CreateContainer", pod_sandbox_id=pod_id, config=config, sandbox_config=self.sandbox_config(pod)
+            ).container_id
+        )
         self.runtime("StartContainer", container_id=cid)
         return cid
 

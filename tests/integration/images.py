@@ -34,7 +34,11 @@ def busybox_rootfs_tar(dest: Path) -> Path:
             ti = tarfile.TarInfo(f"bin/{applet}")
             ti.type, ti.linkname, ti.mode = tarfile.SYMTYPE, "busybox", 0o777
             tf.addfile(ti)
-        for name, text in (("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"), ("etc/group", "root:x:0:\n"), ("www/index.html", "hello from busybox\n")):
+        for name, text in (
+            ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+            ("etc/group", "root:x:0:\n"),
+            ("www/index.html", "hello from busybox\n"),
+        ):
             data = text.encode()
             ti = tarfile.TarInfo(name)
             ti.size, ti.mode = len(data), 0o644
@@ -43,7 +47,14 @@ def busybox_rootfs_tar(dest: Path) -> Path:
     return dest
 
 
-def oci_layout_tar(rootfs: Path, dest: Path, name: str = CTR_IMAGE, *, entrypoint: Sequence[str] = (), cmd: Sequence[str] = ("/bin/sh",)) -> Path:
+def oci_layout_tar(
+    rootfs: Path,
+    dest: Path,
+    name: str = CTR_IMAGE,
+    *,
+    entrypoint: Sequence[str] = (),
+    cmd: Sequence[str] = ("/bin/sh",),
+) -> Path:
     """A one-layer OCI image layout tar (what ``ctr image import`` reads), named ``name``,
     whose config runs ``entrypoint`` + ``cmd``."""
     layer = rootfs.read_bytes()
@@ -53,13 +64,21 @@ def oci_layout_tar(rootfs: Path, dest: Path, name: str = CTR_IMAGE, *, entrypoin
 
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     run = {key: list(argv) for key, argv in (("Entrypoint", entrypoint), ("Cmd", cmd)) if argv}
-    config = json.dumps({"architecture": arch, "os": "linux", "config": run, "rootfs": {"type": "layers", "diff_ids": [digest(layer)]}}).encode()
+    config = json.dumps(
+        {"architecture": arch, "os": "linux", "config": run, "rootfs": {"type": "layers", "diff_ids": [digest(layer)]}}
+    ).encode()
     manifest = json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(config), "size": len(config)},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(layer), "size": len(layer)}],
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": digest(config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(layer), "size": len(layer)}
+            ],
         }
     ).encode()
     index = json.dumps(
@@ -70,13 +89,20 @@ def oci_layout_tar(rootfs: Path, dest: Path, name: str = CTR_IMAGE, *, entrypoin
                     "mediaType": "application/vnd.oci.image.manifest.v1+json",
                     "digest": digest(manifest),
                     "size": len(manifest),
-                    "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1]},
+                    "annotations": {
+                        "io.containerd.image.name": name,
+                        "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1],
+                    },
                 }
             ],
         }
     ).encode()
     with tarfile.open(dest, "w") as tf:
-        for path, data in [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), *((f"blobs/sha256/{digest(d)[7:]}", d) for d in (layer, config, manifest)), ("index.json", index)]:
+        for path, data in [
+            ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+            *((f"blobs/sha256/{digest(d)[7:]}", d) for d in (layer, config, manifest)),
+            ("index.json", index),
+        ]:
             ti = tarfile.TarInfo(path)
             ti.size, ti.mode = len(data), 0o644
             tf.addfile(ti, io.BytesIO(data))

@@ -26,13 +26,17 @@ def unique(label: str) -> str:
     return f"{label}{os.getpid() % 100000}x{next(_counter)}"
 
 
-def sh(*argv: str, ns: str | None = None, check: bool = True, input: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def sh(
+    *argv: str, ns: str | None = None, check: bool = True, input: str | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     cmd = list(argv)
     if ns is not None:
         cmd = ["ip", "netns", "exec", ns, *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+        )
     return proc
 
 

@@ -116,7 +116,20 @@ class Sandbox:
 
     def start(self) -> Sandbox:
         self.init = subprocess.Popen(
-            ["unshare", "--net", "--mount", "--pid", "--fork", "--propagation", "private", "--mount-proc", sys.executable, "-I", "-c", INIT],
+            [
+                "unshare",
+                "--net",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--propagation",
+                "private",
+                "--mount-proc",
+                sys.executable,
+                "-I",
+                "-c",
+                INIT,
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -156,7 +169,9 @@ class Sandbox:
                     upper, wd = self.work / "overlay" / str(i) / "upper", self.work / "overlay" / str(i) / "work"
                     upper.mkdir(parents=True)
                     wd.mkdir(parents=True)
-                    lines.append(f"mount -t overlay cnipy-overlay -o lowerdir={parent},upperdir={upper},workdir={wd} {parent}")
+                    lines.append(
+                        f"mount -t overlay cnipy-overlay -o lowerdir={parent},upperdir={upper},workdir={wd} {parent}"
+                    )
                     overlaid.append(str(parent))
                 lines.append(f"mkdir -p {target}")
             lines.append(f"mount --bind {empty} {target}")
@@ -176,23 +191,49 @@ class Sandbox:
     def argv(self, *argv: str) -> list[str]:
         return ["nsenter", "-t", str(self.pid), "-n", "-m", "-p", "--", *argv]
 
-    def run(self, *argv: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        full = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "TMPDIR": str(self.work / "tmp"), **(env or {})}
+    def run(
+        self,
+        *argv: str,
+        env: dict[str, str] | None = None,
+        check: bool = True,
+        timeout: float = 120,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        full = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root",
+            "TMPDIR": str(self.work / "tmp"),
+            **(env or {}),
+        }
         (self.work / "tmp").mkdir(exist_ok=True)
         proc = subprocess.run(self.argv(*argv), env=full, capture_output=True, text=True, timeout=timeout, input=input)
         if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+            raise AssertionError(
+                f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+            )
         return proc
 
     def sh(self, script: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return self.run("sh", "-c", script, **kw)
 
     def popen(self, *argv: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[str]:
-        full = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "TMPDIR": str(self.work / "tmp"), **(env or {})}
+        full = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root",
+            "TMPDIR": str(self.work / "tmp"),
+            **(env or {}),
+        }
         (self.work / "tmp").mkdir(exist_ok=True)
         out = open(log, "a") if log else None
         try:
-            proc = subprocess.Popen(self.argv(*argv), env=full, stdin=subprocess.DEVNULL, stdout=out if out is not None else subprocess.DEVNULL, stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(
+                self.argv(*argv),
+                env=full,
+                stdin=subprocess.DEVNULL,
+                stdout=out if out is not None else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             self.procs.append(proc)
             return proc
         finally:
@@ -226,7 +267,10 @@ class Sandbox:
         their comment; per-table and per-bridge entries are not per container)."""
         links = json.loads(self.run("ip", "-j", "-d", "link", "show").stdout or "[]")
         stray = [
-            l["ifname"] for l in links if (l.get("linkinfo") or {}).get("info_kind") in ("veth", "macvlan", "ipvlan") and not l["ifname"].startswith("uplink0")
+            l["ifname"]
+            for l in links
+            if (l.get("linkinfo") or {}).get("info_kind") in ("veth", "macvlan", "ipvlan")
+            and not l["ifname"].startswith("uplink0")
         ]
         reserved = []
         for d in [p.name for p in self._list("/var/lib/cni/networks")]:
@@ -309,7 +353,10 @@ def host_snapshot() -> dict[str, Any]:
                     continue
                 entries.append((str(p), st.st_size if p.is_file() else -1, st.st_mtime_ns if p.is_file() else 0))
         files[top] = sorted(entries) if Path(top).exists() else None
-    links = sorted(l["ifname"] for l in json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout or "[]"))
+    links = sorted(
+        l["ifname"]
+        for l in json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout or "[]")
+    )
     nft = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
     cgroups = sorted(str(p) for p in Path("/sys/fs/cgroup").glob(f"*/cnipy-*-{os.getpid()}"))
     return {"files": files, "links": links, "nft": nft, "cgroups": cgroups}
@@ -330,10 +377,22 @@ def install_plugins(sb: Sandbox, helper: str, bin_dir: Path | None = None) -> tu
         sock = sb.work / "helper" / "helper.sock"
         count = sb.work / "helper-calls"
         args = ["--helper", "on", "--helper-socket", str(sock)]
-    subprocess.run([sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(bin_dir), *args], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(bin_dir), *args],
+        check=True,
+        capture_output=True,
+    )
     if sock is not None and count is not None:
         count.write_text("")
-        sb.popen(sys.executable, "-c", COUNTING_HELPER, str(count), str(sock), env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])}, log=sb.work / "helper.log")
+        sb.popen(
+            sys.executable,
+            "-c",
+            COUNTING_HELPER,
+            str(count),
+            str(sock),
+            env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            log=sb.work / "helper.log",
+        )
         assert poll(sock.exists, timeout=30), f"the helper did not start: {(sb.work / 'helper.log').read_text()}"
     return bin_dir, sock, count
 
@@ -453,8 +512,7 @@ class Containerd:
             + "[grpc]\n"
             f'  address = "{self.address}"\n'
             '[plugins."io.containerd.internal.v1.opt"]\n'
-            f'  path = "{sb.work}/containerd-opt"\n'
-            + (cri.toml() if cri else "")
+            f'  path = "{sb.work}/containerd-opt"\n' + (cri.toml() if cri else "")
         )
         self.log = sb.work / "containerd.log"
         self.proc: subprocess.Popen[str] | None = None
@@ -491,8 +549,20 @@ class Containerd:
         """``ctr run --rm --cni`` in the foreground (as a user runs it): it sets the network up
         before the task starts and tears it down (DEL with an empty CNI_NETNS) after it exits."""
         return self.sb.popen(
-            "ctr", "--address", self.address, "run", "--rm", "--cni", "--snapshotter", "native",
-            "--cgroup", f"{self.sb.cgroup_parent}/{cid}", CTR_IMAGE, cid, *argv, log=log,
+            "ctr",
+            "--address",
+            self.address,
+            "run",
+            "--rm",
+            "--cni",
+            "--snapshotter",
+            "native",
+            "--cgroup",
+            f"{self.sb.cgroup_parent}/{cid}",
+            CTR_IMAGE,
+            cid,
+            *argv,
+            log=log,
         )
 
     def task_pid(self, cid: str) -> int | None:
@@ -504,7 +574,6 @@ class Containerd:
 
 
 # ------------------------------------------------------------ the libcni harness
-
 
 
 LIBCNI_SRC = Path("/usr/share/gocode/src/github.com/containernetworking/cni/libcni")
@@ -529,7 +598,9 @@ def build_refcnitool(work: Path) -> Path:
         "GOCACHE": str(work / "gocache"),
         "CGO_ENABLED": "0",
     }
-    proc = subprocess.run(["go", "build", "-o", str(out), "refcnitool"], cwd=src, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["go", "build", "-o", str(out), "refcnitool"], cwd=src, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, f"go build of the libcni harness failed: {proc.stderr}"
     return out
 
@@ -545,4 +616,6 @@ def host_untouched() -> Any:
     yield
     after = host_snapshot()
     for key in before:
-        assert after[key] == before[key], f"the test changed the machine's {key}: before {before[key]!r}, after {after[key]!r}"
+        assert after[key] == before[key], (
+            f"the test changed the machine's {key}: before {before[key]!r}, after {after[key]!r}"
+        )

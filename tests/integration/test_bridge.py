@@ -38,7 +38,11 @@ WAN_HOST, WAN_PEER, WAN6_HOST, WAN6_PEER = "192.0.2.1", "192.0.2.2", "2001:db8:9
 
 def bconf(tmp_path: Path, version: str = "1.0.0", *, ipam: Any = "v4", **opts: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"cniVersion": version, "name": "brnet", "type": "bridge", "bridge": "cnitbr0", **opts}
-    ranges = {"v4": [[{"subnet": SUBNET}]], "v6": [[{"subnet": SUBNET6}]], "dual": [[{"subnet": SUBNET}], [{"subnet": SUBNET6}]]}
+    ranges = {
+        "v4": [[{"subnet": SUBNET}]],
+        "v6": [[{"subnet": SUBNET6}]],
+        "dual": [[{"subnet": SUBNET}], [{"subnet": SUBNET6}]],
+    }
     if isinstance(ipam, str):
         out["ipam"] = {"type": "host-local", "dataDir": str(tmp_path / "ipam"), "ranges": ranges[ipam]}
     elif ipam is not None:
@@ -73,7 +77,11 @@ def nft_elements(ns: str) -> dict[str, list[Any]]:
 
 
 def host_veths(ns: str) -> list[str]:
-    return [name for name, link in links(ns).items() if link.get("linkinfo", {}).get("info_kind") == "veth" and not name.startswith("wan")]
+    return [
+        name
+        for name, link in links(ns).items()
+        if link.get("linkinfo", {}).get("info_kind") == "veth" and not name.startswith("wan")
+    ]
 
 
 def with_prev(conf: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
@@ -103,15 +111,29 @@ def peer_seen_by_outside(wan: str, ctr: str, target: str) -> str:
     family = "AF_INET6" if ":" in target else "AF_INET"
     any_addr = "::" if ":" in target else "0.0.0.0"
     server = subprocess.Popen(
-        ["ip", "netns", "exec", wan, sys.executable, "-c",
-         f"import socket; s = socket.socket(socket.{family}); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
-         f"s.bind(('{any_addr}', 7777)); s.listen(); print('ready', flush=True); s.settimeout(10); "
-         "c, a = s.accept(); c.sendall(a[0].encode()); c.close()"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            "ip",
+            "netns",
+            "exec",
+            wan,
+            sys.executable,
+            "-c",
+            f"import socket; s = socket.socket(socket.{family}); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            f"s.bind(('{any_addr}', 7777)); s.listen(); print('ready', flush=True); s.settimeout(10); "
+            "c, a = s.accept(); c.sendall(a[0].encode()); c.close()",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        client = sh(sys.executable, "-c", f"import socket; s = socket.create_connection(('{target}', 7777), timeout=5); print(s.recv(100).decode())", ns=ctr, check=False)
+        client = sh(
+            sys.executable,
+            "-c",
+            f"import socket; s = socket.create_connection(('{target}', 7777), timeout=5); print(s.recv(100).decode())",
+            ns=ctr,
+            check=False,
+        )
         return client.stdout.strip() or f"(no answer: {client.stderr.strip().splitlines()[-1:]})"
     finally:
         server.kill()
@@ -124,7 +146,9 @@ def peer_seen_by_outside(wan: str, ctr: str, target: str) -> str:
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
-def test_two_containers_gateway_and_masquerade(plugin: Runner, namespaces: Namespaces, host_ns: str, tmp_path: Path, version: str) -> None:
+def test_two_containers_gateway_and_masquerade(
+    plugin: Runner, namespaces: Namespaces, host_ns: str, tmp_path: Path, version: str
+) -> None:
     """ADD two containers -> they ping each other and the gateway, reach the outside world with
     the host's address as source; CHECK; DEL, DEL again; nothing is left."""
     wan = make_wan(namespaces, host_ns)
@@ -164,7 +188,9 @@ def test_two_containers_gateway_and_masquerade(plugin: Runner, namespaces: Names
 # ---------------------------------------------------------------- options that change behaviour
 
 
-def test_dual_stack_connectivity_and_ipv6_masquerade(plugin: Runner, namespaces: Namespaces, host_ns: str, tmp_path: Path) -> None:
+def test_dual_stack_connectivity_and_ipv6_masquerade(
+    plugin: Runner, namespaces: Namespaces, host_ns: str, tmp_path: Path
+) -> None:
     wan = make_wan(namespaces, host_ns)
     conf = bconf(tmp_path, "1.1.0", ipam="dual", isDefaultGateway=True, ipMasq=True)
     ctrs = [namespaces.make("c1"), namespaces.make("c2")]
@@ -187,7 +213,9 @@ def test_dual_stack_connectivity_and_ipv6_masquerade(plugin: Runner, namespaces:
     assert_clean(host_ns, tmp_path)
 
 
-def test_without_ipmasq_the_outside_cannot_answer(plugin: Runner, namespaces: Namespaces, host_ns: str, tmp_path: Path) -> None:
+def test_without_ipmasq_the_outside_cannot_answer(
+    plugin: Runner, namespaces: Namespaces, host_ns: str, tmp_path: Path
+) -> None:
     """The control for the masquerade tests: same topology, ipMasq off, no reply comes back."""
     wan = make_wan(namespaces, host_ns)
     ctr = namespaces.make("c1")
@@ -204,27 +232,41 @@ def test_is_default_gateway_adds_the_default_route(plugin: Runner, namespaces: N
     assert f"default via {GW} dev eth0" in sh("ip", "route", ns=default).stdout
 
 
-def test_is_gateway_puts_the_gateway_on_the_bridge_and_forwards(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
+def test_is_gateway_puts_the_gateway_on_the_bridge_and_forwards(
+    plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path
+) -> None:
     out = plugin("bridge", "ADD", bconf(tmp_path, isGateway=True), netns=container_ns).ok()
     assert out["ips"][0]["gateway"] == GW and f"{GW}/24" in addrs(host_ns, "cnitbr0")
     assert sh("sysctl", "-n", "net.ipv4.ip_forward", ns=host_ns).stdout.strip() == "1"
     assert ping(container_ns, GW)
 
 
-def test_mtu_applies_to_the_veth_pair_and_a_new_bridge(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
+def test_mtu_applies_to_the_veth_pair_and_a_new_bridge(
+    plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path
+) -> None:
     out = plugin("bridge", "ADD", bconf(tmp_path, mtu=1380), netns=container_ns).ok()
     host = links(host_ns)
     assert links(container_ns)["eth0"]["mtu"] == 1380
     assert host[out["interfaces"][1]["name"]]["mtu"] == 1380 and host["cnitbr0"]["mtu"] == 1380
 
 
-def test_hairpin_mode_sets_the_port_flag_and_excludes_promisc(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
+def test_hairpin_mode_sets_the_port_flag_and_excludes_promisc(
+    plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path
+) -> None:
     on, off = namespaces.make("c1"), namespaces.make("c2")
-    veth_on = plugin("bridge", "ADD", bconf(tmp_path, hairpinMode=True), netns=on, container_id="a").ok()["interfaces"][1]["name"]
+    veth_on = plugin("bridge", "ADD", bconf(tmp_path, hairpinMode=True), netns=on, container_id="a").ok()["interfaces"][
+        1
+    ]["name"]
     veth_off = plugin("bridge", "ADD", bconf(tmp_path), netns=off, container_id="b").ok()["interfaces"][1]["name"]
     ports = {p["ifname"]: p for p in json.loads(sh("bridge", "-j", "-d", "link", "show", ns=host_ns).stdout)}
     assert ports[veth_on]["hairpin"] is True and ports[veth_off]["hairpin"] is False
-    bad = plugin("bridge", "ADD", bconf(tmp_path, hairpinMode=True, promiscMode=True), netns=namespaces.make("c3"), container_id="c")
+    bad = plugin(
+        "bridge",
+        "ADD",
+        bconf(tmp_path, hairpinMode=True, promiscMode=True),
+        netns=namespaces.make("c3"),
+        container_id="c",
+    )
     assert bad.rc == 1 and bad.json["code"] == 7 and "hairpin" in bad.json["msg"] and "promisc" in bad.json["msg"]
 
 
@@ -233,7 +275,9 @@ def test_promisc_mode_on_the_bridge(plugin: Runner, host_ns: str, container_ns: 
     assert links(host_ns)["cnitbr0"]["promiscuity"] >= 1
 
 
-def test_port_isolation_keeps_containers_apart_but_not_from_the_gateway(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
+def test_port_isolation_keeps_containers_apart_but_not_from_the_gateway(
+    plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path
+) -> None:
     conf = bconf(tmp_path, isGateway=True, portIsolation=True)
     ctrs = [namespaces.make("c1"), namespaces.make("c2")]
     results = [plugin("bridge", "ADD", conf, netns=c, container_id=f"id{i}").ok() for i, c in enumerate(ctrs)]
@@ -243,7 +287,9 @@ def test_port_isolation_keeps_containers_apart_but_not_from_the_gateway(plugin: 
     assert not ping(ctrs[0], addrs(ctrs[1], "eth0")[0].split("/")[0])
 
 
-def test_macspoofchk_drops_frames_from_another_mac(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
+def test_macspoofchk_drops_frames_from_another_mac(
+    plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path
+) -> None:
     guarded, neighbour, unguarded = namespaces.make("c1"), namespaces.make("c2"), namespaces.make("c3")
     plugin("bridge", "ADD", bconf(tmp_path, macspoofchk=True), netns=guarded, container_id="a").ok()
     plugin("bridge", "ADD", bconf(tmp_path), netns=neighbour, container_id="b").ok()
@@ -273,38 +319,71 @@ def test_mac_sources_later_ones_win(plugin: Runner, namespaces: Namespaces, tmp_
     cases: list[tuple[dict[str, Any], str, str]] = [
         ({}, "IgnoreUnknown=1;MAC=0a:00:00:00:00:01", "0a:00:00:00:00:01"),
         ({"args": {"cni": {"mac": "0a:00:00:00:00:02"}}}, "IgnoreUnknown=1;MAC=0a:00:00:00:00:01", "0a:00:00:00:00:02"),
-        ({"args": {"cni": {"mac": "0a:00:00:00:00:02"}}, "runtimeConfig": {"mac": "0a:00:00:00:00:03"}}, "IgnoreUnknown=1;MAC=0a:00:00:00:00:01", "0a:00:00:00:00:03"),
+        (
+            {"args": {"cni": {"mac": "0a:00:00:00:00:02"}}, "runtimeConfig": {"mac": "0a:00:00:00:00:03"}},
+            "IgnoreUnknown=1;MAC=0a:00:00:00:00:01",
+            "0a:00:00:00:00:03",
+        ),
     ]
     for i, (extra, cni_args, want) in enumerate(cases):
         ctr = namespaces.make(f"m{i}")
-        out = plugin("bridge", "ADD", {**bconf(tmp_path), **extra}, netns=ctr, container_id=f"id{i}", cni_args=cni_args).ok()
+        out = plugin(
+            "bridge", "ADD", {**bconf(tmp_path), **extra}, netns=ctr, container_id=f"id{i}", cni_args=cni_args
+        ).ok()
         assert links(ctr)["eth0"]["address"] == want and out["interfaces"][2]["mac"] == want
-    bad = plugin("bridge", "ADD", bconf(tmp_path), netns=namespaces.make("bad"), container_id="x", cni_args="IgnoreUnknown=1;MAC=zz")
+    bad = plugin(
+        "bridge",
+        "ADD",
+        bconf(tmp_path),
+        netns=namespaces.make("bad"),
+        container_id="x",
+        cni_args="IgnoreUnknown=1;MAC=zz",
+    )
     assert bad.rc == 1 and "CNI_ARGS MAC" in bad.json["msg"]
 
 
-def test_force_address_replaces_a_foreign_bridge_address(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
+def test_force_address_replaces_a_foreign_bridge_address(
+    plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path
+) -> None:
     sh("ip", "link", "add", "cnitbr0", "type", "bridge", ns=host_ns)
     sh("ip", "addr", "add", "10.91.0.254/24", "dev", "cnitbr0", ns=host_ns)
     bad = plugin("bridge", "ADD", bconf(tmp_path, isGateway=True), netns=namespaces.make("c1"), container_id="a")
     assert bad.rc == 1 and bad.json["msg"].startswith("gateway: ") and "10.91.0.254/24" in bad.json["msg"]
     assert_clean(host_ns, tmp_path)  # rolled back: veth gone, address released
-    plugin("bridge", "ADD", bconf(tmp_path, isGateway=True, forceAddress=True), netns=namespaces.make("c2"), container_id="b").ok()
+    plugin(
+        "bridge",
+        "ADD",
+        bconf(tmp_path, isGateway=True, forceAddress=True),
+        netns=namespaces.make("c2"),
+        container_id="b",
+    ).ok()
     assert [a for a in addrs(host_ns, "cnitbr0") if "." in a] == [f"{GW}/24"]
 
 
-def test_l2_only_and_disable_container_interface(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
+def test_l2_only_and_disable_container_interface(
+    plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path
+) -> None:
     l2, down = namespaces.make("c1"), namespaces.make("c2")
     out = plugin("bridge", "ADD", bconf(tmp_path, ipam={}), netns=l2, container_id="a").ok()
     assert "ips" not in out and "UP" in links(l2)["eth0"]["flags"]
-    out = plugin("bridge", "ADD", bconf(tmp_path, ipam=None, disableContainerInterface=True), netns=down, container_id="b").ok()
-    assert "UP" not in links(down)["eth0"]["flags"] and links(host_ns)[out["interfaces"][1]["name"]]["master"] == "cnitbr0"
-    bad = plugin("bridge", "ADD", bconf(tmp_path, disableContainerInterface=True), netns=namespaces.make("c3"), container_id="c")
+    out = plugin(
+        "bridge", "ADD", bconf(tmp_path, ipam=None, disableContainerInterface=True), netns=down, container_id="b"
+    ).ok()
+    assert (
+        "UP" not in links(down)["eth0"]["flags"] and links(host_ns)[out["interfaces"][1]["name"]]["master"] == "cnitbr0"
+    )
+    bad = plugin(
+        "bridge", "ADD", bconf(tmp_path, disableContainerInterface=True), netns=namespaces.make("c3"), container_id="c"
+    )
     assert bad.rc == 1 and "disableContainerInterface" in bad.json["msg"]
 
 
-def test_config_dns_replaces_ipam_dns_and_iptables_backend_is_a_note(plugin: Runner, container_ns: str, tmp_path: Path) -> None:
-    conf = bconf(tmp_path, ipMasq=True, ipMasqBackend="iptables", dns={"nameservers": ["192.0.2.53"], "search": ["example.org"]})
+def test_config_dns_replaces_ipam_dns_and_iptables_backend_is_a_note(
+    plugin: Runner, container_ns: str, tmp_path: Path
+) -> None:
+    conf = bconf(
+        tmp_path, ipMasq=True, ipMasqBackend="iptables", dns={"nameservers": ["192.0.2.53"], "search": ["example.org"]}
+    )
     run = plugin("bridge", "ADD", conf, netns=container_ns)
     assert run.ok()["dns"] == {"nameservers": ["192.0.2.53"], "search": ["example.org"]}
     assert "note: ipMasqBackend: iptables" in run.stderr
@@ -313,11 +392,20 @@ def test_config_dns_replaces_ipam_dns_and_iptables_backend_is_a_note(plugin: Run
 def test_vlan_needs_bridge_vlan_filtering(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
     """vlan/vlanTrunk: an access/trunk port on a VLAN-filtering bridge. This kernel may lack
     VLAN filtering; then ADD must refuse clearly and leave nothing behind."""
-    supported = sh("ip", "link", "add", "vfprobe", "type", "bridge", "vlan_filtering", "1", ns=host_ns, check=False).returncode == 0
+    supported = (
+        sh("ip", "link", "add", "vfprobe", "type", "bridge", "vlan_filtering", "1", ns=host_ns, check=False).returncode
+        == 0
+    )
     sh("ip", "link", "del", "vfprobe", ns=host_ns, check=False)
     vlan_opts: tuple[dict[str, Any], ...] = ({"vlan": 100}, {"vlanTrunk": [{"id": 101}, {"minID": 200, "maxID": 210}]})
     for i, opts in enumerate(vlan_opts):
-        run = plugin("bridge", "ADD", bconf(tmp_path, isGateway=True, **opts), netns=namespaces.make(f"v{i}"), container_id=f"id{i}")
+        run = plugin(
+            "bridge",
+            "ADD",
+            bconf(tmp_path, isGateway=True, **opts),
+            netns=namespaces.make(f"v{i}"),
+            container_id=f"id{i}",
+        )
         if supported:
             out = run.ok()
             vlans = {v["ifname"]: v for v in json.loads(sh("bridge", "-j", "vlan", "show", ns=host_ns).stdout)}
@@ -325,10 +413,16 @@ def test_vlan_needs_bridge_vlan_filtering(plugin: Runner, host_ns: str, namespac
             assert vids >= ({100} if "vlan" in opts else {101, 200, 210})
             continue
         assert run.rc == 1 and run.json["code"] == 2, run.stdout
-        assert run.json["msg"].startswith("bridge: vlan") and "VLAN" in run.json["msg"] and "CONFIG_BRIDGE_VLAN_FILTERING" in run.json["details"]
+        assert (
+            run.json["msg"].startswith("bridge: vlan")
+            and "VLAN" in run.json["msg"]
+            and "CONFIG_BRIDGE_VLAN_FILTERING" in run.json["details"]
+        )
         assert "cnitbr0" not in links(host_ns)  # refused before anything was made
         assert_clean(host_ns, tmp_path)
-    bad = plugin("bridge", "ADD", bconf(tmp_path, vlanTrunk=[{"minID": 5}]), netns=namespaces.make("v9"), container_id="x")
+    bad = plugin(
+        "bridge", "ADD", bconf(tmp_path, vlanTrunk=[{"minID": 5}]), netns=namespaces.make("v9"), container_id="x"
+    )
     assert bad.rc == 1 and "maxID is missing" in bad.json["msg"]
     bad = plugin("bridge", "ADD", bconf(tmp_path, vlan=4095), netns=namespaces.make("v8"), container_id="y")
     assert bad.rc == 1 and "vlan: 4095 is out of range" in bad.json["msg"]
@@ -337,10 +431,14 @@ def test_vlan_needs_bridge_vlan_filtering(plugin: Runner, host_ns: str, namespac
 # ---------------------------------------------------------------- failures, DEL and GC
 
 
-def test_failing_ipam_leaves_nothing_behind(plugin: Runner, cni_bin: Path, host_ns: str, container_ns: str, tmp_path: Path) -> None:
+def test_failing_ipam_leaves_nothing_behind(
+    plugin: Runner, cni_bin: Path, host_ns: str, container_ns: str, tmp_path: Path
+) -> None:
     fake = tmp_path / "fakebin"
     fake.mkdir()
-    (fake / "failipam").write_text('#!/bin/sh\necho \'{"cniVersion": "1.0.0", "code": 11, "msg": "pool busy"}\'\nexit 1\n')
+    (fake / "failipam").write_text(
+        '#!/bin/sh\necho \'{"cniVersion": "1.0.0", "code": 11, "msg": "pool busy"}\'\nexit 1\n'
+    )
     (fake / "failipam").chmod(0o755)
     conf = bconf(tmp_path, ipam={"type": "failipam"}, macspoofchk=True, ipMasq=True)
     run = plugin("bridge", "ADD", conf, netns=container_ns, cni_path=f"{fake}:{cni_bin}")
@@ -357,30 +455,49 @@ def test_interface_name_clash_touches_nothing(plugin: Runner, host_ns: str, cont
     assert_clean(host_ns, tmp_path)
 
 
-def test_a_full_bridge_is_named_and_the_add_rolled_back(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
+def test_a_full_bridge_is_named_and_the_add_rolled_back(
+    plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path
+) -> None:
     """The kernel caps a bridge at 1,023 ports (EXFULL past it): the error says so, and the
     veth made before that step is removed."""
-    fill = ["link add cnitbr0 type bridge"] + [f"link add fp{i} type veth peer name fq{i}\nlink set fp{i} master cnitbr0" for i in range(1023)]
+    fill = ["link add cnitbr0 type bridge"] + [
+        f"link add fp{i} type veth peer name fq{i}\nlink set fp{i} master cnitbr0" for i in range(1023)
+    ]
     sh("ip", "-force", "-batch", "-", ns=host_ns, input="\n".join(fill) + "\n", timeout=120)
     run = plugin("bridge", "ADD", bconf(tmp_path, ipMasq=True), netns=container_ns)
     assert run.rc == 1 and run.json["code"] == 999, run.stdout
-    assert run.json["msg"] == "bridge port: bridge cnitbr0 is full: the kernel allows at most 1023 ports on one bridge", run.json
+    assert (
+        run.json["msg"] == "bridge port: bridge cnitbr0 is full: the kernel allows at most 1023 ports on one bridge"
+    ), run.json
     assert "eth0" not in links(container_ns)
     assert [v for v in host_veths(host_ns) if not v.startswith(("fp", "fq"))] == []
     assert reserved(tmp_path) == set() and all(not elems for elems in nft_elements(host_ns).values())
 
 
-def test_a_route_the_kernel_refuses_rolls_back_masquerade_and_all(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
+def test_a_route_the_kernel_refuses_rolls_back_masquerade_and_all(
+    plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path
+) -> None:
     """Routes go in after the gateway and masquerade (they wait for RTNL, which the link-up's
     announcements hold); a gateway that is not on-link fails there and every step is undone."""
-    ipam = {"type": "host-local", "dataDir": str(tmp_path / "ipam"), "ranges": [[{"subnet": SUBNET}]], "routes": [{"dst": "198.51.100.0/24", "gw": "203.0.113.1"}]}
-    run = plugin("bridge", "ADD", bconf(tmp_path, ipam=ipam, isGateway=True, ipMasq=True, macspoofchk=True), netns=container_ns)
-    assert run.rc == 1 and run.json["msg"].startswith("routes in eth0: add route 198.51.100.0/24 via 203.0.113.1"), run.stdout
+    ipam = {
+        "type": "host-local",
+        "dataDir": str(tmp_path / "ipam"),
+        "ranges": [[{"subnet": SUBNET}]],
+        "routes": [{"dst": "198.51.100.0/24", "gw": "203.0.113.1"}],
+    }
+    run = plugin(
+        "bridge", "ADD", bconf(tmp_path, ipam=ipam, isGateway=True, ipMasq=True, macspoofchk=True), netns=container_ns
+    )
+    assert run.rc == 1 and run.json["msg"].startswith("routes in eth0: add route 198.51.100.0/24 via 203.0.113.1"), (
+        run.stdout
+    )
     assert "eth0" not in links(container_ns)
     assert_clean(host_ns, tmp_path)
 
 
-def test_failure_after_masquerade_rolls_back_every_step(cni_bin: Path, host_ns: str, container_ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_after_masquerade_rolls_back_every_step(
+    cni_bin: Path, host_ns: str, container_ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In-process (inside host_ns) with the last step made to fail: the error names it and
     masquerade, spoof check, address and veth are all undone."""
     import io
@@ -394,7 +511,13 @@ def test_failure_after_masquerade_rolls_back_every_step(cni_bin: Path, host_ns: 
         raise CNIError("injected failure")
 
     monkeypatch.setattr(bridge, "wait_port_up", broken)
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "ctr1", "CNI_NETNS": path(container_ns), "CNI_IFNAME": "eth0", "CNI_PATH": str(cni_bin)}
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "ctr1",
+        "CNI_NETNS": path(container_ns),
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": str(cni_bin),
+    }
     out = io.StringIO()
     conf = bconf(tmp_path, isGateway=True, ipMasq=True, macspoofchk=True)
     with netns.entered(path(host_ns)):
@@ -404,13 +527,17 @@ def test_failure_after_masquerade_rolls_back_every_step(cni_bin: Path, host_ns: 
     assert_clean(host_ns, tmp_path)
 
 
-def test_del_when_netns_is_gone_or_not_given(plugin: Runner, namespaces: Namespaces, host_ns: str, tmp_path: Path) -> None:
+def test_del_when_netns_is_gone_or_not_given(
+    plugin: Runner, namespaces: Namespaces, host_ns: str, tmp_path: Path
+) -> None:
     conf = bconf(tmp_path, ipMasq=True, macspoofchk=True)
     gone, blank, bare = namespaces.make("c1"), namespaces.make("c2"), namespaces.make("c3")
     results = {ns: plugin("bridge", "ADD", conf, netns=ns, container_id=ns).ok() for ns in (gone, blank, bare)}
     sh("ip", "netns", "del", gone)
     plugin("bridge", "DEL", with_prev(conf, results[gone]), netns=gone, container_id=gone).ok()
-    plugin("bridge", "DEL", with_prev(conf, results[blank]), netns="", container_id=blank).ok()  # containerd: no CNI_NETNS
+    plugin(
+        "bridge", "DEL", with_prev(conf, results[blank]), netns="", container_id=blank
+    ).ok()  # containerd: no CNI_NETNS
     plugin("bridge", "DEL", conf, netns="", container_id=bare).ok()  # and no prevResult either: found by owner
     assert reserved(tmp_path) == set()
     assert all(not elems for elems in nft_elements(host_ns).values()), nft_elements(host_ns)
@@ -426,11 +553,19 @@ def test_check_names_what_differs(plugin: Runner, host_ns: str, container_ns: st
     sh("nft", "flush", "map", "inet", "cni_py_masq", "masq4", ns=host_ns)
     bad = plugin("bridge", "CHECK", with_prev(conf, out), netns=container_ns)
     msg = bad.json["msg"]
-    assert bad.rc == 1 and f"address {ip} is missing" in msg and "hairpin is False" in msg and "masquerade entry" in msg, msg
-    assert plugin("bridge", "CHECK", conf, netns=container_ns).json["msg"].startswith("bridge CHECK: required prevResult missing")
+    assert (
+        bad.rc == 1 and f"address {ip} is missing" in msg and "hairpin is False" in msg and "masquerade entry" in msg
+    ), msg
+    assert (
+        plugin("bridge", "CHECK", conf, netns=container_ns)
+        .json["msg"]
+        .startswith("bridge CHECK: required prevResult missing")
+    )
 
 
-def test_gc_drops_firewall_state_of_attachments_not_valid(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
+def test_gc_drops_firewall_state_of_attachments_not_valid(
+    plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path
+) -> None:
     conf = bconf(tmp_path, "1.1.0", ipMasq=True, macspoofchk=True)
     keep, stale = namespaces.make("c1"), namespaces.make("c2")
     plugin("bridge", "ADD", conf, netns=keep, container_id="keep").ok()
@@ -452,7 +587,9 @@ REFERENCE = Path("/usr/lib/cni")
 
 
 @pytest.mark.skipif(not (REFERENCE / "bridge").exists(), reason="reference plugins not installed in /usr/lib/cni")
-def test_reference_and_ours_on_one_bridge_reach_each_other(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
+def test_reference_and_ours_on_one_bridge_reach_each_other(
+    plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path
+) -> None:
     from tests.integration.nsutil import run_plugin
 
     conf = bconf(tmp_path, "1.0.0", isGateway=True)
@@ -462,8 +599,12 @@ def test_reference_and_ours_on_one_bridge_reach_each_other(plugin: Runner, host_
     ref_ip, my_ip = ref["ips"][0]["address"].split("/")[0], mine["ips"][0]["address"].split("/")[0]
     assert ref_ip != my_ip and reserved(tmp_path) == {ref_ip, my_ip}
     assert ping(theirs, my_ip) and ping(ours, ref_ip) and ping(ours, GW)
-    plugin("bridge", "CHECK", with_prev(conf, ref), netns=theirs, container_id="ref").ok()  # our CHECK reads their result
-    run_plugin(REFERENCE, "bridge", "DEL", with_prev(conf, ref), netns=path(theirs), container_id="ref", host_ns=host_ns).ok()
+    plugin(
+        "bridge", "CHECK", with_prev(conf, ref), netns=theirs, container_id="ref"
+    ).ok()  # our CHECK reads their result
+    run_plugin(
+        REFERENCE, "bridge", "DEL", with_prev(conf, ref), netns=path(theirs), container_id="ref", host_ns=host_ns
+    ).ok()
     plugin("bridge", "DEL", with_prev(conf, mine), netns=ours, container_id="ours").ok()
     assert reserved(tmp_path) == set() and host_veths(host_ns) == []
     assert poll(lambda: "cnitbr0" in links(host_ns))
@@ -479,12 +620,33 @@ def test_parallel_adds_on_a_new_bridge(cni_bin: Path, host_ns: str, namespaces: 
     conf = bconf(tmp_path, isGateway=True, ipMasq=True, macspoofchk=True)
     ctrs = [namespaces.make(f"p{i}") for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
-        runs = list(pool.map(lambda c: run_plugin(cni_bin, "bridge", "ADD", conf, netns=path(c), container_id=c, host_ns=host_ns), ctrs))
+        runs = list(
+            pool.map(
+                lambda c: run_plugin(cni_bin, "bridge", "ADD", conf, netns=path(c), container_id=c, host_ns=host_ns),
+                ctrs,
+            )
+        )
     results = [r.ok() for r in runs]
     assert len({r["ips"][0]["address"] for r in results}) == 8 and len(host_veths(host_ns)) == 8
-    assert len(nft_elements(host_ns)["cni_py_masq/masq4"]) == 8 and len(nft_elements(host_ns)["cni_py_macspoof/allowed"]) == 8
+    assert (
+        len(nft_elements(host_ns)["cni_py_masq/masq4"]) == 8
+        and len(nft_elements(host_ns)["cni_py_macspoof/allowed"]) == 8
+    )
     assert all(ping(c, GW) for c in ctrs)
     with ThreadPoolExecutor(8) as pool:
-        dels = list(pool.map(lambda cr: run_plugin(cni_bin, "bridge", "DEL", with_prev(conf, cr[1]), netns=path(cr[0]), container_id=cr[0], host_ns=host_ns), zip(ctrs, results)))
+        dels = list(
+            pool.map(
+                lambda cr: run_plugin(
+                    cni_bin,
+                    "bridge",
+                    "DEL",
+                    with_prev(conf, cr[1]),
+                    netns=path(cr[0]),
+                    container_id=cr[0],
+                    host_ns=host_ns,
+                ),
+                zip(ctrs, results),
+            )
+        )
     assert all(d.rc == 0 for d in dels), [d.stdout for d in dels if d.rc]
     assert_clean(host_ns, tmp_path)

@@ -19,18 +19,24 @@ def cnitool(host_ns: str, env: dict[str, str], *argv: str) -> subprocess.Complet
     exe = shutil.which("cnitool", path=str(Path(sys.executable).parent))
     assert exe, "the cnitool console script is installed beside the interpreter"
     full = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env}
-    return subprocess.run(["ip", "netns", "exec", host_ns, exe, *argv], env=full, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["ip", "netns", "exec", host_ns, exe, *argv], env=full, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.fixture
 def netconf(tmp_path: Path) -> Path:
     d = tmp_path / "net.d"
     d.mkdir()
-    (d / "10-lo.conflist").write_text(json.dumps({"cniVersion": "1.1.0", "name": "lonet", "plugins": [{"type": "loopback"}]}))
+    (d / "10-lo.conflist").write_text(
+        json.dumps({"cniVersion": "1.1.0", "name": "lonet", "plugins": [{"type": "loopback"}]})
+    )
     return d
 
 
-def test_add_check_del_with_cache(cni_bin: Path, host_ns: str, container_ns: str, netconf: Path, tmp_path: Path) -> None:
+def test_add_check_del_with_cache(
+    cni_bin: Path, host_ns: str, container_ns: str, netconf: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
     env = {"NETCONFPATH": str(netconf), "CNI_PATH": str(cni_bin), "CNI_CACHE_DIR": str(cache), "CNI_IFNAME": "lo"}
     add = cnitool(host_ns, env, "add", "lonet", path(container_ns))
@@ -49,7 +55,9 @@ def test_add_check_del_with_cache(cni_bin: Path, host_ns: str, container_ns: str
     assert cnitool(host_ns, env, "del", "lonet", path(container_ns)).returncode == 0  # idempotent
 
 
-def test_gc_dels_cached_attachments(cni_bin: Path, host_ns: str, container_ns: str, netconf: Path, tmp_path: Path) -> None:
+def test_gc_dels_cached_attachments(
+    cni_bin: Path, host_ns: str, container_ns: str, netconf: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
     env = {"NETCONFPATH": str(netconf), "CNI_PATH": str(cni_bin), "CNI_CACHE_DIR": str(cache), "CNI_IFNAME": "lo"}
     assert cnitool(host_ns, env, "add", "lonet", path(container_ns)).returncode == 0

@@ -50,7 +50,11 @@ CONFLIST = {
             "isGateway": True,
             "ipMasq": True,
             "hairpinMode": True,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": SUBNET, "gateway": GATEWAY}]], "routes": [{"dst": "0.0.0.0/0"}]},
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": SUBNET, "gateway": GATEWAY}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+            },
         },
         {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
         {"type": "firewall", "backend": "iptables"},
@@ -85,8 +89,14 @@ def ours() -> str:
     return exe
 
 
-def tool(sb: Sandbox, exe: Path | str, command: str, netns: str, plugins: Path | str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {"CNI_PATH": str(plugins), "CAP_ARGS": json.dumps(CAP_ARGS), "CNI_ARGS": CNI_ARGS}  # default NETCONFPATH and cache dir
+def tool(
+    sb: Sandbox, exe: Path | str, command: str, netns: str, plugins: Path | str, *, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        "CNI_PATH": str(plugins),
+        "CAP_ARGS": json.dumps(CAP_ARGS),
+        "CNI_ARGS": CNI_ARGS,
+    }  # default NETCONFPATH and cache dir
     return sb.run(str(exe), command, NETWORK, netns, env=env, check=check)
 
 
@@ -117,7 +127,10 @@ def published_port_answers(sb: Sandbox, name: str) -> bool:
 def test_reference_conflist_runs_unchanged_on_both(sandbox: tuple[Sandbox, Path, bytes], refcnitool: Path) -> None:
     sb, bin_dir, _ = sandbox
     need(f"{REFERENCE_BIN}/bridge")
-    for label, exe, plugins in (("reference plugins, libcni", refcnitool, REFERENCE_BIN), ("our plugins, our cnitool", ours(), bin_dir)):
+    for label, exe, plugins in (
+        ("reference plugins, libcni", refcnitool, REFERENCE_BIN),
+        ("our plugins, our cnitool", ours(), bin_dir),
+    ):
         name = f"ns-{'ref' if plugins == REFERENCE_BIN else 'ours'}"
         sb.run("ip", "netns", "add", name)
         netns = f"/var/run/netns/{name}"
@@ -132,7 +145,9 @@ def test_reference_conflist_runs_unchanged_on_both(sandbox: tuple[Sandbox, Path,
             assert tool(sb, exe, "check", netns, plugins, check=False).returncode == 0, label
         assert tool(sb, exe, "del", netns, plugins, check=False).returncode == 0, label
         assert not cache_file(sb, netns).exists(), label
-        assert attached(sb, name, container_id_for(netns)) == {"ports": 0, "reserved": [], "nft": [], "cached": []}, label
+        assert attached(sb, name, container_id_for(netns)) == {"ports": 0, "reserved": [], "nft": [], "cached": []}, (
+            label
+        )
 
 
 def test_same_container_id_and_cache_files(sandbox: tuple[Sandbox, Path, bytes], refcnitool: Path) -> None:
@@ -145,7 +160,9 @@ def test_same_container_id_and_cache_files(sandbox: tuple[Sandbox, Path, bytes],
     # libcni ADDs; our cnitool finds its cache entry (same ID, same file), CHECKs and DELs with it
     ref_add = tool(sb, refcnitool, "add", netns, bin_dir, check=False)
     assert ref_add.returncode == 0, ref_add.stderr
-    assert path.exists(), f"libcni cached under another name than {path.name}: {sorted(p.name for p in path.parent.iterdir())}"
+    assert path.exists(), (
+        f"libcni cached under another name than {path.name}: {sorted(p.name for p in path.parent.iterdir())}"
+    )
     ref_cache = json.loads(path.read_text())
     assert ref_cache["containerId"] == cid and ref_cache["result"] == json.loads(ref_add.stdout)
     assert attached(sb, "ctr1", cid)["nft"]
@@ -179,7 +196,10 @@ def shape(result: dict[str, Any]) -> dict[str, Any]:
     """A result without what changes from one ADD to the next (MACs, veth names, the address)."""
     return {
         "cniVersion": result["cniVersion"],
-        "interfaces": [(i["name"] if not i["name"].startswith("veth") else "veth", bool(i.get("sandbox"))) for i in result["interfaces"]],
+        "interfaces": [
+            (i["name"] if not i["name"].startswith("veth") else "veth", bool(i.get("sandbox")))
+            for i in result["interfaces"]
+        ],
         "ips": [(ip.get("interface"), ip["address"].rsplit(".", 1)[0], ip.get("gateway")) for ip in result["ips"]],
         "routes": result.get("routes"),
         "dns": result.get("dns"),

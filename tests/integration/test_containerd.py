@@ -53,8 +53,18 @@ def conflist() -> dict[str, Any]:
         "cniVersion": "1.0.0",
         "name": NETWORK,
         "plugins": [
-            {"type": "bridge", "bridge": "cnipyctr0", "isGateway": True, "ipMasq": True, "hairpinMode": True, "ipam": ipam},
-            {"type": "portmap", "runtimeConfig": {"portMappings": [{"hostPort": HOST_PORT, "containerPort": 80, "protocol": "tcp"}]}},
+            {
+                "type": "bridge",
+                "bridge": "cnipyctr0",
+                "isGateway": True,
+                "ipMasq": True,
+                "hairpinMode": True,
+                "ipam": ipam,
+            },
+            {
+                "type": "portmap",
+                "runtimeConfig": {"portMappings": [{"hostPort": HOST_PORT, "containerPort": 80, "protocol": "tcp"}]},
+            },
             {"type": "firewall"},
             {"type": "tuning", "sysctl": {"net.ipv4.conf.IFNAME.arp_notify": "1"}},
             {"type": "cnipy-recorder"},
@@ -124,7 +134,11 @@ def test_ctr_run_cni_on_our_conflist(containerd: tuple[Containerd, Path | None])
     assert ctr_exec(ctrd, "k2", "ping", "-c", "1", "-W", "2", k1_ip).returncode == 0
     assert ctr_exec(ctrd, "k1", "ping", "-c", "1", "-W", "2", k2_ip).returncode == 0
     assert ctr_exec(ctrd, "k1", "ping", "-c", "1", "-W", "2", GATEWAY).returncode == 0
-    got = ctr_exec(ctrd, "k2", "sh", "-c", f'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 3 {k1_ip} 80').stdout.strip().splitlines()
+    got = (
+        ctr_exec(ctrd, "k2", "sh", "-c", f'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 3 {k1_ip} 80')
+        .stdout.strip()
+        .splitlines()
+    )
     assert got and got[-1] == "k1"
     # Both containers got the conflist's static mapping; the newest one holds the port.
     assert sb.fetch(f"http://127.0.0.1:{HOST_PORT}/") == "k2"

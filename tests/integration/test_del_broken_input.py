@@ -27,7 +27,10 @@ BROKEN: dict[str, dict[str, Any]] = {
     "tuning": {"mtu": "x", "sysctl": 5, "promisc": "x", "mac": 5},
     "loopback": {"whatever": {"x": 1}},
 }
-SHARED_BROKEN = {"runtimeConfig": {"portMappings": [{"HostPort": "x"}], "mac": 7, "ips": "x"}, "args": {"cni": {"ips": "x", "mac": 5}}}
+SHARED_BROKEN = {
+    "runtimeConfig": {"portMappings": [{"HostPort": "x"}], "mac": 7, "ips": "x"},
+    "args": {"cni": {"ips": "x", "mac": 5}},
+}
 BROKEN_RANGES = {"ranges": "bogus", "routes": 7, "resolvConf": 5}
 BROKEN_PREV = {"ips": "x", "interfaces": 5}
 
@@ -44,7 +47,11 @@ def broken(conf: dict[str, Any], prev: dict[str, Any] | None) -> dict[str, Any]:
 def state(h: Host, tuning_dir: Path) -> dict[str, Any]:
     """What a container may own in the host: its links, reservations, nft elements, backups."""
     links = sorted(l["ifname"] for l in ip_json("link", "show", ns=h.ns))
-    reserved = sorted(str(p.relative_to(h.tmp_path)) for p in (h.tmp_path / "ipam").glob("*/*") if p.name[0].isdigit() or ":" in p.name)
+    reserved = sorted(
+        str(p.relative_to(h.tmp_path))
+        for p in (h.tmp_path / "ipam").glob("*/*")
+        if p.name[0].isdigit() or ":" in p.name
+    )
     ruleset = json.loads(sh("nft", "-j", "list", "ruleset", ns=h.ns).stdout)["nftables"]
     elements = sorted(
         f"{obj['family']} {obj['table']} {obj['name']}: {json.dumps(e, sort_keys=True)}"
@@ -63,19 +70,48 @@ def assert_same(now: dict[str, Any], before: dict[str, Any]) -> None:
 
 
 def chain_for(kind: str, h: Host, tuning_dir: Path, host_port: int = 18081) -> list[dict[str, Any]]:
-    ipam = {"type": "host-local", "dataDir": str(h.tmp_path / "ipam"), "ranges": [[{"subnet": "10.77.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}
+    ipam = {
+        "type": "host-local",
+        "dataDir": str(h.tmp_path / "ipam"),
+        "ranges": [[{"subnet": "10.77.0.0/24"}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
+    }
     base = {"cniVersion": "1.0.0", "name": f"del-{kind}"}
     if kind == "bridge-chain":
         return [
-            {**base, "type": "bridge", "bridge": "cnidel0", "isGateway": True, "ipMasq": True, "macspoofchk": True, "hairpinMode": True, "ipam": ipam},
-            {**base, "type": "portmap", "capabilities": {"portMappings": True}, "runtimeConfig": {"portMappings": [{"hostPort": host_port, "containerPort": 80, "protocol": "tcp"}]}},
+            {
+                **base,
+                "type": "bridge",
+                "bridge": "cnidel0",
+                "isGateway": True,
+                "ipMasq": True,
+                "macspoofchk": True,
+                "hairpinMode": True,
+                "ipam": ipam,
+            },
+            {
+                **base,
+                "type": "portmap",
+                "capabilities": {"portMappings": True},
+                "runtimeConfig": {"portMappings": [{"hostPort": host_port, "containerPort": 80, "protocol": "tcp"}]},
+            },
             {**base, "type": "firewall"},
-            {**base, "type": "tuning", "mtu": 1400, "promisc": True, "sysctl": {"net.ipv4.conf.IFNAME.arp_notify": "1"}, "dataDir": str(tuning_dir)},
+            {
+                **base,
+                "type": "tuning",
+                "mtu": 1400,
+                "promisc": True,
+                "sysctl": {"net.ipv4.conf.IFNAME.arp_notify": "1"},
+                "dataDir": str(tuning_dir),
+            },
         ]
     if kind == "ptp":
         return [{**base, "type": "ptp", "ipMasq": True, "ipam": ipam}]
     if kind == "macvlan":
-        return [{**base, "type": "macvlan", "master": "wan0", "mode": "bridge", "ipam": ipam}, {**base, "type": "loopback"}]
+        return [
+            {**base, "type": "macvlan", "master": "wan0", "mode": "bridge", "ipam": ipam},
+            {**base, "type": "loopback"},
+        ]
     raise AssertionError(kind)
 
 
@@ -95,7 +131,9 @@ def host(namespaces: Namespaces, host_ns: str, cni_bin: Path, tmp_path: Path) ->
 
 @pytest.mark.parametrize("when", ["stop", "remove"])
 @pytest.mark.parametrize("kind", ["bridge-chain", "ptp", "macvlan"])
-def test_del_with_unreadable_input_removes_everything(host: Host, namespaces: Namespaces, tmp_path: Path, kind: str, when: str) -> None:
+def test_del_with_unreadable_input_removes_everything(
+    host: Host, namespaces: Namespaces, tmp_path: Path, kind: str, when: str
+) -> None:
     tuning_dir = tmp_path / "tuning"
     chain = chain_for(kind, host, tuning_dir)
     first = namespaces.make("first")
@@ -119,14 +157,23 @@ def test_del_with_unreadable_input_removes_everything(host: Host, namespaces: Na
     host.attached = [a for a in host.attached if a[2] != "second-ctr"]
 
     host.delete(chain_for(kind, host, tuning_dir, 18082), first_result, first, "first-ctr")
-    again = host.must_add(chain, ctr if when == "stop" else namespaces.make("ctr2"), "second-ctr")  # the container can come back
+    again = host.must_add(
+        chain, ctr if when == "stop" else namespaces.make("ctr2"), "second-ctr"
+    )  # the container can come back
     assert again["ips"]
 
 
 def test_loopback_and_static_del_with_unreadable_input(host: Host, container_ns: str) -> None:
     confs: tuple[dict[str, Any], ...] = (
         {"cniVersion": "1.0.0", "name": "lo", "type": "loopback", **BROKEN["loopback"], **SHARED_BROKEN},
-        {"cniVersion": "1.0.0", "name": "st", "type": "macvlan", "master": "wan0", "ipam": {"type": "static", "addresses": "bogus"}, **SHARED_BROKEN},
+        {
+            "cniVersion": "1.0.0",
+            "name": "st",
+            "type": "macvlan",
+            "master": "wan0",
+            "ipam": {"type": "static", "addresses": "bogus"},
+            **SHARED_BROKEN,
+        },
     )
     for conf in confs:
         run = host.run(conf["type"], "DEL", conf, container_ns, "c1")

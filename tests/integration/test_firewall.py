@@ -71,9 +71,13 @@ def test_containers_work_when_iptables_forward_drops(host: Host, namespaces: Nam
     assert sh("iptables-save", ns=host.ns).returncode == 0
     assert all(r.rc == 0 for r in host.each("CHECK", chain, result, ctr, "ctr-a"))
     assert host.must_add(chain, namespaces.make("ctr2"), "ctr-b")
-    assert sh("iptables", "-S", "CNI-FORWARD", ns=host.ns).stdout.count("-A CNI-FORWARD") == 2  # constant, whatever the containers
+    assert (
+        sh("iptables", "-S", "CNI-FORWARD", ns=host.ns).stdout.count("-A CNI-FORWARD") == 2
+    )  # constant, whatever the containers
     host.delete(chain, result, ctr, "ctr-a")
-    assert c4 not in str(nft_table(host.ns, "inet", "cni_py_firewall")["accept4"]) and c6 not in str(nft_table(host.ns, "inet", "cni_py_firewall")["accept6"])
+    assert c4 not in str(nft_table(host.ns, "inet", "cni_py_firewall")["accept4"]) and c6 not in str(
+        nft_table(host.ns, "inet", "cni_py_firewall")["accept6"]
+    )
     assert all(r.rc == 0 for r in host.each("DEL", chain, result, ctr, "ctr-a"))
 
 
@@ -92,7 +96,12 @@ def test_published_port_on_a_drop_host(host: Host, namespaces: Namespaces, serve
     drop_forward(host)
     ctr = namespaces.make("ctr")
     bridge = host.bridge("fwnet", "cnifw0", "10.67.0.0/24")
-    portmap = {"cniVersion": "1.0.0", "name": "fwnet", "type": "portmap", "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}
+    portmap = {
+        "cniVersion": "1.0.0",
+        "name": "fwnet",
+        "type": "portmap",
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+    }
     host.must_add([bridge, portmap, fw("fwnet")], ctr, "ctr-a")
     servers.start(ctr, 80, "A")
     assert answers(host.wan, WAN_HOST, 8080, "A"), fetch(host.wan, WAN_HOST, 8080)
@@ -101,9 +110,16 @@ def test_published_port_on_a_drop_host(host: Host, namespaces: Namespaces, serve
 def two_bridges(host: Host, namespaces: Namespaces, policy: str) -> dict[str, tuple[str, dict[str, Any]]]:
     """a1, a2 on bridge A; b1 on bridge B; both networks with ``policy``."""
     out = {}
-    for name, net, br, subnet in (("a1", "neta", "cnifwa", "10.68.0.0/24"), ("a2", "neta", "cnifwa", "10.68.0.0/24"), ("b1", "netb", "cnifwb", "10.69.0.0/24")):
+    for name, net, br, subnet in (
+        ("a1", "neta", "cnifwa", "10.68.0.0/24"),
+        ("a2", "neta", "cnifwa", "10.68.0.0/24"),
+        ("b1", "netb", "cnifwb", "10.69.0.0/24"),
+    ):
         ctr = namespaces.make(name)
-        out[name] = (ctr, host.must_add([host.bridge(net, br, subnet), fw(net, ingressPolicy=policy)], ctr, f"ctr-{name}"))
+        out[name] = (
+            ctr,
+            host.must_add([host.bridge(net, br, subnet), fw(net, ingressPolicy=policy)], ctr, f"ctr-{name}"),
+        )
     return out
 
 
@@ -114,12 +130,28 @@ def test_same_bridge_policy(host: Host, namespaces: Namespaces, servers: Servers
     assert not ping(a1, addr(rb1)) and not ping(b1, addr(ra1))  # across bridges: dropped both ways
     assert ping(a1, WAN_PEER) and ping(host.wan, addr(rb1))  # the rest of the world is not affected
     # a published port stays reachable from the other bridge (as Docker's)
-    portmap = {"cniVersion": "1.0.0", "name": "netb", "type": "portmap", "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}
+    portmap = {
+        "cniVersion": "1.0.0",
+        "name": "netb",
+        "type": "portmap",
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+    }
     b2 = namespaces.make("b2")
-    host.must_add([host.bridge("netb", "cnifwb", "10.69.0.0/24"), portmap, fw("netb", ingressPolicy="same-bridge")], b2, "ctr-b2")
+    host.must_add(
+        [host.bridge("netb", "cnifwb", "10.69.0.0/24"), portmap, fw("netb", ingressPolicy="same-bridge")], b2, "ctr-b2"
+    )
     servers.start(b2, 80, "B2")
     assert answers(a1, WAN_HOST, 8080, "B2")
-    assert all(r.rc == 0 for r in host.each("CHECK", [host.bridge("neta", "cnifwa", "10.68.0.0/24"), fw("neta", ingressPolicy="same-bridge")], ra1, a1, "ctr-a1"))
+    assert all(
+        r.rc == 0
+        for r in host.each(
+            "CHECK",
+            [host.bridge("neta", "cnifwa", "10.68.0.0/24"), fw("neta", ingressPolicy="same-bridge")],
+            ra1,
+            a1,
+            "ctr-a1",
+        )
+    )
 
 
 def test_isolated_policy(host: Host, namespaces: Namespaces, servers: Servers) -> None:
@@ -129,9 +161,16 @@ def test_isolated_policy(host: Host, namespaces: Namespaces, servers: Servers) -
     assert not ping(a1, addr(ra2)) and not ping(a2, addr(ra1))  # within the bridge: dropped (icc=false)
     assert not ping(a1, addr(rb1))
     assert ping(a1, WAN_PEER) and ping(a1, "10.68.0.1")  # the outside and the gateway stay reachable
-    portmap = {"cniVersion": "1.0.0", "name": "neta", "type": "portmap", "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}
+    portmap = {
+        "cniVersion": "1.0.0",
+        "name": "neta",
+        "type": "portmap",
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+    }
     a3 = namespaces.make("a3")
-    host.must_add([host.bridge("neta", "cnifwa", "10.68.0.0/24"), portmap, fw("neta", ingressPolicy="isolated")], a3, "ctr-a3")
+    host.must_add(
+        [host.bridge("neta", "cnifwa", "10.68.0.0/24"), portmap, fw("neta", ingressPolicy="isolated")], a3, "ctr-a3"
+    )
     servers.start(a3, 80, "A3")
     assert answers(a1, WAN_HOST, 8080, "A3")  # published ports stay reachable from the same bridge
 
@@ -142,7 +181,10 @@ def test_admin_chain_is_consulted_first(host: Host, namespaces: Namespaces) -> N
     chain = [host.bridge("fwnet", "cnifw0", "10.67.0.0/24"), fw("fwnet", iptablesAdminChainName="MY-ADMIN")]
     result = host.must_add(chain, ctr, "ctr-a")
     assert ping(ctr, WAN_PEER)
-    assert "-A CNI-FORWARD -m comment --comment \"CNI firewall plugin admin overrides\" -j MY-ADMIN" in sh("iptables", "-S", ns=host.ns).stdout
+    assert (
+        '-A CNI-FORWARD -m comment --comment "CNI firewall plugin admin overrides" -j MY-ADMIN'
+        in sh("iptables", "-S", ns=host.ns).stdout
+    )
     sh("nft", "add", "rule", "inet", "cni_py_firewall", "MY-ADMIN", "ip", "saddr", addr(result), "drop", ns=host.ns)
     assert not ping(ctr, WAN_PEER)
     host.must_add(chain, namespaces.make("ctr2"), "ctr-b")  # ADD re-asserts our chains, never the admin's
@@ -153,7 +195,12 @@ def test_gc_and_del_without_prev_result(host: Host, namespaces: Namespaces) -> N
     a, b, c = namespaces.make("a"), namespaces.make("b"), namespaces.make("c")
     chain = [host.bridge("fwnet", "cnifw0", "10.67.0.0/24", version="1.1.0"), fw("fwnet", "1.1.0")]
     ra, rb, rc = host.must_add(chain, a, "ctr-a"), host.must_add(chain, b, "ctr-b"), host.must_add(chain, c, "ctr-c")
-    gc = fw("fwnet", "1.1.0") | {"cni.dev/valid-attachments": [{"containerID": "ctr-b", "ifname": "eth0"}, {"containerID": "ctr-c", "ifname": "eth0"}]}
+    gc = fw("fwnet", "1.1.0") | {
+        "cni.dev/valid-attachments": [
+            {"containerID": "ctr-b", "ifname": "eth0"},
+            {"containerID": "ctr-c", "ifname": "eth0"},
+        ]
+    }
     assert host.run("firewall", "GC", gc, "", "").rc == 0
     accepted = str(nft_table(host.ns, "inet", "cni_py_firewall")["accept4"])
     assert addr(ra) not in accepted and addr(rb) in accepted
@@ -163,5 +210,11 @@ def test_gc_and_del_without_prev_result(host: Host, namespaces: Namespaces) -> N
 
 
 def test_versions_before_0_4_0_are_refused(host: Host, namespaces: Namespaces) -> None:
-    run = host.run("firewall", "ADD", fw("fwnet", "0.3.1") | {"prevResult": {"cniVersion": "0.3.1", "ips": []}}, namespaces.make("c"), "c")
+    run = host.run(
+        "firewall",
+        "ADD",
+        fw("fwnet", "0.3.1") | {"prevResult": {"cniVersion": "0.3.1", "ips": []}},
+        namespaces.make("c"),
+        "c",
+    )
     assert run.rc == 1 and run.json["code"] == 1

@@ -42,7 +42,9 @@ def test_setup_teardown_ownership_and_resubnet(host_ns: str) -> None:
     masq.teardown_masq(nft, A, [IP_A, IP6_A])  # A's late DEL: B's entry stays
     assert elements(nft, "owners4") == {"10.66.0.2": B.mark} and elements(nft, "masq6") == {}
     masq.setup_masq(nft, B, [ipaddress.ip_interface("10.66.0.2/24")])  # other verdict: kernel says EOPNOTSUPP
-    assert elements(nft, "masq4") == {"10.66.0.2": {"goto": {"target": masq.chain_name("knet", ipaddress.ip_network("10.66.0.0/24"))}}}
+    assert elements(nft, "masq4") == {
+        "10.66.0.2": {"goto": {"target": masq.chain_name("knet", ipaddress.ip_network("10.66.0.0/24"))}}
+    }
     masq.teardown_masq(nft, B, None)
     assert elements(nft, "masq4") == {} and elements(nft, "owners4") == {}
     masq.teardown_masq(nft, B, [IP_A])  # again, and on an empty map: fine
@@ -65,10 +67,14 @@ def test_add_cost_does_not_grow_with_1000_entries(host_ns: str) -> None:
         masq.setup_masq(nft, owner, [ipaddress.ip_interface(f"{base + i}/16")])
         times.append(time.perf_counter() - t0)
     first, last = statistics.median(times[:50]), statistics.median(times[-50:])
-    print(f"masq ADD batch: median of first 50 {first * 1e3:.3f} ms, of last 50 (950..1000 entries) {last * 1e3:.3f} ms")
+    print(
+        f"masq ADD batch: median of first 50 {first * 1e3:.3f} ms, of last 50 (950..1000 entries) {last * 1e3:.3f} ms"
+    )
     assert last <= first * 1.5 + 0.0005, (first, last)
     assert len(elements(nft, "masq4")) == 1000
     t0 = time.perf_counter()
-    masq.teardown_masq(nft, Owner(network="knet", container_id="c500", ifname="eth0"), [ipaddress.ip_interface(f"{base + 500}/16")])
+    masq.teardown_masq(
+        nft, Owner(network="knet", container_id="c500", ifname="eth0"), [ipaddress.ip_interface(f"{base + 500}/16")]
+    )
     assert time.perf_counter() - t0 < 0.05
     assert masq.gc_masq(nft, "knet", []) == 999

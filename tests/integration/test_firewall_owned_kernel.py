@@ -18,8 +18,28 @@ A = Owner(network="net", container_id="aaa", ifname="eth0")
 B = Owner(network="net", container_id="bbb", ifname="eth0")
 SETUP: list[dict[str, Any]] = [
     {"add": {"table": {"family": "inet", "name": "cnitest_owned"}}},
-    {"add": {"map": {"family": "inet", "table": "cnitest_owned", "name": "owners", "type": ["inet_proto", "inet_service"], "map": "mark"}}},
-    {"add": {"map": {"family": "inet", "table": "cnitest_owned", "name": "addr", "type": ["inet_proto", "inet_service"], "map": "ipv4_addr"}}},
+    {
+        "add": {
+            "map": {
+                "family": "inet",
+                "table": "cnitest_owned",
+                "name": "owners",
+                "type": ["inet_proto", "inet_service"],
+                "map": "mark",
+            }
+        }
+    },
+    {
+        "add": {
+            "map": {
+                "family": "inet",
+                "table": "cnitest_owned",
+                "name": "addr",
+                "type": ["inet_proto", "inet_service"],
+                "map": "ipv4_addr",
+            }
+        }
+    },
 ]
 
 
@@ -30,7 +50,9 @@ def key(port: int) -> Any:
 def dump(nft: NftBackend) -> dict[str, dict[str, Any]]:
     out = {}
     for name in ("owners", "addr"):
-        out[name] = {str(el[0]["elem"]["val"]["concat"][1]): el[1] for el in nft.list_map("inet", "cnitest_owned", name)}
+        out[name] = {
+            str(el[0]["elem"]["val"]["concat"][1]): el[1] for el in nft.list_map("inet", "cnitest_owned", name)
+        }
     return out
 
 
@@ -58,8 +80,21 @@ def test_replacement_and_late_delete(nft: NftBackend) -> None:
 
 
 def test_claim_over_other_data(nft: NftBackend) -> None:
-    claim(nft, MAPS, A, [Entry(key=key(80), data={"addr": "10.88.0.2"}), Entry(key=key(81), data={"addr": "10.88.0.2"})], setup=SETUP, what="t")
+    claim(
+        nft,
+        MAPS,
+        A,
+        [Entry(key=key(80), data={"addr": "10.88.0.2"}), Entry(key=key(81), data={"addr": "10.88.0.2"})],
+        setup=SETUP,
+        what="t",
+    )
     claim(nft, MAPS, B, [Entry(key=key(81), data={"addr": "10.88.0.3"})], setup=SETUP, what="t")
     assert dump(nft)["addr"] == {"80": "10.88.0.2", "81": "10.88.0.3"}
-    release(nft, MAPS, A, [Entry(key=key(80), data={"addr": "10.88.0.2"}), Entry(key=key(81), data={"addr": "10.88.0.2"})], what="t")
+    release(
+        nft,
+        MAPS,
+        A,
+        [Entry(key=key(80), data={"addr": "10.88.0.2"}), Entry(key=key(81), data={"addr": "10.88.0.2"})],
+        what="t",
+    )
     assert dump(nft) == {"owners": {"81": B.mark}, "addr": {"81": "10.88.0.3"}}

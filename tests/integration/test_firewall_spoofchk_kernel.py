@@ -48,9 +48,13 @@ def test_add_cost_does_not_grow_with_1000_ports(host_ns: str) -> None:
         spoofchk.setup_spoofcheck(nft, owner, f"veth{i:08x}", f"0a:00:00:00:{i // 256:02x}:{i % 256:02x}")
         times.append(time.perf_counter() - t0)
     first, last = statistics.median(times[:50]), statistics.median(times[-50:])
-    print(f"spoof check ADD batch: median of first 50 {first * 1e3:.3f} ms, of last 50 (950..1000 ports) {last * 1e3:.3f} ms")
+    print(
+        f"spoof check ADD batch: median of first 50 {first * 1e3:.3f} ms, of last 50 (950..1000 ports) {last * 1e3:.3f} ms"
+    )
     assert last <= first * 1.5 + 0.0005, (first, last)
     t0 = time.perf_counter()
-    spoofchk.teardown_spoofcheck(nft, Owner(network="n", container_id="c500", ifname="eth0"), f"veth{500:08x}", "0a:00:00:00:01:f4")
+    spoofchk.teardown_spoofcheck(
+        nft, Owner(network="n", container_id="c500", ifname="eth0"), f"veth{500:08x}", "0a:00:00:00:01:f4"
+    )
     assert time.perf_counter() - t0 < 0.05
     assert len(state(nft)[1]) == 999

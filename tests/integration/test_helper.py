@@ -36,7 +36,9 @@ def install(target: Path, *args: str, python: list[str] | None = None) -> None:
 
 
 def helper_cmd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cni_plugins.install", "helper", *args], capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "cni_plugins.install", "helper", *args], capture_output=True, text=True, timeout=30
+    )
 
 
 def helper_pid(sock: Path) -> int | None:
@@ -51,7 +53,9 @@ def status(sock: Path) -> dict[str, Any]:
 
 
 def stop(sock: Path) -> None:
-    subprocess.run([sys.executable, "-m", "cni_plugins.install", "helper", "stop", "--socket", str(sock)], check=True, timeout=30)
+    subprocess.run(
+        [sys.executable, "-m", "cni_plugins.install", "helper", "stop", "--socket", str(sock)], check=True, timeout=30
+    )
 
 
 @pytest.fixture
@@ -60,7 +64,9 @@ def helper_bin(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     sock = tmp_path / "run" / "helper.sock"
     bin_dir = tmp_path / "bin"
     install(bin_dir, "--helper", "on", "--helper-socket", str(sock))
-    proc = subprocess.Popen([sys.executable, "-m", "cni_plugins.install", "helper", "--socket", str(sock), "--idle", "0"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cni_plugins.install", "helper", "--socket", str(sock), "--idle", "0"]
+    )
     assert poll(lambda: sock.exists(), timeout=20), "helper did not start"
     try:
         yield bin_dir, sock
@@ -89,11 +95,15 @@ def test_same_answers_as_direct_exec(helper_bin, cni_bin_no_helper, host_ns, con
     bin_dir, sock = helper_bin
     pid = helper_pid(sock)
     via = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo", host_ns=host_ns)
-    direct = run_plugin(cni_bin_no_helper, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo", host_ns=host_ns)
+    direct = run_plugin(
+        cni_bin_no_helper, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo", host_ns=host_ns
+    )
     assert via.rc == direct.rc == 0 and via.json == direct.json
     for conf in (b"{nope", json.dumps({**LO, "cniVersion": "7.0.0"}).encode()):
         a = run_plugin(bin_dir, "loopback", "ADD", conf, netns=path(container_ns), ifname="lo", host_ns=host_ns)
-        b = run_plugin(cni_bin_no_helper, "loopback", "ADD", conf, netns=path(container_ns), ifname="lo", host_ns=host_ns)
+        b = run_plugin(
+            cni_bin_no_helper, "loopback", "ADD", conf, netns=path(container_ns), ifname="lo", host_ns=host_ns
+        )
         assert (a.rc, a.json) == (b.rc, b.json) and a.rc == 1
     assert helper_pid(sock) == pid and status(sock)["calls"] == 3  # the same helper served every call
 
@@ -143,7 +153,9 @@ def open_install() -> Iterator[tuple[Path, Path, Path]]:
     from cni_plugins.install import default_socket
 
     sock = Path(default_socket(str(run_dir)))
-    proc = subprocess.Popen([sys.executable, "-m", "cni_plugins.install", "helper", "--socket", str(sock), "--idle", "0"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cni_plugins.install", "helper", "--socket", str(sock), "--idle", "0"]
+    )
     try:
         assert poll(lambda: sock.exists(), timeout=20), "helper did not start"
         os.chmod(run_dir, 0o755)  # the attachment locks' directory stays 0700: a non-root caller takes none
@@ -166,8 +178,16 @@ CALLERS = {
 }
 
 
-def run_as(caller: list[str], launcher: Path, host_ns: str, env: dict[str, str], conf: dict[str, Any]) -> tuple[int, Any, str]:
-    proc = subprocess.run(["ip", "netns", "exec", host_ns, *caller, str(launcher)], input=json.dumps(conf).encode(), env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env}, capture_output=True, timeout=60)
+def run_as(
+    caller: list[str], launcher: Path, host_ns: str, env: dict[str, str], conf: dict[str, Any]
+) -> tuple[int, Any, str]:
+    proc = subprocess.run(
+        ["ip", "netns", "exec", host_ns, *caller, str(launcher)],
+        input=json.dumps(conf).encode(),
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env},
+        capture_output=True,
+        timeout=60,
+    )
     return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None, proc.stderr.decode()
 
 
@@ -187,16 +207,32 @@ def test_a_caller_with_less_privilege_is_not_served(open_install, host_ns, conta
     created (no bridge, veth, address, reservation or nftables entry)."""
     bin_dir, direct_dir, sock = open_install
     data = sock.parent.parent / "ipam"
-    conf = {"cniVersion": "1.0.0", "name": "privnet", "type": "bridge", "bridge": "cnipriv0", "isGateway": True, "ipMasq": True,
-            "ipam": {"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": str(data)}}
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "priv1", "CNI_NETNS": path(container_ns), "CNI_IFNAME": "eth0", "CNI_PATH": str(bin_dir), "CNI_PY_DEBUG": "1"}
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "privnet",
+        "type": "bridge",
+        "bridge": "cnipriv0",
+        "isGateway": True,
+        "ipMasq": True,
+        "ipam": {"type": "host-local", "subnet": "10.77.0.0/24", "dataDir": str(data)},
+    }
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "priv1",
+        "CNI_NETNS": path(container_ns),
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": str(bin_dir),
+        "CNI_PY_DEBUG": "1",
+    }
     before = host_state(host_ns, container_ns, data)
     served = status(sock)["calls"]
     rc, out, err = run_as(CALLERS[caller], bin_dir / "bridge", host_ns, env, conf)
     assert rc == 1 and out and out["code"] != 0, (out, err)
     assert "running here" in err, err  # refused by the helper (the launcher says why when debugging)
     assert host_state(host_ns, container_ns, data) == before
-    direct_rc, direct_out, _ = run_as(CALLERS[caller], direct_dir / "bridge", host_ns, {**env, "CNI_PATH": str(direct_dir)}, conf)
+    direct_rc, direct_out, _ = run_as(
+        CALLERS[caller], direct_dir / "bridge", host_ns, {**env, "CNI_PATH": str(direct_dir)}, conf
+    )
     assert (rc, out) == (direct_rc, direct_out)
     assert host_state(host_ns, container_ns, data) == before
     after = status(sock)
@@ -205,7 +241,10 @@ def test_a_caller_with_less_privilege_is_not_served(open_install, host_ns, conta
     ok = run_plugin(bin_dir, "bridge", "ADD", conf, netns=path(container_ns), container_id="priv1", host_ns=host_ns)
     assert ok.rc == 0, ok.stdout
     assert status(sock)["calls"] == served + 1
-    assert run_plugin(bin_dir, "bridge", "DEL", conf, netns=path(container_ns), container_id="priv1", host_ns=host_ns).rc == 0
+    assert (
+        run_plugin(bin_dir, "bridge", "DEL", conf, netns=path(container_ns), container_id="priv1", host_ns=host_ns).rc
+        == 0
+    )
 
 
 def test_socket_is_root_only_and_a_raw_non_root_peer_is_refused(open_install, helper_bin) -> None:  # type: ignore[no-untyped-def]
@@ -220,7 +259,21 @@ def test_socket_is_root_only_and_a_raw_non_root_peer_is_refused(open_install, he
         "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.connect(sys.argv[1])\n"
         "print(s.recv(256).decode())\n"
     )
-    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", client, str(open_sock)], capture_output=True, text=True, timeout=20)
+    res = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            client,
+            str(open_sock),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("N") and "not root" in res.stdout, res.stdout
 
@@ -241,13 +294,23 @@ def test_the_caller_is_the_process_that_connected(tmp_path, pidfd, monkeypatch) 
     server = sk.socket(sk.AF_UNIX, sk.SOCK_SEQPACKET)
     server.bind(path_)
     server.listen(1)
-    client = subprocess.Popen([sys.executable, "-c", "import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.connect(sys.argv[1]); sys.stdin.read()", path_], stdin=subprocess.PIPE)
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.connect(sys.argv[1]); sys.stdin.read()",
+            path_,
+        ],
+        stdin=subprocess.PIPE,
+    )
     try:
         conn, _ = server.accept()
         accepted_at = peer.boottime()
         assert peer.refusal(conn, me, accepted_at) == ""
         if pidfd != "SO_PEERPIDFD":
-            assert peer.refusal(conn, me, accepted_at - 60) == "the caller's pid was reused"  # it started after that "accept"
+            assert (
+                peer.refusal(conn, me, accepted_at - 60) == "the caller's pid was reused"
+            )  # it started after that "accept"
         assert client.stdin is not None
         client.stdin.close()
         client.wait(timeout=10)
@@ -264,8 +327,16 @@ def test_a_caller_with_its_own_pid_namespace_and_proc(auto_bin, host_ns, contain
     """``unshare --pid --mount-proc``: a worker could not find itself in that /proc; the
     helper says no and the call runs in the caller's process, with the own-namespace guard."""
     bin_dir, sock = auto_bin
-    assert run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo", host_ns=host_ns).rc == 0  # starts the helper
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "pid1", "CNI_IFNAME": "lo", "CNI_PATH": str(bin_dir), "CNI_PY_DEBUG": "1"}
+    assert (
+        run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo", host_ns=host_ns).rc == 0
+    )  # starts the helper
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "pid1",
+        "CNI_IFNAME": "lo",
+        "CNI_PATH": str(bin_dir),
+        "CNI_PY_DEBUG": "1",
+    }
     own_pid = ["unshare", "--pid", "--fork", "--mount-proc"]
     rc, out, err = run_as(own_pid, bin_dir / "loopback", host_ns, {**env, "CNI_NETNS": path(container_ns)}, LO)
     assert rc == 0 and out["interfaces"][0]["name"] == "lo", (out, err)
@@ -281,7 +352,13 @@ def test_netns_that_is_a_fifo_is_refused_at_once(cni_bin, cni_bin_no_helper, hos
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     bin_dir = cni_bin if mode == "helper" else cni_bin_no_helper
-    conf = {"cniVersion": "1.0.0", "name": "fifonet", "type": "bridge", "bridge": "cnififo0", "ipam": {"type": "host-local", "subnet": "10.78.0.0/24", "dataDir": str(tmp_path / "ipam")}}
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "fifonet",
+        "type": "bridge",
+        "bridge": "cnififo0",
+        "ipam": {"type": "host-local", "subnet": "10.78.0.0/24", "dataDir": str(tmp_path / "ipam")},
+    }
     started = time.monotonic()
     res = run_plugin(bin_dir, "bridge", "ADD", conf, netns=str(fifo), host_ns=host_ns)
     assert time.monotonic() - started < 5
@@ -308,7 +385,17 @@ def test_two_installs_of_different_code_each_run_their_own(tmp_path, container_n
     run_dir = tmp_path / "run"
     ours, theirs = tmp_path / "bin-ours", tmp_path / "bin-theirs"
     install(ours, "--run-dir", str(run_dir))
-    install(theirs, "--run-dir", str(run_dir), python=[sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(other)!r}); from cni_plugins.install import main; sys.exit(main(sys.argv[1:]))"])
+    install(
+        theirs,
+        "--run-dir",
+        str(run_dir),
+        python=[
+            sys.executable,
+            "-I",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(other)!r}); from cni_plugins.install import main; sys.exit(main(sys.argv[1:]))",
+        ],
+    )
     nameless = {"cniVersion": "1.0.0", "type": "loopback"}
     try:
         for _ in range(2):
@@ -334,11 +421,23 @@ def test_a_helper_refuses_launchers_of_another_install(tmp_path, container_ns) -
     sock = tmp_path / "run" / "shared.sock"
     ours, theirs = tmp_path / "bin-ours", tmp_path / "bin-theirs"
     install(ours, "--helper-socket", str(sock))
-    install(theirs, "--helper-socket", str(sock), python=[sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(other)!r}); from cni_plugins.install import main; sys.exit(main(sys.argv[1:]))"])
+    install(
+        theirs,
+        "--helper-socket",
+        str(sock),
+        python=[
+            sys.executable,
+            "-I",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(other)!r}); from cni_plugins.install import main; sys.exit(main(sys.argv[1:]))",
+        ],
+    )
     nameless = {"cniVersion": "1.0.0", "type": "loopback"}
     try:
         a = run_plugin(ours, "loopback", "ADD", nameless, netns=path(container_ns), ifname="lo")
-        b = run_plugin(theirs, "loopback", "ADD", nameless, netns=path(container_ns), ifname="lo", env={"CNI_PY_DEBUG": "1"})
+        b = run_plugin(
+            theirs, "loopback", "ADD", nameless, netns=path(container_ns), ifname="lo", env={"CNI_PY_DEBUG": "1"}
+        )
         assert "other code" not in a.json["msg"] and "other code" in b.json["msg"]
         assert "another install" in b.stderr
         st = status(sock)
@@ -369,12 +468,30 @@ class StalledAdd:
     def __init__(self, bin_dir: Path, host_ns: str, container_ns: str, data: Path, version: str = "1.0.0") -> None:
         import fcntl
 
-        self.conf = {"cniVersion": version, "name": "stallnet", "type": "bridge", "bridge": "cnistall0", "ipam": {"type": "host-local", "subnet": "10.79.0.0/24", "dataDir": str(data)}}
+        self.conf = {
+            "cniVersion": version,
+            "name": "stallnet",
+            "type": "bridge",
+            "bridge": "cnistall0",
+            "ipam": {"type": "host-local", "subnet": "10.79.0.0/24", "dataDir": str(data)},
+        }
         (data / "stallnet").mkdir(parents=True, exist_ok=True)
         self.lock = os.open(data / "stallnet" / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self.lock, fcntl.LOCK_EX)
-        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "stall1", "CNI_NETNS": path(container_ns), "CNI_IFNAME": "eth0", "CNI_PATH": str(bin_dir), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        self.proc = subprocess.Popen(["ip", "netns", "exec", host_ns, str(bin_dir / "bridge")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        env = {
+            "CNI_COMMAND": "ADD",
+            "CNI_CONTAINERID": "stall1",
+            "CNI_NETNS": path(container_ns),
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": str(bin_dir),
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        }
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", host_ns, str(bin_dir / "bridge")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(self.conf).encode())
         self.proc.stdin.close()
@@ -424,7 +541,9 @@ def test_dead_manager_costs_at_most_one_call(auto_bin, host_ns, container_ns, na
         assert rc == 0 and out["interfaces"][2]["name"] == "eth0"  # the orphaned worker finished its call
     finally:
         stalled.release()
-        run_plugin(bin_dir, "bridge", "DEL", stalled.conf, netns=path(container_ns), container_id="stall1", host_ns=host_ns)
+        run_plugin(
+            bin_dir, "bridge", "DEL", stalled.conf, netns=path(container_ns), container_id="stall1", host_ns=host_ns
+        )
 
 
 def test_stuck_manager_costs_at_most_one_call(auto_bin, container_ns, namespaces) -> None:  # type: ignore[no-untyped-def]
@@ -439,6 +558,7 @@ def test_stuck_manager_costs_at_most_one_call(auto_bin, container_ns, namespaces
     ctrs = [namespaces.make(f"sm{i}") for i in range(8)]
     os.kill(manager, signal.SIGSTOP)
     try:
+
         def timed_call(ctr: str) -> tuple[float, int]:
             started = time.monotonic()
             res = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(ctr), ifname="lo")
@@ -456,7 +576,9 @@ def test_stuck_manager_costs_at_most_one_call(auto_bin, container_ns, namespaces
     assert helper_pid(sock) == manager and status(sock)["calls"] == served + 1
 
 
-def test_a_worker_that_dies_mid_call_reports_it_in_the_configs_version(auto_bin, host_ns, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_that_dies_mid_call_reports_it_in_the_configs_version(
+    auto_bin, host_ns, container_ns, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     bin_dir, sock = auto_bin
     assert run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo").rc == 0
     manager = helper_pid(sock)
@@ -467,10 +589,20 @@ def test_a_worker_that_dies_mid_call_reports_it_in_the_configs_version(auto_bin,
         for worker in workers_in(manager, host_ns):
             os.kill(worker, signal.SIGKILL)
         rc, out = stalled.result()
-        assert rc == 1 and out == {"cniVersion": "0.4.0", "code": 999, "msg": "cni-py helper: the plugin process died before finishing", "details": "see the helper log (journal) or stderr"}
+        assert rc == 1 and out == {
+            "cniVersion": "0.4.0",
+            "code": 999,
+            "msg": "cni-py helper: the plugin process died before finishing",
+            "details": "see the helper log (journal) or stderr",
+        }
     finally:
         stalled.release()
-        assert run_plugin(bin_dir, "bridge", "DEL", stalled.conf, netns=path(container_ns), container_id="stall1", host_ns=host_ns).rc == 0
+        assert (
+            run_plugin(
+                bin_dir, "bridge", "DEL", stalled.conf, netns=path(container_ns), container_id="stall1", host_ns=host_ns
+            ).rc
+            == 0
+        )
 
 
 def test_status(auto_bin, container_ns) -> None:  # type: ignore[no-untyped-def]
@@ -483,7 +615,10 @@ def test_status(auto_bin, container_ns) -> None:  # type: ignore[no-untyped-def]
     pid = helper_pid(sock)
     assert st["running"] and st["pid"] == pid and st["calls"] == 3 and st["root"] == str(ROOT) and not st["activated"]
     assert abs(st["started"] - time.time()) < 60
-    assert set(st["workers"]["idle"]) | set(st["workers"]["busy"]) <= set(st["children"]) and len(st["workers"]["idle"]) >= 4
+    assert (
+        set(st["workers"]["idle"]) | set(st["workers"]["busy"]) <= set(st["children"])
+        and len(st["workers"]["idle"]) >= 4
+    )
     from cni_plugins.helper.server import code_stamp
 
     assert st["stamp"] == code_stamp(ROOT)
@@ -511,7 +646,15 @@ def test_auto_start_and_idle_exit(tmp_path, container_ns) -> None:  # type: igno
     log = tmp_path / "plugin.log"
     install(bin_dir, "--helper", "auto", "--helper-socket", str(sock))
     try:
-        first = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo", env={"CNI_PY_DEBUG": "1", "CNI_PY_LOG_FILE": str(log)})
+        first = run_plugin(
+            bin_dir,
+            "loopback",
+            "ADD",
+            LO,
+            netns=path(container_ns),
+            ifname="lo",
+            env={"CNI_PY_DEBUG": "1", "CNI_PY_LOG_FILE": str(log)},
+        )
         assert first.rc == 0, first.stdout
         helper = helper_pid(sock)
         assert helper is not None and sock.exists()  # no polling: the first call waited for it
@@ -536,7 +679,11 @@ def test_simultaneous_first_calls_share_one_helper(tmp_path, namespaces) -> None
     env = {"CNI_PY_DEBUG": "1", "CNI_PY_LOG_FILE": str(log)}
     try:
         with ThreadPoolExecutor(len(ctrs)) as pool:
-            runs = list(pool.map(lambda ctr: run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(ctr), ifname="lo", env=env), ctrs))
+            runs = list(
+                pool.map(
+                    lambda ctr: run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(ctr), ifname="lo", env=env), ctrs
+                )
+            )
         assert [r.rc for r in runs] == [0] * len(ctrs), [r.stdout for r in runs]
         helper = helper_pid(sock)
         assert helper is not None
@@ -545,8 +692,13 @@ def test_simultaneous_first_calls_share_one_helper(tmp_path, namespaces) -> None
             if "ADD" in line and (m := re.search(r"\[(\d+)\]", line)):
                 served_by[int(m.group(1))] = _parent(int(m.group(1)))
         assert served_by and set(served_by.values()) == {helper}, (served_by, helper)
-        ours = [int(pid) for pid in subprocess.run(["pgrep", "-f", str(sock)], capture_output=True, text=True).stdout.split()]
-        strays = [pid for pid in ours if pid != helper and _parent(pid) not in (helper, -1)]  # not the helper, its workers or gone
+        ours = [
+            int(pid)
+            for pid in subprocess.run(["pgrep", "-f", str(sock)], capture_output=True, text=True).stdout.split()
+        ]
+        strays = [
+            pid for pid in ours if pid != helper and _parent(pid) not in (helper, -1)
+        ]  # not the helper, its workers or gone
         assert helper in ours and not strays, (ours, helper)
     finally:
         stop(sock)
@@ -567,7 +719,16 @@ def test_first_call_takes_over_from_a_helper_that_never_listened(tmp_path, conta
     fcntl.flock(holder, fcntl.LOCK_EX)
     try:
         with ThreadPoolExecutor(1) as pool:
-            call = pool.submit(run_plugin, bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo", env={"CNI_PY_DEBUG": "1", "CNI_PY_LOG_FILE": str(log)})
+            call = pool.submit(
+                run_plugin,
+                bin_dir,
+                "loopback",
+                "ADD",
+                LO,
+                netns=path(container_ns),
+                ifname="lo",
+                env={"CNI_PY_DEBUG": "1", "CNI_PY_LOG_FILE": str(log)},
+            )
             time.sleep(0.5)
             assert not call.done()  # waiting for the lock holder to listen
             os.close(holder)
@@ -603,7 +764,9 @@ def test_auto_start_that_fails_runs_the_call_itself(tmp_path, container_ns) -> N
 
 def test_idle_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
     sock = tmp_path / "idle" / "helper.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "cni_plugins.install", "helper", "--socket", str(sock), "--idle", "1"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cni_plugins.install", "helper", "--socket", str(sock), "--idle", "1"]
+    )
     try:
         assert poll(lambda: sock.exists(), timeout=20)
         assert proc.wait(timeout=15) == 0

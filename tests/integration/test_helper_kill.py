@@ -27,15 +27,25 @@ import pytest
 from tests.integration.nsutil import links, path, poll, run_plugin
 from tests.integration.runtimes import need
 
-ROUNDS = {"helper": int(os.environ.get("CNI_PY_KILL_ROUNDS", "200")), "no-helper": int(os.environ.get("CNI_PY_KILL_ROUNDS_NO_HELPER", "40"))}
+ROUNDS = {
+    "helper": int(os.environ.get("CNI_PY_KILL_ROUNDS", "200")),
+    "no-helper": int(os.environ.get("CNI_PY_KILL_ROUNDS_NO_HELPER", "40")),
+}
 STALL_EVERY = 5  # with the helper, every fifth round stops the worker serving the ADD mid-call for a while
 CID = "killprobe1"
 NET = "killnet"
 
 
 def bridge_conf(data: Path) -> dict[str, Any]:
-    return {"cniVersion": "1.0.0", "name": NET, "type": "bridge", "bridge": "cnikill0", "isGateway": True, "ipMasq": True,
-            "ipam": {"type": "host-local", "subnet": "10.81.0.0/24", "dataDir": str(data)}}
+    return {
+        "cniVersion": "1.0.0",
+        "name": NET,
+        "type": "bridge",
+        "bridge": "cnikill0",
+        "isGateway": True,
+        "ipMasq": True,
+        "ipam": {"type": "host-local", "subnet": "10.81.0.0/24", "dataDir": str(data)},
+    }
 
 
 def chained_conf(plugin: str, prev: dict[str, Any]) -> dict[str, Any]:
@@ -53,11 +63,24 @@ class Host:
         self.bin_dir, self.run_dir, self.host_ns, self.ctr, self.data = bin_dir, run_dir, host_ns, ctr, data
 
     def env(self, command: str) -> dict[str, str]:
-        return {"CNI_COMMAND": command, "CNI_CONTAINERID": CID, "CNI_NETNS": path(self.ctr), "CNI_IFNAME": "eth0", "CNI_PATH": str(self.bin_dir), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        return {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": CID,
+            "CNI_NETNS": path(self.ctr),
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": str(self.bin_dir),
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        }
 
     def start(self, plugin: str, command: str, conf: dict[str, Any]) -> subprocess.Popen[bytes]:
         """Exec the plugin as a runtime does (``ip netns exec`` execs it: the pid is the plugin's)."""
-        proc = subprocess.Popen(["ip", "netns", "exec", self.host_ns, str(self.bin_dir / plugin)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env(command))
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.host_ns, str(self.bin_dir / plugin)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=self.env(command),
+        )
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(conf).encode())
         proc.stdin.close()
@@ -65,7 +88,9 @@ class Host:
         return proc
 
     def call(self, plugin: str, command: str, conf: dict[str, Any]) -> tuple[int, Any]:
-        res = run_plugin(self.bin_dir, plugin, command, conf, netns=path(self.ctr), container_id=CID, host_ns=self.host_ns)
+        res = run_plugin(
+            self.bin_dir, plugin, command, conf, netns=path(self.ctr), container_id=CID, host_ns=self.host_ns
+        )
         return res.rc, res.json
 
     def leaks(self, plugin: str) -> dict[str, Any]:
@@ -73,17 +98,32 @@ class Host:
         their own tables; the bridge attachment under them stays)."""
         found: dict[str, Any] = {}
         if plugin == "bridge":
-            found["host veths"] = [n for n, l in links(self.host_ns).items() if (l.get("linkinfo") or {}).get("info_kind") == "veth"]
+            found["host veths"] = [
+                n for n, l in links(self.host_ns).items() if (l.get("linkinfo") or {}).get("info_kind") == "veth"
+            ]
             found["container links"] = [n for n in links(self.ctr) if n != "lo"]
-            found["reservations"] = [p.name for p in (self.data / NET).glob("*") if p.is_file() and p.read_bytes().startswith(CID.encode())]
+            found["reservations"] = [
+                p.name for p in (self.data / NET).glob("*") if p.is_file() and p.read_bytes().startswith(CID.encode())
+            ]
         tables = {"bridge": ("cni_py_masq",), "portmap": ("cni_py_portmap",), "firewall": ("cni_py_firewall",)}[plugin]
-        ruleset = json.loads(subprocess.run(["ip", "netns", "exec", self.host_ns, "nft", "-j", "list", "ruleset"], capture_output=True, text=True, check=True).stdout)["nftables"]
+        ruleset = json.loads(
+            subprocess.run(
+                ["ip", "netns", "exec", self.host_ns, "nft", "-j", "list", "ruleset"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )["nftables"]
         elements = []
         for item in ruleset:
             for kind in ("set", "map"):
                 obj = item.get(kind) or {}
                 if obj.get("table") in tables:
-                    elements += [f"{obj['table']}/{obj['name']}" for e in obj.get("elem") or [] if f"id:{CID[:12]}" in json.dumps(e)]
+                    elements += [
+                        f"{obj['table']}/{obj['name']}"
+                        for e in obj.get("elem") or []
+                        if f"id:{CID[:12]}" in json.dumps(e)
+                    ]
         found["nft elements"] = elements
         return {k: v for k, v in found.items() if v}
 
@@ -139,7 +179,12 @@ def holds_flock(pid: int, file: Path) -> bool:
         return False
     for line in Path("/proc/locks").read_text().splitlines():
         fields = line.split()
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4] == str(pid) and fields[5].rsplit(":", 1)[-1] == str(inode):
+        if (
+            len(fields) >= 6
+            and fields[1] == "FLOCK"
+            and fields[4] == str(pid)
+            and fields[5].rsplit(":", 1)[-1] == str(inode)
+        ):
             return True
     return False
 
@@ -195,7 +240,9 @@ def kill_mid_call(host: Host, plugin: str, conf: dict[str, Any], delay: float, s
 @pytest.fixture
 def probe_host(request, cni_bin, cni_bin_no_helper, cni_run_dir, host_ns, container_ns, tmp_path) -> Host:  # type: ignore[no-untyped-def]
     mode = request.param
-    return Host(cni_bin if mode == "helper" else cni_bin_no_helper, cni_run_dir, host_ns, container_ns, tmp_path / "ipam")
+    return Host(
+        cni_bin if mode == "helper" else cni_bin_no_helper, cni_run_dir, host_ns, container_ns, tmp_path / "ipam"
+    )
 
 
 @pytest.mark.parametrize("probe_host", ["helper", "no-helper"], indirect=True)
@@ -221,7 +268,11 @@ def test_a_killed_add_leaves_nothing_behind(probe_host: Host, plugin: str, reque
     outcomes = []
     try:
         for i in range(rounds):
-            stall = ("joined", "locked")[i // STALL_EVERY % 2] if mode == "helper" and i % STALL_EVERY == STALL_EVERY - 1 else ""
+            stall = (
+                ("joined", "locked")[i // STALL_EVERY % 2]
+                if mode == "helper" and i % STALL_EVERY == STALL_EVERY - 1
+                else ""
+            )
             outcome = kill_mid_call(host, plugin, conf, rng.uniform(0, max_delay), stall)
             outcomes.append(outcome)
             leaks = host.leaks(plugin)
@@ -236,13 +287,21 @@ def test_a_killed_add_leaves_nothing_behind(probe_host: Host, plugin: str, reque
     if mode == "helper":
         assert gone > 0  # some killed calls were under way in a worker (and were stopped and undone there)
         # A DEL of an attachment whose ADD was stopped holding its lock waited for that ADD.
-        assert all(o["del waited"] for o in outcomes if o["stalled"] == "locked"), [(i, o) for i, o in enumerate(outcomes) if o["stalled"] == "locked"]
+        assert all(o["del waited"] for o in outcomes if o["stalled"] == "locked"), [
+            (i, o) for i, o in enumerate(outcomes) if o["stalled"] == "locked"
+        ]
     unstalled = [o["released"] for o in outcomes if not o["stalled"]]
     # The runtime's wait ends when the killed process's pipes close: at once, whoever held them.
     assert max(unstalled) < 0.5, sorted(unstalled)[-5:]
     stalls = {kind: sum(o["stalled"] == kind for o in outcomes) for kind in ("joined", "locked")}
-    in_helper = f"{gone} calls whose caller went away mid-call, stalled {stalls} ({sum(o['del waited'] for o in outcomes)} DELs waited for the stalled ADD); " if mode == "helper" else ""
-    print(f"{plugin} {mode}: {rounds} rounds, {in_helper}pipes closed after the kill: median {sorted(unstalled)[len(unstalled) // 2] * 1000:.1f} ms, max {max(unstalled) * 1000:.1f} ms")
+    in_helper = (
+        f"{gone} calls whose caller went away mid-call, stalled {stalls} ({sum(o['del waited'] for o in outcomes)} DELs waited for the stalled ADD); "
+        if mode == "helper"
+        else ""
+    )
+    print(
+        f"{plugin} {mode}: {rounds} rounds, {in_helper}pipes closed after the kill: median {sorted(unstalled)[len(unstalled) // 2] * 1000:.1f} ms, max {max(unstalled) * 1000:.1f} ms"
+    )
 
 
 # ------------------------------------------------------------ a Go runtime's timeout
@@ -292,15 +351,28 @@ def go_runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = work / "src" / "goruntime"
     src.mkdir(parents=True)
     (src / "main.go").write_text(GO_RUNTIME)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work), "GO111MODULE": "off", "GOPATH": str(work), "GOPROXY": "off", "GOFLAGS": "", "GOCACHE": str(work / "cache"), "CGO_ENABLED": "0"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(work),
+        "GO111MODULE": "off",
+        "GOPATH": str(work),
+        "GOPROXY": "off",
+        "GOFLAGS": "",
+        "GOCACHE": str(work / "cache"),
+        "CGO_ENABLED": "0",
+    }
     out = work / "goruntime"
-    proc = subprocess.run(["go", "build", "-o", str(out), "goruntime"], cwd=src, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["go", "build", "-o", str(out), "goruntime"], cwd=src, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 
 
 @pytest.mark.parametrize("mode", ["helper", "no-helper"])
-def test_a_go_runtimes_timeout_is_kept(go_runtime, cni_bin, cni_bin_no_helper, cni_run_dir, host_ns, container_ns, tmp_path, mode) -> None:  # type: ignore[no-untyped-def]
+def test_a_go_runtimes_timeout_is_kept(
+    go_runtime, cni_bin, cni_bin_no_helper, cni_run_dir, host_ns, container_ns, tmp_path, mode
+) -> None:  # type: ignore[no-untyped-def]
     """A bridge ADD stuck in its IPAM step; the runtime's 500 ms timeout kills it: its Run
     returns within 10% of the deadline, and once the call is let go a DEL leaves nothing."""
     data = tmp_path / "ipam"
@@ -312,11 +384,36 @@ def test_a_go_runtimes_timeout_is_kept(go_runtime, cni_bin, cni_bin_no_helper, c
     conf_file = tmp_path / "conf.json"
     conf_file.write_text(json.dumps(conf))
     if mode == "helper":
-        assert run_plugin(host.bin_dir, "loopback", "ADD", {"cniVersion": "1.0.0", "name": "warm", "type": "loopback"}, netns=path(container_ns), ifname="lo").rc == 0  # the helper runs
+        assert (
+            run_plugin(
+                host.bin_dir,
+                "loopback",
+                "ADD",
+                {"cniVersion": "1.0.0", "name": "warm", "type": "loopback"},
+                netns=path(container_ns),
+                ifname="lo",
+            ).rc
+            == 0
+        )  # the helper runs
     try:
         times = []
         for _ in range(3):
-            res = subprocess.run(["ip", "netns", "exec", host_ns, str(go_runtime), "500ms", str(host.bin_dir / "bridge"), str(conf_file)], env=host.env("ADD"), capture_output=True, text=True, timeout=30)
+            res = subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    host_ns,
+                    str(go_runtime),
+                    "500ms",
+                    str(host.bin_dir / "bridge"),
+                    str(conf_file),
+                ],
+                env=host.env("ADD"),
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             elapsed, err = res.stdout.split(" ", 1)
             assert err.startswith("signal: killed"), res.stdout
             times.append(int(elapsed))

@@ -29,7 +29,24 @@ LO = {"cniVersion": "1.0.0", "name": "unitnet", "type": "loopback"}
 def units(tmp_path: Path) -> tuple[Path, Path, Path]:
     """Launchers and units written by the installer: (bin dir, unit dir, socket)."""
     bin_dir, unit_dir, run_dir = tmp_path / "bin", tmp_path / "units", tmp_path / "run"
-    out = subprocess.run([sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(bin_dir), "--run-dir", str(run_dir), "--systemd", "--unit-dir", str(unit_dir)], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cni_plugins.install",
+            "install",
+            "--dir",
+            str(bin_dir),
+            "--run-dir",
+            str(run_dir),
+            "--systemd",
+            "--unit-dir",
+            str(unit_dir),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     assert "systemctl daemon-reload" in out.stderr
     from cni_plugins.install import default_socket
 
@@ -53,10 +70,25 @@ def exec_start(unit: Path) -> list[str]:
 def test_units_are_valid_for_systemd(units) -> None:  # type: ignore[no-untyped-def]
     need("systemd-analyze")
     bin_dir, unit_dir, sock = units
-    res = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit_dir / "cni-py-helper.socket"), str(unit_dir / "cni-py-helper.service")], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [
+            "systemd-analyze",
+            "verify",
+            "--man=no",
+            str(unit_dir / "cni-py-helper.socket"),
+            str(unit_dir / "cni-py-helper.service"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     sock_unit, service = settings(unit_dir / "cni-py-helper.socket"), settings(unit_dir / "cni-py-helper.service")
-    assert sock_unit["ListenSequentialPacket"] == str(sock) and sock_unit["SocketMode"] == "0600" and sock_unit["DirectoryMode"] == "0700"
+    assert (
+        sock_unit["ListenSequentialPacket"] == str(sock)
+        and sock_unit["SocketMode"] == "0600"
+        and sock_unit["DirectoryMode"] == "0700"
+    )
     assert sock_unit["WantedBy"] == "sockets.target"
     # Started at boot too, not only by the first connection: the first container does not wait for it.
     assert service["WantedBy"] == "multi-user.target" and service["Requires"] == "cni-py-helper.socket"
@@ -80,7 +112,19 @@ def activated(units, tmp_path) -> Iterator[tuple[Path, Path, subprocess.Popen[by
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
     notify.settimeout(30)
-    proc = subprocess.Popen(["systemd-socket-activate", "--seqpacket", "-l", str(sock), "-E", f"NOTIFY_SOCKET={notify_path}", "--", *exec_start(unit_dir / "cni-py-helper.service")], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "systemd-socket-activate",
+            "--seqpacket",
+            "-l",
+            str(sock),
+            "-E",
+            f"NOTIFY_SOCKET={notify_path}",
+            "--",
+            *exec_start(unit_dir / "cni-py-helper.service"),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert poll(sock.exists, timeout=20)
         yield bin_dir, sock, proc, notify
@@ -115,7 +159,9 @@ def test_activated_helper_takes_over_from_one_a_call_started(activated, tmp_path
 
     bin_dir, sock, proc, _ = activated
     other_sock = sock.with_name("auto.sock")
-    auto = subprocess.Popen([sys.executable, "-m", "cni_plugins.install", "helper", "--socket", str(other_sock), "--idle", "0"])
+    auto = subprocess.Popen(
+        [sys.executable, "-m", "cni_plugins.install", "helper", "--socket", str(other_sock), "--idle", "0"]
+    )
     try:
         assert poll(other_sock.exists, timeout=20)
         os.link(str(other_sock) + ".lock", str(sock) + ".lock")  # as if it served this socket

@@ -25,12 +25,37 @@ class HostLocal:
         self.net = unique("hl")
 
     def conf(self, version: str = "1.0.0", **ipam: Any) -> dict[str, Any]:
-        top = {k: ipam.pop(k) for k in list(ipam) if k in ("runtimeConfig", "args", "cni.dev/valid-attachments", "name")}
-        return {"cniVersion": version, "name": self.net, "type": "bridge", **top,
-                "ipam": {"type": "host-local", "dataDir": str(self.data_dir), **ipam}}
+        top = {
+            k: ipam.pop(k) for k in list(ipam) if k in ("runtimeConfig", "args", "cni.dev/valid-attachments", "name")
+        }
+        return {
+            "cniVersion": version,
+            "name": self.net,
+            "type": "bridge",
+            **top,
+            "ipam": {"type": "host-local", "dataDir": str(self.data_dir), **ipam},
+        }
 
-    def __call__(self, command: str, conf: dict[str, Any] | bytes, cid: str = "ctr1", ifname: str = "eth0", cni_args: str = "", env: dict[str, Any] | None = None) -> PluginRun:
-        return run_plugin(self.cni_bin, "host-local", command, conf, netns=self.netns, container_id=cid, ifname=ifname, cni_args=cni_args, env=env)
+    def __call__(
+        self,
+        command: str,
+        conf: dict[str, Any] | bytes,
+        cid: str = "ctr1",
+        ifname: str = "eth0",
+        cni_args: str = "",
+        env: dict[str, Any] | None = None,
+    ) -> PluginRun:
+        return run_plugin(
+            self.cni_bin,
+            "host-local",
+            command,
+            conf,
+            netns=self.netns,
+            container_id=cid,
+            ifname=ifname,
+            cni_args=cni_args,
+            env=env,
+        )
 
     @property
     def dir(self) -> Path:
@@ -39,7 +64,11 @@ class HostLocal:
     def ip_files(self) -> dict[str, bytes]:
         if not self.dir.exists():
             return {}
-        return {p.name: p.read_bytes() for p in self.dir.iterdir() if p.is_file() and p.name[0] in "0123456789abcdef" and p.name != "lock"}
+        return {
+            p.name: p.read_bytes()
+            for p in self.dir.iterdir()
+            if p.is_file() and p.name[0] in "0123456789abcdef" and p.name != "lock"
+        }
 
 
 @pytest.fixture
@@ -61,7 +90,10 @@ def test_add_check_del_every_version(hl: HostLocal, version: str) -> None:
     assert out["cniVersion"] == version and "interfaces" not in out
     assert addresses(out) == ["10.61.0.2/24"] + (["fd61::2/64"] if version >= "0.3.0" else [])
     assert all("interface" not in ip for ip in out.get("ips", []))
-    assert hl.ip_files() == {"10.61.0.2": b"ctr1\r\neth0", **({"fd61::2": b"ctr1\r\neth0"} if version >= "0.3.0" else {})}
+    assert hl.ip_files() == {
+        "10.61.0.2": b"ctr1\r\neth0",
+        **({"fd61::2": b"ctr1\r\neth0"} if version >= "0.3.0" else {}),
+    }
     if version >= "0.4.0":
         hl("CHECK", {**conf, "prevResult": out}).ok()
     hl("DEL", conf).ok()
@@ -121,7 +153,9 @@ def test_duplicate_add_refused_naming_the_held_address(hl: HostLocal) -> None:
     conf = hl.conf(subnet="10.64.0.0/24")
     hl("ADD", conf).ok()
     res = hl("ADD", conf)
-    assert res.rc == 1 and "10.64.0.2 has been allocated to ctr1, duplicate allocation is not allowed" in res.json["msg"]
+    assert (
+        res.rc == 1 and "10.64.0.2 has been allocated to ctr1, duplicate allocation is not allowed" in res.json["msg"]
+    )
     assert list(hl.ip_files()) == ["10.64.0.2"]
     assert hl("ADD", conf, ifname="eth1").ok()["ips"][0]["address"] == "10.64.0.3/24"
 
@@ -138,9 +172,17 @@ def test_round_robin_continues_after_last_reserved_ip(hl: HostLocal) -> None:
 
 
 def test_dual_stack(hl: HostLocal) -> None:
-    conf = hl.conf(ranges=[[{"subnet": "10.66.0.0/24", "gateway": "10.66.0.254"}], [{"subnet": "fd66::/120", "rangeStart": "fd66::10"}]])
+    conf = hl.conf(
+        ranges=[
+            [{"subnet": "10.66.0.0/24", "gateway": "10.66.0.254"}],
+            [{"subnet": "fd66::/120", "rangeStart": "fd66::10"}],
+        ]
+    )
     out = hl("ADD", conf).ok()
-    assert out["ips"] == [{"address": "10.66.0.1/24", "gateway": "10.66.0.254"}, {"address": "fd66::10/120", "gateway": "fd66::1"}]
+    assert out["ips"] == [
+        {"address": "10.66.0.1/24", "gateway": "10.66.0.254"},
+        {"address": "fd66::10/120", "gateway": "fd66::1"},
+    ]
     assert sorted(hl.ip_files()) == ["10.66.0.1", "fd66::10"]
     assert (hl.dir / "last_reserved_ip.1").read_text() == "fd66::10"
     hl("DEL", conf).ok()
@@ -149,8 +191,11 @@ def test_dual_stack(hl: HostLocal) -> None:
 
 @pytest.mark.parametrize("source", ["cni_args", "args", "capability"])
 def test_requested_address_honoured_then_refused_when_taken(hl: HostLocal, source: str) -> None:
-    extra: dict[str, Any] = {"args": {"cni": {"ips": ["10.67.0.50"]}}} if source == "args" else (
-        {"runtimeConfig": {"ips": ["10.67.0.50/24"]}} if source == "capability" else {})
+    extra: dict[str, Any] = (
+        {"args": {"cni": {"ips": ["10.67.0.50"]}}}
+        if source == "args"
+        else ({"runtimeConfig": {"ips": ["10.67.0.50/24"]}} if source == "capability" else {})
+    )
     cni_args = "IgnoreUnknown=1;K8S_POD_NAME=x;IP=10.67.0.50" if source == "cni_args" else ""
     conf = hl.conf(subnet="10.67.0.0/24", **extra)
     assert hl("ADD", conf, cid="a", cni_args=cni_args).ok()["ips"][0]["address"] == "10.67.0.50/24"
@@ -167,7 +212,17 @@ def test_gc_releases_attachments_not_in_valid_list(hl: HostLocal) -> None:
     env = {"CNI_CONTAINERID": None, "CNI_IFNAME": None, "CNI_NETNS": None}
     res = hl("GC", conf, env=env)
     assert res.rc == 0 and "valid-attachments" in res.stderr and len(hl.ip_files()) == 4
-    hl("GC", {**conf, "cni.dev/valid-attachments": [{"containerID": "b", "ifname": "eth0"}, {"containerID": "zz", "ifname": "eth0"}]}, env=env).ok()
+    hl(
+        "GC",
+        {
+            **conf,
+            "cni.dev/valid-attachments": [
+                {"containerID": "b", "ifname": "eth0"},
+                {"containerID": "zz", "ifname": "eth0"},
+            ],
+        },
+        env=env,
+    ).ok()
     assert hl.ip_files() == {"10.68.0.3": b"b\r\neth0"}
     hl("DEL", conf, cid="b").ok()
     assert hl.ip_files() == {}
@@ -177,15 +232,28 @@ def test_status(hl: HostLocal, tmp_path: Path) -> None:
     env = {"CNI_CONTAINERID": None, "CNI_IFNAME": None, "CNI_NETNS": None}
     hl("STATUS", hl.conf("1.1.0", subnet="10.69.0.0/24"), env=env).ok()
     (tmp_path / "blocker").write_text("")
-    res = hl("STATUS", {**hl.conf("1.1.0", subnet="10.69.0.0/24"), "ipam": {"type": "host-local", "subnet": "10.69.0.0/24", "dataDir": str(tmp_path / "blocker" / "d")}}, env=env)
+    res = hl(
+        "STATUS",
+        {
+            **hl.conf("1.1.0", subnet="10.69.0.0/24"),
+            "ipam": {"type": "host-local", "subnet": "10.69.0.0/24", "dataDir": str(tmp_path / "blocker" / "d")},
+        },
+        env=env,
+    )
     assert res.rc == 1 and res.json["code"] == 50
 
 
 BAD = [
     # (id, ipam changes, top-level changes, env changes, code, words)
     ("malformed-cidr", {"subnet": "10.70.0.0/40"}, {}, {}, 7, "ipam.subnet"),
-    ("range-start-outside", {"ranges": [[{"subnet": "10.70.0.0/24", "rangeStart": "10.71.0.5"}]]}, {}, {}, 7,
-     "ipam.ranges[0][0].rangeStart: 10.71.0.5 is not in subnet 10.70.0.0/24"),
+    (
+        "range-start-outside",
+        {"ranges": [[{"subnet": "10.70.0.0/24", "rangeStart": "10.71.0.5"}]]},
+        {},
+        {},
+        7,
+        "ipam.ranges[0][0].rangeStart: 10.71.0.5 is not in subnet 10.70.0.0/24",
+    ),
     ("gateway-outside", {"subnet": "10.70.0.0/24", "gateway": "10.99.0.1"}, {}, {}, 7, "ipam.gateway"),
     ("overlapping", {"ranges": [[{"subnet": "10.70.0.0/24"}], [{"subnet": "10.70.0.128/25"}]]}, {}, {}, 7, "overlaps"),
     ("too-small", {"subnet": "10.70.0.0/31"}, {}, {}, 7, "too small"),
@@ -203,11 +271,19 @@ BAD = [
 
 
 @pytest.mark.parametrize("ipam,top,env,code,words", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
-def test_bad_input_writes_nothing(hl: HostLocal, tmp_path: Path, ipam: dict[str, Any], top: dict[str, Any], env: dict[str, str], code: int, words: str) -> None:
+def test_bad_input_writes_nothing(
+    hl: HostLocal, tmp_path: Path, ipam: dict[str, Any], top: dict[str, Any], env: dict[str, str], code: int, words: str
+) -> None:
     ipam = {k: (v.replace("{data}", str(hl.data_dir)) if isinstance(v, str) else v) for k, v in ipam.items()}
     conf = {**hl.conf(**ipam), **top}
     before = sorted(p.name for p in tmp_path.iterdir())
-    res = hl("ADD", conf, cid=env.get("CNI_CONTAINERID", "ctr1"), ifname=env.get("CNI_IFNAME", "eth0"), cni_args=env.get("CNI_ARGS", ""))
+    res = hl(
+        "ADD",
+        conf,
+        cid=env.get("CNI_CONTAINERID", "ctr1"),
+        ifname=env.get("CNI_IFNAME", "eth0"),
+        cni_args=env.get("CNI_ARGS", ""),
+    )
     assert res.rc == 1, res
     assert res.json["code"] == code and words in res.json["msg"] + res.json.get("details", ""), res.json
     assert "Traceback" not in res.stderr

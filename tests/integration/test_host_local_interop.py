@@ -15,7 +15,10 @@ import pytest
 from tests.integration.nsutil import PluginRun, path, run_plugin, unique
 
 REFERENCE_DIR = Path("/usr/lib/cni")
-pytestmark = pytest.mark.skipif(not (REFERENCE_DIR / "host-local").exists(), reason="reference host-local not installed (containernetworking-plugins)")
+pytestmark = pytest.mark.skipif(
+    not (REFERENCE_DIR / "host-local").exists(),
+    reason="reference host-local not installed (containernetworking-plugins)",
+)
 
 
 class Pair:
@@ -24,10 +27,25 @@ class Pair:
         self.data_dir, self.netns, self.net = data_dir, netns, unique("interop")
 
     def conf(self, subnet: str = "10.72.0.0/24") -> dict[str, Any]:
-        return {"cniVersion": "1.0.0", "name": self.net, "type": "bridge", "ipam": {"type": "host-local", "subnet": subnet, "dataDir": str(self.data_dir)}}
+        return {
+            "cniVersion": "1.0.0",
+            "name": self.net,
+            "type": "bridge",
+            "ipam": {"type": "host-local", "subnet": subnet, "dataDir": str(self.data_dir)},
+        }
 
-    def __call__(self, who: str, command: str, cid: str, conf: dict[str, Any] | None = None, ifname: str = "eth0") -> PluginRun:
-        return run_plugin(self.bins[who], "host-local", command, conf or self.conf(), netns=self.netns, container_id=cid, ifname=ifname)
+    def __call__(
+        self, who: str, command: str, cid: str, conf: dict[str, Any] | None = None, ifname: str = "eth0"
+    ) -> PluginRun:
+        return run_plugin(
+            self.bins[who],
+            "host-local",
+            command,
+            conf or self.conf(),
+            netns=self.netns,
+            container_id=cid,
+            ifname=ifname,
+        )
 
     def add(self, who: str, cid: str, conf: dict[str, Any] | None = None) -> str:
         return str(self(who, "ADD", cid, conf).ok()["ips"][0]["address"])

@@ -20,8 +20,15 @@ def test_runs_with_bare_environment_and_ignores_python_variables(cni_bin: Path, 
     (poison / "cni_plugins" / "__init__.py").write_text("raise SystemExit('poisoned import')\n")
     (poison / "json.py").write_text("raise SystemExit('poisoned json')\n")
     for plugin_type in registry.available():
-        env = {"CNI_COMMAND": "VERSION", "PYTHONPATH": str(poison), "PYTHONHOME": "/nonexistent", "PYTHONSTARTUP": str(poison / "json.py")}
-        proc = subprocess.run([str(cni_bin / plugin_type)], input=b'{"cniVersion":"1.0.0"}', env=env, capture_output=True, timeout=30)
+        env = {
+            "CNI_COMMAND": "VERSION",
+            "PYTHONPATH": str(poison),
+            "PYTHONHOME": "/nonexistent",
+            "PYTHONSTARTUP": str(poison / "json.py"),
+        }
+        proc = subprocess.run(
+            [str(cni_bin / plugin_type)], input=b'{"cniVersion":"1.0.0"}', env=env, capture_output=True, timeout=30
+        )
         assert proc.returncode == 0, (plugin_type, proc.stderr)
         assert json.loads(proc.stdout)["supportedVersions"][-1] == "1.1.0"
 
@@ -30,13 +37,20 @@ def test_runs_with_bare_environment_and_ignores_python_variables(cni_bin: Path, 
 def test_version_and_error_paths_import_nothing_heavy(cni_bin: Path, case: str) -> None:
     stdin, env = {
         "version": (b'{"cniVersion":"1.0.0"}', {"CNI_COMMAND": "VERSION"}),
-        "bad-json": (b"{", {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0", "CNI_PATH": "/x"}),
+        "bad-json": (
+            b"{",
+            {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0", "CNI_PATH": "/x"},
+        ),
         "missing-env": (b"{}", {"CNI_COMMAND": "ADD"}),
     }[case]
     for plugin_type in registry.available():
         launcher = str(cni_bin / plugin_type)
-        proc = subprocess.run([sys.executable, "-IS", "-X", "importtime", launcher], input=stdin, env=env, capture_output=True, timeout=30)
-        imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.decode().splitlines() if "|" in line}
+        proc = subprocess.run(
+            [sys.executable, "-IS", "-X", "importtime", launcher], input=stdin, env=env, capture_output=True, timeout=30
+        )
+        imported = {
+            line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.decode().splitlines() if "|" in line
+        }
         assert not imported & set(HEAVY), (plugin_type, case, imported & set(HEAVY))
         assert proc.stdout.strip(), plugin_type
 

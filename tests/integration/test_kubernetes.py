@@ -109,7 +109,13 @@ class Node:
     def run_pod(self, name: str, host_ports: dict[int, int] | None = None) -> str:
         logs = self.sb.work / "pods" / name
         logs.mkdir(parents=True, exist_ok=True)
-        pod = PodSpec(name=name, uid=f"uid-{name}", host_ports=host_ports or {}, cgroup_parent=f"{self.sb.cgroup_parent}/pod-{name}", log_directory=str(logs))
+        pod = PodSpec(
+            name=name,
+            uid=f"uid-{name}",
+            host_ports=host_ports or {},
+            cgroup_parent=f"{self.sb.cgroup_parent}/pod-{name}",
+            log_directory=str(logs),
+        )
         pod_id = self.cri.run_pod(pod)
         self.pods[pod_id] = pod
         self.ran.append(pod_id)
@@ -119,7 +125,9 @@ class Node:
         """A pod serving its name over HTTP on port 80, published on ``host_port``:
         (pod ID, container ID, pod address)."""
         pod_id = self.run_pod(name, {host_port: 80})
-        cid = self.cri.start_container(pod_id, self.pods[pod_id], "web", CTR_IMAGE, ["sh", "-c", HTTPD.format(name=name)])
+        cid = self.cri.start_container(
+            pod_id, self.pods[pod_id], "web", CTR_IMAGE, ["sh", "-c", HTTPD.format(name=name)]
+        )
         ip = self.cri.pod_ip(pod_id)
         wait_for(lambda: self.sb.fetch(f"http://{ip}/", timeout=1) == name, f"{name}'s httpd on {ip}:80", timeout=20)
         return pod_id, cid, ip
@@ -141,7 +149,9 @@ class Node:
         """Lines of the host's iptables and nftables rulesets that name the pod (its sandbox
         ID, as portmap and masquerade comments do, or its address)."""
         addr = re.compile(rf"(?<![\d.]){re.escape(ip)}(?![\d])")
-        lines = self.sb.run("iptables-save").stdout.splitlines() + self.sb.run("nft", "list", "ruleset").stdout.splitlines()
+        lines = (
+            self.sb.run("iptables-save").stdout.splitlines() + self.sb.run("nft", "list", "ruleset").stdout.splitlines()
+        )
         return [l.strip() for l in lines if pod_id[:12] in l or addr.search(l)]
 
     def traces(self, pod_id: str, ip: str, netns: str) -> dict[str, list[str]]:
@@ -231,7 +241,10 @@ def node(request: pytest.FixtureRequest) -> Iterator[Node]:
         (conf_dir / "10-cnipy.conflist").write_text(json.dumps(conflist(), indent=1))
         ctrd = Containerd(sb, CriConfig(bin_dir=bin_dir, conf_dir=str(conf_dir), sandbox_image=PAUSE_IMAGE)).start()
         rootfs = busybox_rootfs_tar(sb.work / "rootfs.tar")
-        for tar in (pause_image_tar(rootfs, sb.work / "pause-oci.tar", PAUSE_IMAGE), oci_layout_tar(rootfs, sb.work / "busybox-oci.tar")):
+        for tar in (
+            pause_image_tar(rootfs, sb.work / "pause-oci.tar", PAUSE_IMAGE),
+            oci_layout_tar(rootfs, sb.work / "busybox-oci.tar"),
+        ):
             ctrd.ctr("-n", "k8s.io", "image", "import", "--snapshotter", "native", str(tar))
         make_outside(sb)
         n = Node(plugins, sb, ctrd)
@@ -247,7 +260,9 @@ def node(request: pytest.FixtureRequest) -> Iterator[Node]:
         sb.close()  # kills the shims, the pods and the warm helper with the sandbox's PID namespace
     after = host_snapshot()
     for key in before:
-        assert after[key] == before[key], f"the test changed the machine's {key}: before {before[key]!r}, after {after[key]!r}"
+        assert after[key] == before[key], (
+            f"the test changed the machine's {key}: before {before[key]!r}, after {after[key]!r}"
+        )
 
 
 @pytest.fixture
@@ -288,7 +303,11 @@ def test_pods_talk_and_publish_host_ports(k8s: Node) -> None:
 
     # hostPorts: the host's address, its loopback, the outside network, another pod, the pod itself
     for port, name, cid, other in ((8081, "p1", c1, c2), (8082, "p2", c2, c1)):
-        for url, netns in ((f"http://{HOST_ADDR}:{port}/", None), (f"http://127.0.0.1:{port}/", None), (f"http://{HOST_ADDR}:{port}/", OUTSIDE)):
+        for url, netns in (
+            (f"http://{HOST_ADDR}:{port}/", None),
+            (f"http://127.0.0.1:{port}/", None),
+            (f"http://{HOST_ADDR}:{port}/", OUTSIDE),
+        ):
             assert (got := sb.fetch(url, in_netns=netns)) == name, f"{url} from {netns or 'the host'}: {got}"
         assert (got := nc_get(k8s, other, HOST_ADDR, port)) == name, f"hostPort {port} from another pod: {got}"
         assert (got := nc_get(k8s, cid, HOST_ADDR, port)) == name, f"hostPort {port} from its own pod (hairpin): {got}"

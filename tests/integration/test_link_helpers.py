@@ -28,8 +28,18 @@ def test_veth_into_bridge_with_addresses(host_ns: str, container_ns: str) -> Non
             attach_to_bridge(host, pair.host, br)
             host.add_address(br.index, ipaddress.ip_interface("10.77.0.1/24"))
             result = Result(
-                interfaces=(Interface(name="cnitestbr0"), Interface(name=pair.host.name), Interface(name="eth0", sandbox=path(container_ns))),
-                ips=(IPConfig(address=ipaddress.ip_interface("10.77.0.2/24"), gateway=ipaddress.ip_address("10.77.0.1"), interface=2),),
+                interfaces=(
+                    Interface(name="cnitestbr0"),
+                    Interface(name=pair.host.name),
+                    Interface(name="eth0", sandbox=path(container_ns)),
+                ),
+                ips=(
+                    IPConfig(
+                        address=ipaddress.ip_interface("10.77.0.2/24"),
+                        gateway=ipaddress.ip_address("10.77.0.1"),
+                        interface=2,
+                    ),
+                ),
                 routes=(Route(dst=ipaddress.ip_network("0.0.0.0/0")),),
             )
             configure_iface(ctr, path(container_ns), "eth0", result)

@@ -35,7 +35,9 @@ def _as_pyroute2_reads(nl: Netlink, index: int) -> Link:
 def _plain(link: Link) -> dict[str, Any]:
     fields = dataclasses.asdict(dataclasses.replace(link, info={}, port={}))
     # running timers (a bridge's GC timer, a port's hold timer) tick between two reads
-    fields["info"], fields["port"] = ({k: v for k, v in data.items() if not k.endswith("_TIMER")} for data in (link.info, link.port))
+    fields["info"], fields["port"] = (
+        {k: v for k, v in data.items() if not k.endswith("_TIMER")} for data in (link.info, link.port)
+    )
     return fields
 
 
@@ -60,7 +62,9 @@ def test_every_field_matches_pyroute2(container_ns: str) -> None:
             seen += 1
         assert seen == len(names)
         v0 = nl.require_link("v0")
-        assert v0.port.get("IFLA_BRPORT_MODE") == 1 and v0.master == nl.require_link("br7").index  # hairpin, decoded on demand
+        assert (
+            v0.port.get("IFLA_BRPORT_MODE") == 1 and v0.master == nl.require_link("br7").index
+        )  # hairpin, decoded on demand
         assert nl.require_link("mv0").info.get("IFLA_MACVLAN_MODE") is not None
         assert nl.require_link("v1").txqlen == 77 and v0.mtu == 1400 and v0.kind == "veth"
         assert nl.link("nope0") is None and nl.link_by_index(999999) is None
@@ -72,6 +76,7 @@ def test_parse_stops_at_a_truncated_attribute() -> None:
     header = linkget._NLMSGHDR.pack(0, linkget.RTM_NEWLINK, 0, 1, 0) + linkget._IFINFOMSG.pack(0, 1, 5, 0x1, 0)
     name = linkget._attr(linkget.IFLA_IFNAME, b"eth9\0")
     broken = linkget._RTATTR.pack(2, linkget.IFLA_MTU)  # length 2 < header size
+
     def no_kind_data(message: bytes, port: bool) -> dict[str, object]:
         raise AssertionError("the message carries no kind-specific data")
 

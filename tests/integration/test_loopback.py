@@ -39,7 +39,12 @@ def test_add_check_del(plugin: Runner, namespaces: Namespaces, version: str) -> 
 
 
 def test_prev_result_passes_through(plugin: Runner, container_ns: str) -> None:
-    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}], "ips": [{"interface": 0, "address": "10.1.0.5/24"}], "dns": {}}
+    prev = {
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+        "ips": [{"interface": 0, "address": "10.1.0.5/24"}],
+        "dns": {},
+    }
     conf = {"cniVersion": "1.0.0", "name": "lonet", "type": "loopback", "prevResult": prev}
     assert plugin("loopback", "ADD", conf, netns=container_ns, ifname="lo").ok() == prev
     assert lo_up(container_ns)

@@ -33,7 +33,12 @@ def make_master(ns: str, name: str = "mvm0", *, default_route: bool = False, mtu
 def conf(tmp_path: Path, version: str = "1.0.0", *, ipam: Any = "host-local", **opts: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"cniVersion": version, "name": "mvnet", "type": "macvlan", "master": "mvm0", **opts}
     if ipam == "host-local":
-        out["ipam"] = {"type": "host-local", "dataDir": str(tmp_path / "ipam"), "ranges": [[{"subnet": SUBNET}]], "routes": [{"dst": "10.250.0.0/16"}]}
+        out["ipam"] = {
+            "type": "host-local",
+            "dataDir": str(tmp_path / "ipam"),
+            "ranges": [[{"subnet": SUBNET}]],
+            "routes": [{"dst": "10.250.0.0/16"}],
+        }
     elif ipam is not None:
         out["ipam"] = ipam
     return {k: v for k, v in out.items() if v is not None}
@@ -54,7 +59,14 @@ def reserved(tmp_path: Path, network: str = "mvnet") -> set[str]:
 def macvlan_info(ns: str, ifname: str = "eth0") -> dict[str, Any]:
     link = links(ns)[ifname]
     assert link["linkinfo"]["info_kind"] == "macvlan"
-    return dict(link["linkinfo"]["info_data"], link_index=link.get("link_index"), link=link.get("link"), mtu=link["mtu"], mac=link["address"], flags=link["flags"])
+    return dict(
+        link["linkinfo"]["info_data"],
+        link_index=link.get("link_index"),
+        link=link.get("link"),
+        mtu=link["mtu"],
+        mac=link["address"],
+        flags=link["flags"],
+    )
 
 
 def with_prev(c: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +102,9 @@ def test_add_check_del(plugin: Runner, host_ns: str, container_ns: str, tmp_path
     plugin("macvlan", "DEL", c, netns=container_ns).ok()  # again: still fine
 
 
-def test_bridge_mode_containers_reach_each_other(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
+def test_bridge_mode_containers_reach_each_other(
+    plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path
+) -> None:
     make_master(host_ns)
     a, b = namespaces.make("mva"), namespaces.make("mvb")
     c = conf(tmp_path, mode="bridge")
@@ -124,7 +138,9 @@ def test_unknown_mode_is_a_config_error(plugin: Runner, host_ns: str, container_
     assert bad.rc == 1 and bad.json["code"] == 7 and "mode" in bad.json["msg"]
 
 
-def test_master_defaults_to_default_route_interface(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
+def test_master_defaults_to_default_route_interface(
+    plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path
+) -> None:
     make_master(host_ns, "mvm0")
     second = make_master(host_ns, "mvm1", default_route=True)
     c = conf(tmp_path, master=None)
@@ -133,12 +149,16 @@ def test_master_defaults_to_default_route_interface(plugin: Runner, host_ns: str
     plugin("macvlan", "CHECK", with_prev(c, out), netns=container_ns).ok()
 
 
-def test_no_master_and_no_default_route_is_clear(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
+def test_no_master_and_no_default_route_is_clear(
+    plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path
+) -> None:
     bad = plugin("macvlan", "ADD", conf(tmp_path, master=None), netns=container_ns)
     assert bad.rc == 1 and bad.json["code"] == 7 and "master" in bad.json["msg"] and "default route" in bad.json["msg"]
 
 
-def test_missing_master_is_named_and_nothing_left(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
+def test_missing_master_is_named_and_nothing_left(
+    plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path
+) -> None:
     bad = plugin("macvlan", "ADD", conf(tmp_path, master="nosuchmaster"), netns=container_ns)
     assert bad.rc == 1 and bad.json["code"] == 7 and "'nosuchmaster'" in bad.json["msg"]
     assert reserved(tmp_path) == set() and set(links(container_ns)) == {"lo"}
@@ -167,7 +187,9 @@ def test_mtu_above_master_is_refused(plugin: Runner, host_ns: str, container_ns:
     "source",
     ["conf", "CNI_ARGS", "args", "runtimeConfig"],
 )
-def test_mac_sources_and_precedence(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path, source: str) -> None:
+def test_mac_sources_and_precedence(
+    plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path, source: str
+) -> None:
     make_master(host_ns)
     c = conf(tmp_path, mac="c2:00:00:00:00:01")
     cni_args = ""
@@ -199,7 +221,9 @@ def test_link_in_container(plugin: Runner, host_ns: str, container_ns: str, tmp_
     assert macvlan_info(container_ns)["link"] == "cmaster"  # same namespace: ip names the master
     plugin("macvlan", "CHECK", with_prev(c, out), netns=container_ns).ok()
     # without linkInContainer the master is looked up in the host, where it does not exist
-    bad = plugin("macvlan", "ADD", conf(tmp_path, master="cmaster"), netns=container_ns, container_id="other", ifname="eth1")
+    bad = plugin(
+        "macvlan", "ADD", conf(tmp_path, master="cmaster"), netns=container_ns, container_id="other", ifname="eth1"
+    )
     assert bad.rc == 1 and "'cmaster'" in bad.json["msg"]
     plugin("macvlan", "DEL", c, netns=container_ns).ok()
     assert "eth0" not in links(container_ns) and "cmaster" in links(container_ns)
@@ -297,7 +321,9 @@ def test_status_and_gc_delegate_to_ipam(plugin: Runner, host_ns: str, namespaces
     assert bad.rc == 1 and bad.json["code"] == 50
 
 
-def test_l2_only_with_a_pre_0_3_version_is_refused_before_anything_is_made(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
+def test_l2_only_with_a_pre_0_3_version_is_refused_before_anything_is_made(
+    plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path
+) -> None:
     make_master(host_ns)
     bad = plugin("macvlan", "ADD", conf(tmp_path, "0.2.0", ipam=None), netns=container_ns)
     assert bad.rc == 1 and bad.json["code"] == 1 and "0.3.0" in bad.json["details"]
@@ -306,7 +332,9 @@ def test_l2_only_with_a_pre_0_3_version_is_refused_before_anything_is_made(plugi
 
 @pytest.mark.skipif(not Path("/usr/lib/cni/macvlan").exists(), reason="reference macvlan not installed")
 @pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0"])
-def test_result_and_link_match_the_reference(plugin: Runner, namespaces: Namespaces, tmp_path: Path, version: str) -> None:
+def test_result_and_link_match_the_reference(
+    plugin: Runner, namespaces: Namespaces, tmp_path: Path, version: str
+) -> None:
     from tests.integration.nsutil import run_plugin
 
     seen = {}
@@ -318,11 +346,20 @@ def test_result_and_link_match_the_reference(plugin: Runner, namespaces: Namespa
         out = run_plugin(bin_dir, "macvlan", "ADD", c, netns=path(ctr), host_ns=host).ok()
         out["interfaces"][0]["sandbox"] = "SANDBOX"
         info = macvlan_info(ctr)
-        seen[who] = (out, info["mode"], info["mtu"], info["mac"], sorted(a for a in addrs(ctr, "eth0") if not a.startswith("fe80")), sh("ip", "route", ns=ctr).stdout)
+        seen[who] = (
+            out,
+            info["mode"],
+            info["mtu"],
+            info["mac"],
+            sorted(a for a in addrs(ctr, "eth0") if not a.startswith("fe80")),
+            sh("ip", "route", ns=ctr).stdout,
+        )
     assert seen["ours"] == seen["reference"]
 
 
-def test_host_link_with_the_container_name_does_not_collide(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
+def test_host_link_with_the_container_name_does_not_collide(
+    plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path
+) -> None:
     """The link is born under a temporary name in the container and renamed there, so a host
     link already called eth0 is no obstacle and is left alone."""
     make_master(host_ns)

@@ -51,7 +51,10 @@ def podman(request: pytest.FixtureRequest, host_untouched: None) -> Iterator[tup
 def in_container(pm: Podman, name: str) -> dict[str, Any]:
     """Links and addresses of a container, read with the machine's ip in its netns."""
     out = pm.sb.in_netns_of(pm.pid(name), "ip", "-j", "addr", "show").stdout
-    return {l["ifname"]: [f"{a['local']}/{a['prefixlen']}" for a in l.get("addr_info", []) if a["family"] == "inet"] for l in json.loads(out)}
+    return {
+        l["ifname"]: [f"{a['local']}/{a['prefixlen']}" for a in l.get("addr_info", []) if a["family"] == "inet"]
+        for l in json.loads(out)
+    }
 
 
 def ping(pm: Podman, name: str, target: str) -> bool:
@@ -61,14 +64,21 @@ def ping(pm: Podman, name: str, target: str) -> bool:
 def nc_get(pm: Podman, name: str, host: str, port: int) -> str:
     """GET / from inside a container (busybox nc: its static wget crashes on glibc's NSS)."""
     proc = pm.exec(name, "sh", "-c", f'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 3 {host} {port}')
-    return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else f"FAIL {proc.stderr.strip()}"
+    return (
+        proc.stdout.strip().splitlines()[-1]
+        if proc.returncode == 0 and proc.stdout.strip()
+        else f"FAIL {proc.stderr.strip()}"
+    )
 
 
 def reservations(pm: Podman, network: str) -> dict[str, str]:
     """host-local's reservations of a podman network: address -> container ID. A file that a
     DEL removes between the listing and the read is skipped (gone); an empty one is kept, and
     fails the parse (host-local publishes its files whole)."""
-    out = pm.sb.sh(f"cd /var/lib/cni/networks/{network} 2>/dev/null && for f in *; do case $f in [0-9]*) if o=$(head -n1 \"$f\" 2>/dev/null); then echo \"$f $o\"; fi;; esac; done", check=False).stdout
+    out = pm.sb.sh(
+        f'cd /var/lib/cni/networks/{network} 2>/dev/null && for f in *; do case $f in [0-9]*) if o=$(head -n1 "$f" 2>/dev/null); then echo "$f $o"; fi;; esac; done',
+        check=False,
+    ).stdout
     return dict(line.split() for line in out.splitlines() if line.strip())
 
 
@@ -76,7 +86,9 @@ def detached(pm: Podman, cid: str) -> bool:
     """The container's DEL is complete: no reservation, no cached result (libcni removes it
     after the last plugin's DEL), no nftables entry."""
     left = pm.sb.leftovers([cid])
-    return cid not in reservations(pm, NET1).values() and not [n for n in left["cached"] if cid in n] and not left["nft"]
+    return (
+        cid not in reservations(pm, NET1).values() and not [n for n in left["cached"] if cid in n] and not left["nft"]
+    )
 
 
 def test_podman_network_create_writes_the_expected_conflist(podman: tuple[Podman, Path | None]) -> None:
@@ -86,8 +98,12 @@ def test_podman_network_create_writes_the_expected_conflist(podman: tuple[Podman
     assert conf["cniVersion"] == "0.4.0"
     assert [p["type"] for p in conf["plugins"]] == ["bridge", "portmap", "firewall", "tuning"]
     bridge = conf["plugins"][0]
-    assert bridge["isGateway"] and bridge["ipMasq"] and bridge["hairpinMode"] and bridge["capabilities"] == {"ips": True}
-    assert bridge["ipam"]["type"] == "host-local" and bridge["ipam"]["ranges"] == [[{"subnet": SUBNET1, "gateway": GW1}]]
+    assert (
+        bridge["isGateway"] and bridge["ipMasq"] and bridge["hairpinMode"] and bridge["capabilities"] == {"ips": True}
+    )
+    assert bridge["ipam"]["type"] == "host-local" and bridge["ipam"]["ranges"] == [
+        [{"subnet": SUBNET1, "gateway": GW1}]
+    ]
     assert conf["plugins"][1]["capabilities"] == {"portMappings": True}
     assert conf["plugins"][2]["backend"] == ""
     pm("network", "rm", NET1)
@@ -101,11 +117,15 @@ def test_podman_lifecycle_on_our_plugins(podman: tuple[Podman, Path | None]) -> 
 
     # run: one container publishes a port, one asks for a fixed address (CNI_ARGS IP=)
     web_id = pm.run_container("web", "--network", NET1, "-p", "8080:80", IMAGE, "sh", "-c", HTTPD.format(name="web"))
-    cli_id = pm.run_container("cli", "--network", NET1, "--ip", STATIC_IP, "--mac-address", MAC, IMAGE, "sh", "-c", HTTPD.format(name="cli"))
+    cli_id = pm.run_container(
+        "cli", "--network", NET1, "--ip", STATIC_IP, "--mac-address", MAC, IMAGE, "sh", "-c", HTTPD.format(name="cli")
+    )
     web_ip = pm.address("web", NET1)
     assert pm.address("cli", NET1) == STATIC_IP
     assert in_container(pm, "cli")["eth0"] == [f"{STATIC_IP}/24"]
-    assert json.loads(sb.in_netns_of(pm.pid("cli"), "ip", "-j", "link", "show", "eth0").stdout)[0]["address"] == MAC  # CNI_ARGS MAC=
+    assert (
+        json.loads(sb.in_netns_of(pm.pid("cli"), "ip", "-j", "link", "show", "eth0").stdout)[0]["address"] == MAC
+    )  # CNI_ARGS MAC=
     assert reservations(pm, NET1) == {web_ip: web_id, STATIC_IP: cli_id}
     assert sb.leftovers([web_id])["nft"] and sb.leftovers([cli_id])["nft"], "per-container nftables entries are seen"
 
@@ -166,7 +186,9 @@ def test_parallel_podman_runs_and_removals(podman: tuple[Podman, Path | None]) -
 
     def run(i: int) -> str:
         net = NET1 if i % 2 else NET2
-        return pm.run_container(f"p{i}", "--network", net, "-p", f"{9000 + i}:80", IMAGE, "sh", "-c", HTTPD.format(name=f"p{i}"))
+        return pm.run_container(
+            f"p{i}", "--network", net, "-p", f"{9000 + i}:80", IMAGE, "sh", "-c", HTTPD.format(name=f"p{i}")
+        )
 
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(run, range(8)))

@@ -47,14 +47,24 @@ def pm(host: int, ctr: int, proto: str = "tcp", host_ip: str = "") -> dict[str, 
     return {"hostPort": host, "containerPort": ctr, "protocol": proto, **({"hostIP": host_ip} if host_ip else {})}
 
 
-def chain(h: Host, mappings: list[dict[str, Any]], version: str = "1.0.0", subnet6: str = "", net: str = "pmnet", **opts: Any) -> list[dict[str, Any]]:
+def chain(
+    h: Host, mappings: list[dict[str, Any]], version: str = "1.0.0", subnet6: str = "", net: str = "pmnet", **opts: Any
+) -> list[dict[str, Any]]:
     bridge = h.bridge(net, "cnipm0", "10.66.0.0/24", subnet6, version=version)
-    portmap = {"cniVersion": version, "name": net, "type": "portmap", "runtimeConfig": {"portMappings": mappings}, **opts}
+    portmap = {
+        "cniVersion": version,
+        "name": net,
+        "type": "portmap",
+        "runtimeConfig": {"portMappings": mappings},
+        **opts,
+    }
     return [bridge, portmap]
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
-def test_tcp_from_loopback_host_addresses_and_outside(host: Host, namespaces: Namespaces, servers: Servers, version: str) -> None:
+def test_tcp_from_loopback_host_addresses_and_outside(
+    host: Host, namespaces: Namespaces, servers: Servers, version: str
+) -> None:
     ctr = namespaces.make("ctr")
     c = chain(host, [pm(8080, 80)], version)
     result = host.must_add(c, ctr, "ctr-a")
@@ -81,10 +91,14 @@ def test_udp_and_stale_conntrack_entries(host: Host, namespaces: Namespaces, ser
     c = chain(host, [pm(5353, 53, "udp")])
     result = host.must_add(c, ctr, "ctr-a")
     servers.start(ctr, 53, "A", "udp")
-    assert fetch(host.wan, WAN_HOST, 5353, "udp", sport=40000) == f"A {WAN_PEER}"  # same source port: the stale entry was removed
+    assert (
+        fetch(host.wan, WAN_HOST, 5353, "udp", sport=40000) == f"A {WAN_PEER}"
+    )  # same source port: the stale entry was removed
     assert answers(host.ns, "127.0.0.1", 5353, "A", "udp")
     host.delete(c, result, ctr, "ctr-a")
-    assert "dport=5353" not in sh("conntrack", "-L", "-p", "udp", ns=host.ns, check=False).stdout  # DEL removed the flows too
+    assert (
+        "dport=5353" not in sh("conntrack", "-L", "-p", "udp", ns=host.ns, check=False).stdout
+    )  # DEL removed the flows too
 
 
 def test_hairpin_to_itself_and_from_a_neighbour(host: Host, namespaces: Namespaces, servers: Servers) -> None:
@@ -94,7 +108,9 @@ def test_hairpin_to_itself_and_from_a_neighbour(host: Host, namespaces: Namespac
     host.must_add([ca[0]], b, "ctr-b")  # a neighbour without mappings
     servers.start(a, 80, "A")
     assert answers(a, WAN_HOST, 8080, "A"), fetch(a, WAN_HOST, 8080)
-    assert fetch(a, WAN_HOST, 8080) == f"A {GW}"  # masqueraded to the bridge address: replies come back through the host
+    assert (
+        fetch(a, WAN_HOST, 8080) == f"A {GW}"
+    )  # masqueraded to the bridge address: replies come back through the host
     assert fetch(b, WAN_HOST, 8080) == f"A {GW}"
     assert fetch(b, GW, 8080) == f"A {GW}"
 
@@ -141,7 +157,9 @@ def test_exclusive_host_ports_refuses_a_taken_port(host: Host, namespaces: Names
 
 def test_ipv6_and_host_ip(host: Host, namespaces: Namespaces, servers: Servers) -> None:
     ctr = namespaces.make("ctr")
-    c = chain(host, [pm(8080, 80), pm(9090, 90, host_ip=WAN_HOST), pm(9191, 91, host_ip=WAN6_HOST)], subnet6="fd00:66::/64")
+    c = chain(
+        host, [pm(8080, 80), pm(9090, 90, host_ip=WAN_HOST), pm(9191, 91, host_ip=WAN6_HOST)], subnet6="fd00:66::/64"
+    )
     result = host.must_add(c, ctr, "ctr-a")
     servers.start(ctr, 80, "A")
     servers.start(ctr, 90, "A90")
@@ -167,7 +185,13 @@ def test_conditions_per_network_and_masq_all(host: Host, namespaces: Namespaces,
     host.must_add(chain(host, [pm(8081, 80)], conditionsV4=["ip saddr 192.0.2.0/24"], masqAll=True), b, "ctr-b")
     assert answers(host.wan, WAN_HOST, 8080, "A")
     assert fetch(host.wan, WAN_HOST, 8081) == f"B {GW}"
-    bad = host.run("portmap", "ADD", chain(host, [pm(1, 1)], conditionsV4=["-s", "1.2.3.4"])[1] | {"prevResult": {"cniVersion": "1.0.0"}}, a, "x")
+    bad = host.run(
+        "portmap",
+        "ADD",
+        chain(host, [pm(1, 1)], conditionsV4=["-s", "1.2.3.4"])[1] | {"prevResult": {"cniVersion": "1.0.0"}},
+        a,
+        "x",
+    )
     assert bad.rc == 1 and bad.json["code"] == 2 and "iptables syntax" in bad.json["msg"]
 
 
@@ -177,23 +201,36 @@ def test_no_mappings_leaves_nftables_alone(host: Host, namespaces: Namespaces, c
     assert result["ips"]
     assert nft_table(host.ns, "inet", "cni_py_portmap") == {}
     conf = chain(host, [])[1] | {"prevResult": result}
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": path(ctr), "CNI_IFNAME": "eth0", "CNI_PATH": str(cni_bin)}
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "c",
+        "CNI_NETNS": path(ctr),
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": str(cni_bin),
+    }
     proc = subprocess.run(
         ["ip", "netns", "exec", host.ns, sys.executable, "-IS", "-X", "importtime", str(cni_bin / "portmap")],
-        input=__import__("json").dumps(conf).encode(), env=env, capture_output=True, timeout=30,
+        input=__import__("json").dumps(conf).encode(),
+        env=env,
+        capture_output=True,
+        timeout=30,
     )
     assert proc.returncode == 0, proc.stdout
     imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "|" in line}
     assert "nftables" not in imported and "pyroute2" not in imported
 
 
-def test_gc_removes_mappings_of_attachments_no_longer_valid(host: Host, namespaces: Namespaces, servers: Servers) -> None:
+def test_gc_removes_mappings_of_attachments_no_longer_valid(
+    host: Host, namespaces: Namespaces, servers: Servers
+) -> None:
     a, b = namespaces.make("a"), namespaces.make("b")
     c = chain(host, [pm(8080, 80)], version="1.1.0")
     host.must_add(c, a, "ctr-a")
     host.must_add(chain(host, [pm(8081, 80)], version="1.1.0"), b, "ctr-b")
     servers.start(b, 80, "B")
-    gc = {k: v for k, v in c[1].items() if k != "runtimeConfig"} | {"cni.dev/valid-attachments": [{"containerID": "ctr-b", "ifname": "eth0"}]}
+    gc = {k: v for k, v in c[1].items() if k != "runtimeConfig"} | {
+        "cni.dev/valid-attachments": [{"containerID": "ctr-b", "ifname": "eth0"}]
+    }
     assert host.run("portmap", "GC", gc, "", "").rc == 0
     maps = nft_table(host.ns, "inet", "cni_py_portmap")
     assert [el[0]["elem"]["val"]["concat"][1] for el in maps["any4_port"]] == [8081]

@@ -22,8 +22,8 @@ CASES = [
     ("missing-cni-path", {"CNI_PATH": None}, GOOD, 4, "CNI_PATH"),
     ("bad-containerid", {"CNI_CONTAINERID": "a b"}, GOOD, 4, "containerID"),
     ("long-ifname", {"CNI_IFNAME": "x" * 16}, GOOD, 4, "too long"),
-    ("not-json", {}, b"{\"cniVersion\": ", 6, "decode network config"),
-    ("not-object", {}, b"\"loopback\"", 6, "JSON object"),
+    ("not-json", {}, b'{"cniVersion": ', 6, "decode network config"),
+    ("not-object", {}, b'"loopback"', 6, "JSON object"),
     ("no-name", {}, {"cniVersion": "1.0.0", "type": "loopback"}, 7, "missing network name"),
     ("bad-name", {}, {**GOOD, "name": "a/b"}, 7, "invalid network name"),
     ("bad-version", {}, {**GOOD, "cniVersion": "2.0.0"}, 1, "incompatible CNI versions"),
@@ -37,15 +37,23 @@ CASES = [
 
 
 @pytest.mark.parametrize("env,stdin,code,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input(plugin: Runner, container_ns: str, env: dict[str, str | None], stdin: dict[str, Any] | bytes, code: int, words: str) -> None:
+def test_bad_input(
+    plugin: Runner, container_ns: str, env: dict[str, str | None], stdin: dict[str, Any] | bytes, code: int, words: str
+) -> None:
     sh("ip", "link", "set", "lo", "down", ns=container_ns)
     before = links(container_ns)
     full_env = {"CNI_NETNS": path(container_ns), **env}
     overrides = {k: v for k, v in full_env.items() if k != "CNI_NETNS" and v is not None}
     removed = [k for k, v in full_env.items() if v is None]
-    res = plugin("loopback", env.get("CNI_COMMAND") or "ADD", stdin, netns=full_env.get("CNI_NETNS") or "",
-                 ifname=env.get("CNI_IFNAME", "lo") or "", container_id=env.get("CNI_CONTAINERID", "ctr1") or "",
-                 env={**overrides, **{k: None for k in removed}})
+    res = plugin(
+        "loopback",
+        env.get("CNI_COMMAND") or "ADD",
+        stdin,
+        netns=full_env.get("CNI_NETNS") or "",
+        ifname=env.get("CNI_IFNAME", "lo") or "",
+        container_id=env.get("CNI_CONTAINERID", "ctr1") or "",
+        env={**overrides, **{k: None for k in removed}},
+    )
     assert res.rc != 0
     out = json.loads(res.stdout)
     assert out["code"] == code, out

@@ -30,7 +30,9 @@ def traces(pid: int) -> tuple[list[str], list[str]]:
 
 def scenario(cni_bin: Path, *files: Path, timeout: float = 240) -> tuple[subprocess.CompletedProcess[str], int]:
     """Run cni-scenario; (its result, its pid: the names it gave its namespaces and files)."""
-    proc = subprocess.Popen([exe(), "--cni-path", str(cni_bin), *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [exe(), "--cni-path", str(cni_bin), *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     out, err = proc.communicate(timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), proc.pid
 
@@ -45,7 +47,13 @@ BRIDGE = {
     "cniVersion": "1.0.0",
     "name": "t-br",
     "plugins": [
-        {"type": "bridge", "bridge": "cnit0", "isGateway": True, "ipMasq": True, "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.96.0.0/24"}]]}},
+        {
+            "type": "bridge",
+            "bridge": "cnit0",
+            "isGateway": True,
+            "ipMasq": True,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.96.0.0/24"}]]},
+        },
         {"type": "portmap", "capabilities": {"portMappings": True}},
     ],
 }
@@ -74,7 +82,10 @@ def test_shipped_scenario_passes(cni_bin: Path, path: Path) -> None:
 
 def test_readme_demo_is_a_shipped_scenario() -> None:
     setup = (ROOT / "scripts" / "setup.sh").read_text()
-    demo = re.search(r'demo\)\n(?:.*\n)*?\s*exec "\$VENV/bin/cni-scenario" --cni-path "\$BIN" "\$ROOT/(conf/scenarios/[\w-]+\.yaml)"', setup)
+    demo = re.search(
+        r'demo\)\n(?:.*\n)*?\s*exec "\$VENV/bin/cni-scenario" --cni-path "\$BIN" "\$ROOT/(conf/scenarios/[\w-]+\.yaml)"',
+        setup,
+    )
     assert demo, "scripts/setup.sh demo runs cni-scenario on a shipped scenario"
     assert (ROOT / demo.group(1)) in SCENARIOS
 
@@ -84,7 +95,12 @@ def test_failing_check_exits_nonzero_and_leaves_nothing(cni_bin: Path, tmp_path:
         "name": "meant-to-fail",
         "networks": [{"conflist": BRIDGE}],
         "containers": [
-            {"name": "a", "networks": ["t-br"], "ports": [{"hostPort": 8080, "containerPort": 80}], "serve": ["tcp/80"]},
+            {
+                "name": "a",
+                "networks": ["t-br"],
+                "ports": [{"hostPort": 8080, "containerPort": 80}],
+                "serve": ["tcp/80"],
+            },
             {"name": "b", "networks": ["t-br"]},
         ],
         "checks": ["ping a -> b", "ping a -> b fails", "tcp host -> localhost:8080", "udp b -> a:9 fails"],
@@ -100,7 +116,11 @@ def test_failing_check_exits_nonzero_and_leaves_nothing(cni_bin: Path, tmp_path:
 
 
 def test_failing_step_tears_down(cni_bin: Path, tmp_path: Path) -> None:
-    broken = {"cniVersion": "1.0.0", "name": "t-broken", "plugins": [{"type": "bridge", "bridge": "cnit1", "ipam": {"type": "no-such-ipam"}}]}
+    broken = {
+        "cniVersion": "1.0.0",
+        "name": "t-broken",
+        "plugins": [{"type": "bridge", "bridge": "cnit1", "ipam": {"type": "no-such-ipam"}}],
+    }
     doc = {
         "networks": [{"conflist": BRIDGE}, {"conflist": broken}],
         "containers": [{"name": "a", "networks": ["t-br"]}, {"name": "b", "networks": ["t-broken"]}],
@@ -122,7 +142,9 @@ def test_interrupted_run_tears_down(cni_bin: Path, tmp_path: Path) -> None:
         "containers": [{"name": "a", "networks": ["t-br"]}, {"name": "b", "networks": ["t-br"]}],
         "checks": [f"ping a -> 10.96.0.{n} fails" for n in range(200, 230)],  # nobody there: ~1 s each
     }
-    proc = subprocess.Popen([exe(), "--cni-path", str(cni_bin), str(write(tmp_path, doc))], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [exe(), "--cni-path", str(cni_bin), str(write(tmp_path, doc))], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:

@@ -16,9 +16,12 @@ REFERENCE = Path("/usr/lib/cni/static")
 
 
 def conf(version: str = "1.0.0", **top: Any) -> dict[str, Any]:
-    ipam: dict[str, Any] = {"type": "static", "addresses": [{"address": "10.90.0.5/24", "gateway": "10.90.0.1"}, {"address": "fd90::5/64"}],
-            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.91.0.0/16", "gw": "10.90.0.254"}],
-            "dns": {"nameservers": ["10.90.0.53"], "domain": "example.org", "search": ["example.org"]}}
+    ipam: dict[str, Any] = {
+        "type": "static",
+        "addresses": [{"address": "10.90.0.5/24", "gateway": "10.90.0.1"}, {"address": "fd90::5/64"}],
+        "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.91.0.0/16", "gw": "10.90.0.254"}],
+        "dns": {"nameservers": ["10.90.0.53"], "domain": "example.org", "search": ["example.org"]},
+    }
     if version < "0.3.0":
         ipam["addresses"] = ipam["addresses"][:1]
     return {"cniVersion": version, "name": "staticnet", "type": "bridge", "ipam": ipam, **top}
@@ -27,7 +30,9 @@ def conf(version: str = "1.0.0", **top: Any) -> dict[str, Any]:
 class Static(Protocol):
     """``static(command, conf, cni_args)``: the installed static IPAM run in container_ns."""
 
-    def __call__(self, command: str, c: dict[str, Any], cni_args: str = "", bin_dir: Path | None = None) -> PluginRun: ...
+    def __call__(
+        self, command: str, c: dict[str, Any], cni_args: str = "", bin_dir: Path | None = None
+    ) -> PluginRun: ...
 
 
 @pytest.fixture
@@ -43,7 +48,11 @@ def test_add_check_del_every_version(static: Static, version: str) -> None:
     out = static("ADD", conf(version)).ok()
     assert out["cniVersion"] == version and "interfaces" not in out
     if version < "0.3.0":
-        assert out["ip4"] == {"ip": "10.90.0.5/24", "gateway": "10.90.0.1", "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.91.0.0/16", "gw": "10.90.0.254"}]}
+        assert out["ip4"] == {
+            "ip": "10.90.0.5/24",
+            "gateway": "10.90.0.1",
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.91.0.0/16", "gw": "10.90.0.254"}],
+        }
     else:
         assert [ip["address"] for ip in out["ips"]] == ["10.90.0.5/24", "fd90::5/64"]
         assert all("interface" not in ip for ip in out["ips"])
@@ -61,7 +70,11 @@ CASES = [
     ("config", {}, ""),
     ("cni-args", {}, "IP=10.92.0.5/24,fd92::5/64;GATEWAY=10.92.0.1"),
     ("args", {"args": {"cni": {"ips": ["10.93.0.5/24"]}}}, "IP=10.92.0.5/24"),
-    ("capability", {"runtimeConfig": {"ips": ["10.94.0.5/24"]}, "args": {"cni": {"ips": ["10.93.0.5/24"]}}}, "IP=10.92.0.5/24"),
+    (
+        "capability",
+        {"runtimeConfig": {"ips": ["10.94.0.5/24"]}, "args": {"cni": {"ips": ["10.93.0.5/24"]}}},
+        "IP=10.92.0.5/24",
+    ),
     ("cni-args-ignore-unknown", {}, "IgnoreUnknown=1;K8S_POD_NAME=x;IP=10.92.0.5/24"),
 ]
 

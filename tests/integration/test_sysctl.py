@@ -33,9 +33,14 @@ def test_per_namespace_values_read_and_written(way: str, host_ns: str, container
         assert sysctl.read(sysctl.iface_key(4, "lo", "arp_notify")) == "0"
         sysctl.write("net.ipv6.conf.lo.accept_dad", "0")
     assert (sysctl._Instance.fd is not None) == (way == "private")
-    assert sh("sysctl", "-n", "net.ipv6.conf.cnits0.disable_ipv6", "net.ipv4.conf.cnits0.arp_notify", ns=host_ns).stdout.split() == ["1", "1"]
+    assert sh(
+        "sysctl", "-n", "net.ipv6.conf.cnits0.disable_ipv6", "net.ipv4.conf.cnits0.arp_notify", ns=host_ns
+    ).stdout.split() == ["1", "1"]
     assert sh("sysctl", "-n", "net.ipv6.conf.lo.accept_dad", ns=container_ns).stdout.strip() == "0"
-    assert host_lo_dad != "0" and sh("sysctl", "-n", "net.ipv6.conf.lo.accept_dad", ns=host_ns).stdout.strip() == host_lo_dad
+    assert (
+        host_lo_dad != "0"
+        and sh("sysctl", "-n", "net.ipv6.conf.lo.accept_dad", ns=host_ns).stdout.strip() == host_lo_dad
+    )
 
 
 def test_errors_name_the_key(way: str, host_ns: str) -> None:

@@ -35,7 +35,11 @@ def prev_result(ns: str, version: str = "1.0.0") -> dict[str, Any]:
     mac = links(ns)["eth0"]["address"]
     full = {
         "cniVersion": "1.1.0",
-        "interfaces": [{"name": "cni-podman0", "mac": "aa:00:00:00:00:01"}, {"name": "veth1234", "mac": "aa:00:00:00:00:02"}, {"name": "eth0", "mac": mac, "sandbox": path(ns)}],
+        "interfaces": [
+            {"name": "cni-podman0", "mac": "aa:00:00:00:00:01"},
+            {"name": "veth1234", "mac": "aa:00:00:00:00:02"},
+            {"name": "eth0", "mac": mac, "sandbox": path(ns)},
+        ],
         "ips": [{"interface": 2, "address": "10.1.0.2/24", "gateway": "10.1.0.1"}],
         "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}],
         "dns": {"nameservers": ["10.1.0.1"]},
@@ -44,7 +48,14 @@ def prev_result(ns: str, version: str = "1.0.0") -> dict[str, Any]:
 
 
 def conf(tmp_path: Path, ns: str, version: str = "1.0.0", **opts: Any) -> dict[str, Any]:
-    return {"cniVersion": version, "name": "tunnet", "type": "tuning", "dataDir": str(tmp_path / "tuning"), "prevResult": prev_result(ns, version), **opts}
+    return {
+        "cniVersion": version,
+        "name": "tunnet",
+        "type": "tuning",
+        "dataDir": str(tmp_path / "tuning"),
+        "prevResult": prev_result(ns, version),
+        **opts,
+    }
 
 
 def link(ns: str) -> dict[str, Any]:
@@ -68,7 +79,9 @@ def test_no_options_passes_prev_result_through(plugin: Runner, ctr: str, tmp_pat
 @pytest.mark.skipif(not REFERENCE.exists(), reason="reference tuning not installed")
 @pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0"])
 @pytest.mark.parametrize("opts", [{}, {"mac": "c2:00:00:00:00:07"}], ids=["bare", "mac"])
-def test_result_matches_reference(plugin: Runner, host_ns: str, ctr: str, tmp_path: Path, version: str, opts: dict[str, Any]) -> None:
+def test_result_matches_reference(
+    plugin: Runner, host_ns: str, ctr: str, tmp_path: Path, version: str, opts: dict[str, Any]
+) -> None:
     from tests.integration.nsutil import run_plugin
 
     c = conf(tmp_path, ctr, version, **opts)
@@ -95,15 +108,25 @@ def test_attributes_add_check_del(plugin: Runner, ctr: str, tmp_path: Path, vers
     if version >= "0.3.0":
         assert out["interfaces"][2]["mac"] == "c2:00:00:00:00:01"
         assert out["interfaces"][:2] == c["prevResult"]["interfaces"][:2]
-    assert {k: v for k, v in out.items() if k != "interfaces"} == {k: v for k, v in c["prevResult"].items() if k != "interfaces"}
+    assert {k: v for k, v in out.items() if k != "interfaces"} == {
+        k: v for k, v in c["prevResult"].items() if k != "interfaces"
+    }
     backup = tmp_path / "tuning" / "ctr1_eth0.json"
-    assert json.loads(backup.read_text()) == {"mac": before["address"], "promisc": False, "mtu": before["mtu"], "allmulti": False, "txQLen": before["txqlen"]}
+    assert json.loads(backup.read_text()) == {
+        "mac": before["address"],
+        "promisc": False,
+        "mtu": before["mtu"],
+        "allmulti": False,
+        "txQLen": before["txqlen"],
+    }
     assert oct(backup.stat().st_mode & 0o777) == "0o600"
     if version >= "0.4.0":
         plugin("tuning", "CHECK", {**c, "prevResult": out}, netns=ctr).ok()
     plugin("tuning", "DEL", c, netns=ctr).ok()
     after = link(ctr)
-    assert after["address"] == before["address"] and after["mtu"] == before["mtu"] and after["txqlen"] == before["txqlen"]
+    assert (
+        after["address"] == before["address"] and after["mtu"] == before["mtu"] and after["txqlen"] == before["txqlen"]
+    )
     assert "PROMISC" not in after["flags"] and "ALLMULTI" not in after["flags"]
     assert not backup.exists()
     plugin("tuning", "DEL", c, netns=ctr).ok()
@@ -133,8 +156,23 @@ def test_mac_sources_and_precedence(plugin: Runner, ctr: str, tmp_path: Path, so
 
 
 def test_args_cni_overrides_every_option(plugin: Runner, ctr: str, tmp_path: Path) -> None:
-    cni = {"mtu": 1300, "promisc": True, "allmulti": True, "txQLen": 55, "sysctl": {"net.ipv4.conf.IFNAME.arp_filter": "1"}}
-    c = conf(tmp_path, ctr, mtu=1400, promisc=False, allmulti=False, txQLen=66, sysctl={"net.ipv4.conf.IFNAME.arp_filter": "0"}, args={"cni": cni})
+    cni = {
+        "mtu": 1300,
+        "promisc": True,
+        "allmulti": True,
+        "txQLen": 55,
+        "sysctl": {"net.ipv4.conf.IFNAME.arp_filter": "1"},
+    }
+    c = conf(
+        tmp_path,
+        ctr,
+        mtu=1400,
+        promisc=False,
+        allmulti=False,
+        txQLen=66,
+        sysctl={"net.ipv4.conf.IFNAME.arp_filter": "0"},
+        args={"cni": cni},
+    )
     out = plugin("tuning", "ADD", c, netns=ctr).ok()
     now = link(ctr)
     assert now["mtu"] == 1300 and now["txqlen"] == 55 and "PROMISC" in now["flags"] and "ALLMULTI" in now["flags"]
@@ -144,7 +182,15 @@ def test_args_cni_overrides_every_option(plugin: Runner, ctr: str, tmp_path: Pat
 
 def test_sysctls_in_the_container_only(plugin: Runner, host_ns: str, ctr: str, tmp_path: Path) -> None:
     host_before = sysctl(host_ns, "net.core.somaxconn")
-    c = conf(tmp_path, ctr, sysctl={"net.core.somaxconn": "1234", "net.ipv4.conf.IFNAME.arp_filter": "1", "net.ipv4.conf.all.arp_ignore": "1"})
+    c = conf(
+        tmp_path,
+        ctr,
+        sysctl={
+            "net.core.somaxconn": "1234",
+            "net.ipv4.conf.IFNAME.arp_filter": "1",
+            "net.ipv4.conf.all.arp_ignore": "1",
+        },
+    )
     out = plugin("tuning", "ADD", c, netns=ctr).ok()
     assert sysctl(ctr, "net.core.somaxconn") == "1234" and sysctl(host_ns, "net.core.somaxconn") == host_before
     assert sysctl(ctr, "net.ipv4.conf.eth0.arp_filter") == "1" and sysctl(ctr, "net.ipv4.conf.all.arp_ignore") == "1"
@@ -159,7 +205,13 @@ def test_sysctls_in_the_container_only(plugin: Runner, host_ns: str, ctr: str, t
 def test_sysctl_on_dotted_interface_name(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     sh("ip", "link", "add", "eth0.5", "type", "veth", "peer", "name", "tunpeer5", "netns", host_ns, ns=container_ns)
     prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0.5", "sandbox": path(container_ns)}]}
-    c = {"cniVersion": "1.0.0", "name": "tunnet", "type": "tuning", "prevResult": prev, "sysctl": {"net.ipv4.conf.IFNAME.arp_filter": "1", "net.ipv6.conf.eth0.5.accept_ra": "0"}}
+    c = {
+        "cniVersion": "1.0.0",
+        "name": "tunnet",
+        "type": "tuning",
+        "prevResult": prev,
+        "sysctl": {"net.ipv4.conf.IFNAME.arp_filter": "1", "net.ipv6.conf.eth0.5.accept_ra": "0"},
+    }
     plugin("tuning", "ADD", c, netns=container_ns, ifname="eth0.5").ok()
     assert sh("cat", "/proc/sys/net/ipv4/conf/eth0.5/arp_filter", ns=container_ns).stdout.strip() == "1"
     assert sh("cat", "/proc/sys/net/ipv6/conf/eth0.5/accept_ra", ns=container_ns).stdout.strip() == "0"
@@ -185,20 +237,32 @@ def test_duplicate_sysctl_keys_refused(plugin: Runner, ctr: str, tmp_path: Path)
     body = json.dumps(conf(tmp_path, ctr))[:-1] + ', "sysctl": {"net.core.somaxconn": "1", "net.core.somaxconn": "2"}}'
     bad = plugin("tuning", "ADD", body.encode(), netns=ctr)
     assert bad.rc == 1 and bad.json["code"] == 7 and "duplicated" in bad.json["msg"]
-    same = plugin("tuning", "ADD", conf(tmp_path, ctr, sysctl={"net.ipv4.conf.IFNAME.arp_filter": "1", "net.ipv4.conf.eth0.arp_filter": "0"}), netns=ctr)
+    same = plugin(
+        "tuning",
+        "ADD",
+        conf(tmp_path, ctr, sysctl={"net.ipv4.conf.IFNAME.arp_filter": "1", "net.ipv4.conf.eth0.arp_filter": "0"}),
+        netns=ctr,
+    )
     assert same.rc == 1 and same.json["code"] == 7 and "same sysctl" in same.json["msg"]
 
 
 def test_failed_add_leaves_nothing(plugin: Runner, ctr: str, tmp_path: Path) -> None:
     before = link(ctr)
-    c = conf(tmp_path, ctr, sysctl={"net.ipv4.conf.IFNAME.arp_filter": "1"}, mac="c2:00:00:00:00:01", promisc=True, mtu=70000)
+    c = conf(
+        tmp_path, ctr, sysctl={"net.ipv4.conf.IFNAME.arp_filter": "1"}, mac="c2:00:00:00:00:01", promisc=True, mtu=70000
+    )
     bad = plugin("tuning", "ADD", c, netns=ctr)
     assert bad.rc == 1 and "MTU" in bad.json["msg"]
     after = link(ctr)
     assert after["address"] == before["address"] and "PROMISC" not in after["flags"] and after["mtu"] == before["mtu"]
     assert sysctl(ctr, "net.ipv4.conf.eth0.arp_filter") == "0"
     assert not (tmp_path / "tuning" / "ctr1_eth0.json").exists()
-    unknown = plugin("tuning", "ADD", conf(tmp_path, ctr, sysctl={"net.core.somaxconn": "777", "net.ipv4.no_such_knob": "1"}), netns=ctr)
+    unknown = plugin(
+        "tuning",
+        "ADD",
+        conf(tmp_path, ctr, sysctl={"net.core.somaxconn": "777", "net.ipv4.no_such_knob": "1"}),
+        netns=ctr,
+    )
     assert unknown.rc == 1 and "no_such_knob" in unknown.json["msg"]
     assert sysctl(ctr, "net.core.somaxconn") != "777"
 
@@ -214,10 +278,25 @@ def test_bad_container_id_refused(plugin: Runner, ctr: str, tmp_path: Path) -> N
     assert bad.rc == 1 and bad.json["code"] == 4
 
 
-def test_del_with_netns_gone_or_empty_drops_backup(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
+def test_del_with_netns_gone_or_empty_drops_backup(
+    plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path
+) -> None:
     for netns_on_del in ("gone", ""):
         ns = namespaces.make("tun")
-        sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", f"tp{netns_on_del or 'e'}", "netns", host_ns, ns=ns)
+        sh(
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"tp{netns_on_del or 'e'}",
+            "netns",
+            host_ns,
+            ns=ns,
+        )
         c = conf(tmp_path, ns, mtu=1400)
         plugin("tuning", "ADD", c, netns=ns).ok()
         backup = tmp_path / "tuning" / "ctr1_eth0.json"
@@ -240,7 +319,9 @@ def test_second_add_keeps_the_first_originals(plugin: Runner, ctr: str, tmp_path
 
 @pytest.mark.skipif(not REFERENCE.exists(), reason="reference tuning not installed")
 @pytest.mark.parametrize("adder, deleter", [("ours", "reference"), ("reference", "ours")])
-def test_backup_interoperates_with_reference(plugin: Runner, host_ns: str, ctr: str, tmp_path: Path, adder: str, deleter: str) -> None:
+def test_backup_interoperates_with_reference(
+    plugin: Runner, host_ns: str, ctr: str, tmp_path: Path, adder: str, deleter: str
+) -> None:
     from tests.integration.nsutil import run_plugin
 
     def run(who: str, cmd: str, c: dict[str, Any]) -> Any:
@@ -254,16 +335,33 @@ def test_backup_interoperates_with_reference(plugin: Runner, host_ns: str, ctr: 
     assert link(ctr)["address"] == "c2:00:00:00:00:05"
     run(deleter, "DEL", c)
     after = link(ctr)
-    assert (after["address"], after["mtu"]) == (before["address"], before["mtu"]) and "PROMISC" not in after["flags"] and "ALLMULTI" not in after["flags"]
+    assert (
+        (after["address"], after["mtu"]) == (before["address"], before["mtu"])
+        and "PROMISC" not in after["flags"]
+        and "ALLMULTI" not in after["flags"]
+    )
     assert os.listdir(tmp_path / "tuning") == []
 
 
 def test_chained_after_ptp(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     """A conflist as a runtime runs it: ptp, then tuning with prevResult; DEL in reverse."""
-    ptp = {"cniVersion": "1.0.0", "name": "chain", "type": "ptp", "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"), "subnet": "10.95.0.0/24"}}
+    ptp = {
+        "cniVersion": "1.0.0",
+        "name": "chain",
+        "type": "ptp",
+        "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"), "subnet": "10.95.0.0/24"},
+    }
     first = plugin("ptp", "ADD", ptp, netns=container_ns).ok()
     original = link(container_ns)
-    tuning = {"cniVersion": "1.0.0", "name": "chain", "type": "tuning", "dataDir": str(tmp_path / "tuning"), "mac": "c2:00:00:00:00:0b", "mtu": 1300, "prevResult": first}
+    tuning = {
+        "cniVersion": "1.0.0",
+        "name": "chain",
+        "type": "tuning",
+        "dataDir": str(tmp_path / "tuning"),
+        "mac": "c2:00:00:00:00:0b",
+        "mtu": 1300,
+        "prevResult": first,
+    }
     final = plugin("tuning", "ADD", tuning, netns=container_ns).ok()
     assert final["interfaces"][1]["mac"] == "c2:00:00:00:00:0b" and final["interfaces"][0] == first["interfaces"][0]
     assert final["ips"] == first["ips"] and link(container_ns)["mtu"] == 1300

@@ -32,9 +32,16 @@ SUBNET, SUBNET6 = "10.94.0.0/24", "fd00:94::/64"
 WAN_HOST, WAN_PEER = "192.0.2.1", "192.0.2.2"
 
 
-def vconf(tmp_path: Path, version: str = "1.0.0", *, six: bool = False, routes: Any = None, **opts: Any) -> dict[str, Any]:
+def vconf(
+    tmp_path: Path, version: str = "1.0.0", *, six: bool = False, routes: Any = None, **opts: Any
+) -> dict[str, Any]:
     ranges = [[{"subnet": SUBNET}]] + ([[{"subnet": SUBNET6}]] if six else [])
-    ipam = {"type": "host-local", "dataDir": str(tmp_path / "ipam"), "ranges": ranges, "routes": routes if routes is not None else [{"dst": "0.0.0.0/0"}]}
+    ipam = {
+        "type": "host-local",
+        "dataDir": str(tmp_path / "ipam"),
+        "ranges": ranges,
+        "routes": routes if routes is not None else [{"dst": "0.0.0.0/0"}],
+    }
     return {"cniVersion": version, "name": "ptpnet", "type": "ptp", "ipam": ipam, **opts}
 
 
@@ -50,7 +57,9 @@ def reserved(tmp_path: Path) -> set[str]:
 
 
 def host_veths(ns: str) -> list[str]:
-    return [n for n, l in links(ns).items() if l.get("linkinfo", {}).get("info_kind") == "veth" and not n.startswith("wan")]
+    return [
+        n for n, l in links(ns).items() if l.get("linkinfo", {}).get("info_kind") == "veth" and not n.startswith("wan")
+    ]
 
 
 def masq_elements(ns: str) -> list[Any]:
@@ -88,14 +97,28 @@ def make_wan(namespaces: Namespaces, host_ns: str) -> str:
 def source_seen_by(wan: str, ctr: str) -> str:
     """Connect from ``ctr`` to a TCP server in ``wan``; the source address the server saw."""
     server = subprocess.Popen(
-        ["ip", "netns", "exec", wan, sys.executable, "-c",
-         "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 7777)); "
-         "s.listen(); print('ready', flush=True); s.settimeout(10); c, a = s.accept(); c.sendall(a[0].encode()); c.close()"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            "ip",
+            "netns",
+            "exec",
+            wan,
+            sys.executable,
+            "-c",
+            "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 7777)); "
+            "s.listen(); print('ready', flush=True); s.settimeout(10); c, a = s.accept(); c.sendall(a[0].encode()); c.close()",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        client = sh(sys.executable, "-c", f"import socket; s = socket.create_connection(('{WAN_PEER}', 7777), timeout=3); print(s.recv(100).decode())", ns=ctr, check=False)
+        client = sh(
+            sys.executable,
+            "-c",
+            f"import socket; s = socket.create_connection(('{WAN_PEER}', 7777), timeout=3); print(s.recv(100).decode())",
+            ns=ctr,
+            check=False,
+        )
         return client.stdout.strip() or "(no answer)"
     finally:
         server.kill()
@@ -114,11 +137,18 @@ def test_add_check_del(plugin: Runner, host_ns: str, container_ns: str, tmp_path
     if version < "0.3.0":
         assert out["ip4"] == {"ip": "10.94.0.2/24", "gateway": "10.94.0.1", "routes": [{"dst": "0.0.0.0/0"}]}
     else:
-        assert out["interfaces"] == [{"name": veth, "mac": host_mac}, {"name": "eth0", "mac": ctr_mac, "sandbox": path(container_ns)}]
+        assert out["interfaces"] == [
+            {"name": veth, "mac": host_mac},
+            {"name": "eth0", "mac": ctr_mac, "sandbox": path(container_ns)},
+        ]
         ip = {"interface": 1, "address": "10.94.0.2/24", "gateway": "10.94.0.1"}
         assert out["ips"] == [ip if version >= "1.0.0" else {"version": "4", **ip}]
     assert routes(container_ns) == sorted(
-        ["default via 10.94.0.1 dev eth0", "10.94.0.0/24 via 10.94.0.1 dev eth0 src 10.94.0.2", "10.94.0.1 dev eth0 scope link src 10.94.0.2"]
+        [
+            "default via 10.94.0.1 dev eth0",
+            "10.94.0.0/24 via 10.94.0.1 dev eth0 src 10.94.0.2",
+            "10.94.0.1 dev eth0 scope link src 10.94.0.2",
+        ]
     )
     assert "10.94.0.2/24" in addrs(container_ns, "eth0") and "10.94.0.1/32" in addrs(host_ns, veth)
     assert routes(host_ns) == [f"10.94.0.2 dev {veth} scope host"]
@@ -138,12 +168,19 @@ def test_same_routes_and_addresses_as_the_reference(plugin: Runner, namespaces: 
     state = {}
     for who in ("reference", "ours"):
         host, ctr = namespaces.make("h"), namespaces.make("c")
-        c = vconf(tmp_path / who, six=True, mtu=1400, routes=[{"dst": "0.0.0.0/0"}, {"dst": "10.99.0.0/16", "gw": "10.94.0.1"}])
+        c = vconf(
+            tmp_path / who,
+            six=True,
+            mtu=1400,
+            routes=[{"dst": "0.0.0.0/0"}, {"dst": "10.99.0.0/16", "gw": "10.94.0.1"}],
+        )
         bin_dir = REFERENCE if who == "reference" else plugin.cni_bin
         run_plugin(bin_dir, "ptp", "ADD", c, netns=path(ctr), host_ns=host).ok()
         [veth] = host_veths(host)
         state[who] = {
-            "ctr4": routes(ctr), "ctr6": routes(ctr, six=True), "host4": [r.replace(veth, "VETH") for r in routes(host)],
+            "ctr4": routes(ctr),
+            "ctr6": routes(ctr, six=True),
+            "host4": [r.replace(veth, "VETH") for r in routes(host)],
             "host6": [r.replace(veth, "VETH") for r in routes(host, six=True) if not r.startswith("fd00:94::1 ")],
             "ctr_addrs": sorted(a for a in addrs(ctr, "eth0") if not a.startswith("fe80")),
             "host_addrs": sorted(a for a in addrs(host, veth) if not a.startswith("fe80")),
@@ -152,7 +189,9 @@ def test_same_routes_and_addresses_as_the_reference(plugin: Runner, namespaces: 
     assert state["ours"] == state["reference"]
 
 
-def test_two_containers_reach_each_other_through_the_host(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
+def test_two_containers_reach_each_other_through_the_host(
+    plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path
+) -> None:
     a, b = namespaces.make("pa"), namespaces.make("pb")
     c = vconf(tmp_path)
     plugin("ptp", "ADD", c, netns=a, container_id="a").ok()
@@ -167,7 +206,9 @@ def test_dual_stack(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_pa
     c = vconf(tmp_path, six=True)
     out = plugin("ptp", "ADD", c, netns=a, container_id="a").ok()
     plugin("ptp", "ADD", c, netns=b, container_id="b").ok()
-    assert [ip["address"] for ip in out["ips"]] == ["10.94.0.2/24", "fd00:94::2/64"] and all(ip["interface"] == 1 for ip in out["ips"])
+    assert [ip["address"] for ip in out["ips"]] == ["10.94.0.2/24", "fd00:94::2/64"] and all(
+        ip["interface"] == 1 for ip in out["ips"]
+    )
     assert "fd00:94::/64 via fd00:94::1 dev eth0 src fd00:94::2 metric 1024 pref medium" in routes(a, six=True)
     assert sh("cat", "/proc/sys/net/ipv6/conf/all/forwarding", ns=host_ns).stdout.strip() == "1"
     assert ping(a, "fd00:94::3", timeout=3) and ping(b, "10.94.0.2")
@@ -175,7 +216,9 @@ def test_dual_stack(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_pa
 
 
 @pytest.mark.parametrize("backend", [None, "nftables", "iptables"])
-def test_masquerade_reaches_beyond_the_host(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path, backend: str | None) -> None:
+def test_masquerade_reaches_beyond_the_host(
+    plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path, backend: str | None
+) -> None:
     wan, ctr = make_wan(namespaces, host_ns), namespaces.make("pc")
     extra: dict[str, Any] = {"ipMasqBackend": backend} if backend else {}
     c = vconf(tmp_path, ipMasq=True, **extra)
@@ -189,7 +232,9 @@ def test_masquerade_reaches_beyond_the_host(plugin: Runner, host_ns: str, namesp
     assert_clean(host_ns, tmp_path)
 
 
-def test_without_ipmasq_the_outside_cannot_answer(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path) -> None:
+def test_without_ipmasq_the_outside_cannot_answer(
+    plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path
+) -> None:
     wan, ctr = make_wan(namespaces, host_ns), namespaces.make("pc")
     plugin("ptp", "ADD", vconf(tmp_path), netns=ctr).ok()
     assert source_seen_by(wan, ctr) == "(no answer)"
@@ -211,11 +256,17 @@ def test_mtu(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     "dns, want",
-    [(None, {"nameservers": ["192.0.2.53"], "search": ["ipam.example"]}), ({}, {"nameservers": ["192.0.2.53"], "search": ["ipam.example"]}),
-     ({"nameservers": ["198.51.100.1"]}, {"nameservers": ["198.51.100.1"]}), ({"search": []}, {})],
+    [
+        (None, {"nameservers": ["192.0.2.53"], "search": ["ipam.example"]}),
+        ({}, {"nameservers": ["192.0.2.53"], "search": ["ipam.example"]}),
+        ({"nameservers": ["198.51.100.1"]}, {"nameservers": ["198.51.100.1"]}),
+        ({"search": []}, {}),
+    ],
     ids=["none", "empty", "set", "empty-list"],
 )
-def test_dns_overrides_ipam_only_when_set(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path, dns: dict[str, Any] | None, want: dict[str, Any]) -> None:
+def test_dns_overrides_ipam_only_when_set(
+    plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path, dns: dict[str, Any] | None, want: dict[str, Any]
+) -> None:
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 192.0.2.53\nsearch ipam.example\n")
     extra: dict[str, Any] = {"dns": dns} if dns is not None else {}
@@ -246,7 +297,9 @@ def test_failed_route_rolls_everything_back(plugin: Runner, host_ns: str, contai
     assert_clean(host_ns, tmp_path)
 
 
-def test_failure_in_masquerade_rolls_back_every_step(cni_bin: Path, host_ns: str, container_ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_in_masquerade_rolls_back_every_step(
+    cni_bin: Path, host_ns: str, container_ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In-process (inside host_ns): masquerade is set up, then fails; all of ADD is undone."""
     from cni_plugins.kernel import netns
     from cni_plugins.plugins import ptp as veth
@@ -261,10 +314,22 @@ def test_failure_in_masquerade_rolls_back_every_step(cni_bin: Path, host_ns: str
         raise CNIError("injected failure")
 
     monkeypatch.setattr(masq, "setup_masq", half_done)
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "ctr1", "CNI_NETNS": path(container_ns), "CNI_IFNAME": "eth0", "CNI_PATH": str(cni_bin)}
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "ctr1",
+        "CNI_NETNS": path(container_ns),
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": str(cni_bin),
+    }
     out = io.StringIO()
     with netns.entered(path(host_ns)):
-        rc = skel.run(veth.PLUGIN, environ=env, stdin=json.dumps(vconf(tmp_path, ipMasq=True)).encode(), stdout=out, stderr=io.StringIO())
+        rc = skel.run(
+            veth.PLUGIN,
+            environ=env,
+            stdin=json.dumps(vconf(tmp_path, ipMasq=True)).encode(),
+            stdout=out,
+            stderr=io.StringIO(),
+        )
     assert rc == 1 and json.loads(out.getvalue())["msg"] == "ipMasq: injected failure"
     assert set(links(container_ns)) == {"lo"}
     assert_clean(host_ns, tmp_path)
@@ -279,7 +344,9 @@ def test_existing_ifname_is_refused_and_kept(plugin: Runner, host_ns: str, conta
 
 
 @pytest.mark.parametrize("how", ["netns-gone", "netns-empty", "no-prev-result"])
-def test_del_without_netns_or_prev_result(plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path, how: str) -> None:
+def test_del_without_netns_or_prev_result(
+    plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path, how: str
+) -> None:
     ctr = namespaces.make("pg")
     c = vconf(tmp_path, ipMasq=True)
     out = plugin("ptp", "ADD", c, netns=ctr).ok()

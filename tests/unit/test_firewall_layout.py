@@ -29,7 +29,9 @@ def claim(nft: FakeNft, i: int, comment: str = "v1", scope: str = "net1") -> Non
     setup = setup_cmds(comment)
     owner = Owner(network=scope, container_id=f"c{i}", ifname="eth0")
     group = Group(maps=MAPS, entries=(Entry(key=f"10.0.0.{i}"),))
-    claim_groups(nft, owner, [group], setup=setup, what="test", stamp=layout.stamp_for("inet", "cni_py_test", scope, setup))
+    claim_groups(
+        nft, owner, [group], setup=setup, what="test", stamp=layout.stamp_for("inet", "cni_py_test", scope, setup)
+    )
 
 
 def stamps(nft: FakeNft) -> list[str]:
@@ -59,7 +61,9 @@ def test_changed_layout_is_reasserted_and_going_back_too() -> None:
     nft = FakeNft()
     claim(nft, 1, "v1")
     claim(nft, 2, "v2")
-    assert any("flush" in c for c in nft.batches[-2]) and "delete" in nft.batches[-1][0] and len(stamps(nft)) == 1  # the v1 stamp was dropped
+    assert (
+        any("flush" in c for c in nft.batches[-2]) and "delete" in nft.batches[-1][0] and len(stamps(nft)) == 1
+    )  # the v1 stamp was dropped
     assert [r["rule"]["comment"] for r in nft.list_chain("inet", "cni_py_test", "base") or []] == ["v2"]
     claim(nft, 3, "v1")  # back to the first config: its stamp is gone, so the layout is sent again
     assert [r["rule"]["comment"] for r in nft.list_chain("inet", "cni_py_test", "base") or []] == ["v1"]
@@ -79,7 +83,9 @@ def test_scopes_keep_their_own_stamps() -> None:
 def test_masquerade_uses_the_stamp() -> None:
     nft = FakeNft()
     for i in range(3):
-        masq.setup_masq(nft, Owner(network="n", container_id=f"c{i}", ifname="eth0"), [ipaddress.ip_interface(f"10.1.0.{i + 2}/24")])
+        masq.setup_masq(
+            nft, Owner(network="n", container_id=f"c{i}", ifname="eth0"), [ipaddress.ip_interface(f"10.1.0.{i + 2}/24")]
+        )
     assert any("flush" in c for c in nft.batches[0]) and not any("flush" in c for b in nft.batches[1:] for c in b)
     nft.run([{"delete": {"table": {"family": "inet", "name": masq.TABLE}}}], what="someone")
     masq.setup_masq(nft, Owner(network="n", container_id="c9", ifname="eth0"), [ipaddress.ip_interface("10.1.0.9/24")])

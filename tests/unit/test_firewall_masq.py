@@ -44,17 +44,66 @@ def test_setup_batch_is_the_expected_json() -> None:
         {"add": {"map": {**T, "name": "masq4", "type": "ipv4_addr", "map": "verdict"}}},
         {"add": {"map": {**T, "name": "owners6", "type": "ipv6_addr", "map": "mark"}}},
         {"add": {"map": {**T, "name": "masq6", "type": "ipv6_addr", "map": "verdict"}}},
-        {"add": {"chain": {**T, "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}},
+        {
+            "add": {
+                "chain": {
+                    **T,
+                    "name": "postrouting",
+                    "type": "nat",
+                    "hook": "postrouting",
+                    "prio": 100,
+                    "policy": "accept",
+                }
+            }
+        },
         {"flush": {"chain": {**T, "name": "postrouting"}}},
         {"add": {"rule": {**T, "chain": "postrouting", "expr": [{"vmap": {"key": saddr4, "data": "@masq4"}}]}}},
         {"add": {"rule": {**T, "chain": "postrouting", "expr": [{"vmap": {"key": saddr6, "data": "@masq6"}}]}}},
         {"add": {"chain": {**T, "name": sub}}},
         {"flush": {"chain": {**T, "name": sub}}},
-        {"add": {"rule": {**T, "chain": sub, "expr": [{"match": {"op": "==", "left": daddr, "right": {"prefix": {"addr": "10.88.0.0", "len": 16}}}}, {"return": None}]}}},
-        {"add": {"rule": {**T, "chain": sub, "expr": [{"match": {"op": "==", "left": daddr, "right": {"prefix": {"addr": "224.0.0.0", "len": 4}}}}, {"return": None}]}}},
+        {
+            "add": {
+                "rule": {
+                    **T,
+                    "chain": sub,
+                    "expr": [
+                        {"match": {"op": "==", "left": daddr, "right": {"prefix": {"addr": "10.88.0.0", "len": 16}}}},
+                        {"return": None},
+                    ],
+                }
+            }
+        },
+        {
+            "add": {
+                "rule": {
+                    **T,
+                    "chain": sub,
+                    "expr": [
+                        {"match": {"op": "==", "left": daddr, "right": {"prefix": {"addr": "224.0.0.0", "len": 4}}}},
+                        {"return": None},
+                    ],
+                }
+            }
+        },
         {"add": {"rule": {**T, "chain": sub, "expr": [{"masquerade": None}]}}},
-        {"add": {"element": {**T, "name": "owners4", "elem": [[{"elem": {"val": "10.88.0.2", "comment": A.comment}}, A.mark]]}}},
-        {"add": {"element": {**T, "name": "masq4", "elem": [[{"elem": {"val": "10.88.0.2", "comment": A.comment}}, {"goto": {"target": sub}}]]}}},
+        {
+            "add": {
+                "element": {
+                    **T,
+                    "name": "owners4",
+                    "elem": [[{"elem": {"val": "10.88.0.2", "comment": A.comment}}, A.mark]],
+                }
+            }
+        },
+        {
+            "add": {
+                "element": {
+                    **T,
+                    "name": "masq4",
+                    "elem": [[{"elem": {"val": "10.88.0.2", "comment": A.comment}}, {"goto": {"target": sub}}]],
+                }
+            }
+        },
     ]
     assert masq.setup_commands(A, [IP_A]) == expected
 
@@ -66,10 +115,14 @@ def test_add_is_one_constant_size_transaction_whatever_the_number_of_containers(
         owner = Owner(network="net1", container_id=f"c{i}", ifname="eth0")
         masq.setup_masq(nft, owner, [ipaddress.ip_interface(f"{base + i}/16")])
     assert len(nft.batches) == 300  # one batch per ADD
-    assert {len(b) for b in nft.batches[1:]} == {len(nft.batches[1])} and len(nft.batches[1]) < len(nft.batches[0])  # layout once, then elements
+    assert {len(b) for b in nft.batches[1:]} == {len(nft.batches[1])} and len(nft.batches[1]) < len(
+        nft.batches[0]
+    )  # layout once, then elements
     assert not any("flush" in c for b in nft.batches[1:] for c in b)
     assert len(verdicts(nft)) == 300
-    masq.teardown_masq(nft, Owner(network="net1", container_id="c7", ifname="eth0"), [ipaddress.ip_interface("10.88.0.9/16")])
+    masq.teardown_masq(
+        nft, Owner(network="net1", container_id="c7", ifname="eth0"), [ipaddress.ip_interface("10.88.0.9/16")]
+    )
     assert len(nft.batches) == 301 and len(nft.batches[-1]) == 4  # DEL: one batch, compare-and-delete
     assert "10.88.0.9" not in verdicts(nft) and len(verdicts(nft)) == 299
 
@@ -84,7 +137,9 @@ def test_dual_stack_in_one_batch_and_teardown_removes_everything() -> None:
     masq.teardown_masq(nft, A, [IP_A, IP6_A])
     assert verdicts(nft, 4) == {} == verdicts(nft, 6) and owners(nft, 4) == {} == owners(nft, 6)
     masq.teardown_masq(nft, A, [IP_A, IP6_A])  # DEL again: fine
-    assert masq.validate_masq(nft, A, [IP_A]) == ["masquerade entry for 10.88.0.2 is missing or owned by another attachment"]
+    assert masq.validate_masq(nft, A, [IP_A]) == [
+        "masquerade entry for 10.88.0.2 is missing or owned by another attachment"
+    ]
 
 
 def test_newest_owner_wins_and_late_teardown_of_older_leaves_it() -> None:

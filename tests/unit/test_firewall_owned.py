@@ -64,7 +64,9 @@ def test_exclusive_claim_names_current_owner() -> None:
         claim(nft, MAPS, B, [entry("10.0.0.1", "10.88.0.3")], setup=SETUP, exclusive=True, what="t")
     assert "aaa" in exc.value.msg
     assert state(nft)["dnat"] == {'"10.0.0.1"': "10.88.0.2"}
-    claim(nft, MAPS, A, [entry("10.0.0.1", "10.88.0.2")], setup=SETUP, exclusive=True, what="t")  # re-ADD by owner is fine
+    claim(
+        nft, MAPS, A, [entry("10.0.0.1", "10.88.0.2")], setup=SETUP, exclusive=True, what="t"
+    )  # re-ADD by owner is fine
 
 
 def test_release_with_mixed_ownership_keeps_others() -> None:

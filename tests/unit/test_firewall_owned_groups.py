@@ -34,13 +34,17 @@ B = Owner(network="n", container_id="b", ifname="eth0")
 
 def groups(port: int, addr: str, *, exclusive: bool = False) -> list[Group]:
     return [
-        Group(maps=PORTS, entries=(Entry(key={"concat": ["tcp", port]}, data={"port_addr": addr}),), exclusive=exclusive),
+        Group(
+            maps=PORTS, entries=(Entry(key={"concat": ["tcp", port]}, data={"port_addr": addr}),), exclusive=exclusive
+        ),
         Group(maps=ADDRS, entries=(Entry(key=addr, data={"addrs": None}),)),
     ]
 
 
 def state(nft: FakeNft) -> dict[str, Any]:
-    return {name: sorted(nft.elements("inet", "g", name)) for name in ("port_owners", "port_addr", "addr_owners", "addrs")}
+    return {
+        name: sorted(nft.elements("inet", "g", name)) for name in ("port_owners", "port_addr", "addr_owners", "addrs")
+    }
 
 
 def test_one_batch_for_all_groups_and_release() -> None:

@@ -35,7 +35,13 @@ def parse(obj: dict[str, Any]) -> firewall.FirewallConf:
 
 def test_defaults() -> None:
     c = parse(conf())
-    assert (c.backend, c.admin_chain, c.ingress_policy, c.accept_mark, c.bridge) == ("", "CNI-ADMIN", "open", 0x10000000, "cni0")
+    assert (c.backend, c.admin_chain, c.ingress_policy, c.accept_mark, c.bridge) == (
+        "",
+        "CNI-ADMIN",
+        "open",
+        0x10000000,
+        "cni0",
+    )
     assert [str(a) for a in c.addresses] == ["10.88.0.5", "fd00::5"]
 
 
@@ -69,18 +75,37 @@ def test_forward_chain_marks_what_it_accepts_after_the_admin_chain_and_isolation
         mark_set,
         {"accept": None},
     ]
-    assert rules[4] == [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@accept4"}}, mark_set, {"accept": None}]
+    assert rules[4] == [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@accept4"}},
+        mark_set,
+        {"accept": None},
+    ]
     assert len(rules) == 8
     iso = [c["add"]["rule"]["expr"] for c in cmds if c.get("add", {}).get("rule", {}).get("chain") == "isolation"]
-    assert iso[1] == [{"vmap": {"key": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "data": "@bridge_pairs"}}]
-    assert not any("flush" in c and c["flush"]["chain"]["name"] == "CNI-ADMIN" for c in cmds)  # the admin chain is yours
+    assert iso[1] == [
+        {
+            "vmap": {
+                "key": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]},
+                "data": "@bridge_pairs",
+            }
+        }
+    ]
+    assert not any(
+        "flush" in c and c["flush"]["chain"]["name"] == "CNI-ADMIN" for c in cmds
+    )  # the admin chain is yours
 
 
 def test_bridge_policy_entries() -> None:
     assert forward.bridge_commands_and_group("br0", "open") == ([], None)
     extra, group = forward.bridge_commands_and_group("br0", "isolated")
-    assert extra == [{"add": {"element": {"family": "inet", "table": "cni_py_firewall", "name": "policy_bridges", "elem": ["br0"]}}}]
-    assert group is not None and group.entries[0].key == {"concat": ["br0", "br0"]} and group.entries[0].data == {"bridge_pairs": {"drop": None}}
+    assert extra == [
+        {"add": {"element": {"family": "inet", "table": "cni_py_firewall", "name": "policy_bridges", "elem": ["br0"]}}}
+    ]
+    assert (
+        group is not None
+        and group.entries[0].key == {"concat": ["br0", "br0"]}
+        and group.entries[0].data == {"bridge_pairs": {"drop": None}}
+    )
     _, same = forward.bridge_commands_and_group("br0", "same-bridge")
     assert same is not None and same.entries[0].data == {"bridge_pairs": {"return": None}}
 
@@ -88,18 +113,46 @@ def test_bridge_policy_entries() -> None:
 def test_iptables_rules_are_added_once_around_existing_reference_rules() -> None:
     empty = forward.IptablesState(family="ip", forward=[], cni_forward=None)
     cmds = forward.iptables_commands(empty, "CNI-ADMIN", 0x10)
-    verbs = [(next(iter(c)), c[next(iter(c))].get("rule", {}).get("chain") or c[next(iter(c))]["chain"]["name"]) for c in cmds]
-    assert verbs == [("add", "CNI-FORWARD"), ("add", "CNI-ADMIN"), ("insert", "FORWARD"), ("insert", "CNI-FORWARD"), ("insert", "CNI-FORWARD")]
+    verbs = [
+        (next(iter(c)), c[next(iter(c))].get("rule", {}).get("chain") or c[next(iter(c))]["chain"]["name"])
+        for c in cmds
+    ]
+    assert verbs == [
+        ("add", "CNI-FORWARD"),
+        ("add", "CNI-ADMIN"),
+        ("insert", "FORWARD"),
+        ("insert", "CNI-FORWARD"),
+        ("insert", "CNI-FORWARD"),
+    ]
     # the reference left its FORWARD jump and admin jump (xt comment matches), and per-address rules
-    ref_admin = {"handle": 7, "expr": [{"xt": {"type": "match", "name": "comment"}}, {"counter": None}, {"jump": {"target": "CNI-ADMIN"}}]}
-    ref_rule = {"handle": 8, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "10.0.0.2"}}, {"accept": None}]}
-    state = forward.IptablesState(family="ip", forward=[{"handle": 3, "expr": [{"jump": {"target": "CNI-FORWARD"}}]}], cni_forward=[ref_admin, ref_rule])
+    ref_admin = {
+        "handle": 7,
+        "expr": [{"xt": {"type": "match", "name": "comment"}}, {"counter": None}, {"jump": {"target": "CNI-ADMIN"}}],
+    }
+    ref_rule = {
+        "handle": 8,
+        "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "10.0.0.2"}},
+            {"accept": None},
+        ],
+    }
+    state = forward.IptablesState(
+        family="ip",
+        forward=[{"handle": 3, "expr": [{"jump": {"target": "CNI-FORWARD"}}]}],
+        cni_forward=[ref_admin, ref_rule],
+    )
     cmds = forward.iptables_commands(state, "CNI-ADMIN", 0x10)
     assert cmds[2:] == [{"add": forward.mark_rule("ip", 0x10, handle=7)}]  # right after the admin jump
-    assert forward.iptables_problems(state, "CNI-ADMIN", 0x10) == ["iptables (ip filter): CNI-FORWARD does not accept mark 0x10"]
+    assert forward.iptables_problems(state, "CNI-ADMIN", 0x10) == [
+        "iptables (ip filter): CNI-FORWARD does not accept mark 0x10"
+    ]
     ours = forward.mark_rule("ip", 0x10)["rule"]
-    dup = forward.IptablesState(family="ip", forward=state.forward, cni_forward=[ref_admin, ours | {"handle": 9}, ours | {"handle": 10}])
-    assert forward.iptables_commands(dup, "CNI-ADMIN", 0x10)[2:] == [{"delete": {"rule": {"family": "ip", "table": "filter", "chain": "CNI-FORWARD", "handle": 10}}}]
+    dup = forward.IptablesState(
+        family="ip", forward=state.forward, cni_forward=[ref_admin, ours | {"handle": 9}, ours | {"handle": 10}]
+    )
+    assert forward.iptables_commands(dup, "CNI-ADMIN", 0x10)[2:] == [
+        {"delete": {"rule": {"family": "ip", "table": "filter", "chain": "CNI-FORWARD", "handle": 10}}}
+    ]
     done = forward.IptablesState(family="ip", forward=state.forward, cni_forward=[ref_admin, ours | {"handle": 9}])
     assert forward.iptables_commands(done, "CNI-ADMIN", 0x10) == []  # all in place: nothing sent
 
@@ -108,13 +161,37 @@ class Harness:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, iptables: bool = True) -> None:
         self.nft = FakeNft()
         if iptables:  # what `iptables -P FORWARD DROP` leaves behind on iptables-nft
-            self.nft.run([{"add": {"table": {"family": "ip", "name": "filter"}}}, {"add": {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}}], what="setup")
+            self.nft.run(
+                [
+                    {"add": {"table": {"family": "ip", "name": "filter"}}},
+                    {
+                        "add": {
+                            "chain": {
+                                "family": "ip",
+                                "table": "filter",
+                                "name": "FORWARD",
+                                "type": "filter",
+                                "hook": "forward",
+                                "prio": 0,
+                                "policy": "drop",
+                            }
+                        }
+                    },
+                ],
+                what="setup",
+            )
         monkeypatch.setattr(nft_state, "host_nft", lambda: self.nft)
         self.stderr = io.StringIO()
 
     def run(self, command: str, obj: dict[str, Any], cid: str = "ctr1") -> tuple[int, Any]:
         out = io.StringIO()
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": "/var/run/netns/none", "CNI_IFNAME": "eth0", "CNI_PATH": "/x"}
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": cid,
+            "CNI_NETNS": "/var/run/netns/none",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": "/x",
+        }
         rc = skel.run(firewall.PLUGIN, environ=env, stdin=json.dumps(obj).encode(), stdout=out, stderr=self.stderr)
         return rc, json.loads(out.getvalue()) if out.getvalue().strip() else None
 
@@ -148,7 +225,9 @@ def test_add_check_del(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_check_names_missing_iptables_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness(monkeypatch)
     h.run("ADD", conf())
-    h.nft.run([{"flush": {"chain": {"family": "ip", "table": "filter", "name": "FORWARD"}}}], what="admin flushes FORWARD")
+    h.nft.run(
+        [{"flush": {"chain": {"family": "ip", "table": "filter", "name": "FORWARD"}}}], what="admin flushes FORWARD"
+    )
     rc, err = h.run("CHECK", conf())
     assert rc == 1 and "FORWARD does not jump to CNI-FORWARD" in err["msg"]
     h.run("ADD", conf())
@@ -175,18 +254,27 @@ def test_ingress_policy_per_bridge_newest_wins(monkeypatch: pytest.MonkeyPatch) 
     assert list(h.nft.elements("inet", "cni_py_firewall", "policy_bridges")) == ['"cni0"']
     assert h.run("CHECK", conf(ingressPolicy="isolated"), "c2")[0] == 0
     h.run("DEL", conf(), "c2")
-    assert len(h.nft.elements("inet", "cni_py_firewall", "bridge_pairs")) == 1  # per-bridge entries stay, as the reference's
+    assert (
+        len(h.nft.elements("inet", "cni_py_firewall", "bridge_pairs")) == 1
+    )  # per-bridge entries stay, as the reference's
 
 
 def test_policy_needs_an_interface(monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness(monkeypatch)
-    rc, err = h.run("ADD", conf(ingressPolicy="isolated", prevResult={"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2/24"}]}))
+    rc, err = h.run(
+        "ADD", conf(ingressPolicy="isolated", prevResult={"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2/24"}]})
+    )
     assert rc == 1 and "interface needs to be set" in err["msg"]
 
 
 def test_versions_before_0_4_0_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness(monkeypatch)
-    rc, err = h.run("ADD", conf(cniVersion="0.3.1", prevResult={"cniVersion": "0.3.1", "ips": [{"version": "4", "address": "10.0.0.2/24"}]}))
+    rc, err = h.run(
+        "ADD",
+        conf(
+            cniVersion="0.3.1", prevResult={"cniVersion": "0.3.1", "ips": [{"version": "4", "address": "10.0.0.2/24"}]}
+        ),
+    )
     assert rc == 1 and err["code"] == 1
     assert firewall.PLUGIN.versions == ("0.4.0", "1.0.0", "1.1.0")
 
@@ -195,7 +283,21 @@ def test_gc(monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness(monkeypatch)
     h.run("ADD", conf(), "a")
     h.run("ADD", conf(prevResult={"cniVersion": "1.0.0", "ips": [{"address": "10.88.0.9/16"}]}), "b")
-    gc = {"cniVersion": "1.1.0", "name": "net1", "type": "firewall", "cni.dev/valid-attachments": [{"containerID": "b", "ifname": "eth0"}]}
+    gc = {
+        "cniVersion": "1.1.0",
+        "name": "net1",
+        "type": "firewall",
+        "cni.dev/valid-attachments": [{"containerID": "b", "ifname": "eth0"}],
+    }
     out = io.StringIO()
-    assert skel.run(firewall.PLUGIN, environ={"CNI_COMMAND": "GC", "CNI_PATH": "/x"}, stdin=json.dumps(gc).encode(), stdout=out, stderr=io.StringIO()) == 0, out.getvalue()
+    assert (
+        skel.run(
+            firewall.PLUGIN,
+            environ={"CNI_COMMAND": "GC", "CNI_PATH": "/x"},
+            stdin=json.dumps(gc).encode(),
+            stdout=out,
+            stderr=io.StringIO(),
+        )
+        == 0
+    ), out.getvalue()
     assert h.accepted(4) == ["10.88.0.9"] and h.accepted(6) == []

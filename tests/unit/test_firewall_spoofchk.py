@@ -23,15 +23,56 @@ def test_setup_batch_is_the_expected_json() -> None:
         {"add": {"table": {"family": "bridge", "name": "cni_py_macspoof"}}},
         {"add": {"map": {**T, "name": "owners", "type": "ifname", "map": "mark"}}},
         {"add": {"set": {**T, "name": "allowed", "type": ["ifname", "ether_addr"]}}},
-        {"add": {"chain": {**T, "name": "prerouting", "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}}},
+        {
+            "add": {
+                "chain": {
+                    **T,
+                    "name": "prerouting",
+                    "type": "filter",
+                    "hook": "prerouting",
+                    "prio": -300,
+                    "policy": "accept",
+                }
+            }
+        },
         {"flush": {"chain": {**T, "name": "prerouting"}}},
-        {"add": {"rule": {**T, "chain": "prerouting", "expr": [
-            {"match": {"op": "==", "left": iifname, "right": "@owners"}},
-            {"match": {"op": "!=", "left": {"concat": [iifname, {"payload": {"protocol": "ether", "field": "saddr"}}]}, "right": "@allowed"}},
-            {"drop": None},
-        ]}}},
-        {"add": {"element": {**T, "name": "owners", "elem": [[{"elem": {"val": "veth01", "comment": A.comment}}, A.mark]]}}},
-        {"add": {"element": {**T, "name": "allowed", "elem": [{"elem": {"val": {"concat": ["veth01", "0a:58:0a:00:00:02"]}, "comment": A.comment}}]}}},
+        {
+            "add": {
+                "rule": {
+                    **T,
+                    "chain": "prerouting",
+                    "expr": [
+                        {"match": {"op": "==", "left": iifname, "right": "@owners"}},
+                        {
+                            "match": {
+                                "op": "!=",
+                                "left": {"concat": [iifname, {"payload": {"protocol": "ether", "field": "saddr"}}]},
+                                "right": "@allowed",
+                            }
+                        },
+                        {"drop": None},
+                    ],
+                }
+            }
+        },
+        {
+            "add": {
+                "element": {
+                    **T,
+                    "name": "owners",
+                    "elem": [[{"elem": {"val": "veth01", "comment": A.comment}}, A.mark]],
+                }
+            }
+        },
+        {
+            "add": {
+                "element": {
+                    **T,
+                    "name": "allowed",
+                    "elem": [{"elem": {"val": {"concat": ["veth01", "0a:58:0a:00:00:02"]}, "comment": A.comment}}],
+                }
+            }
+        },
     ]
     assert spoofchk.setup_commands(A, "veth01", "0A:58:0A:00:00:02") == expected
 
@@ -40,7 +81,10 @@ def test_setup_and_teardown_are_one_batch_each() -> None:
     nft = FakeNft()
     spoofchk.setup_spoofcheck(nft, A, "veth01", "0a:58:0a:00:00:02")
     spoofchk.setup_spoofcheck(nft, B, "veth02", "0a:58:0a:00:00:03")
-    assert state(nft) == ({"veth01": A.mark, "veth02": B.mark}, {("veth01", "0a:58:0a:00:00:02"), ("veth02", "0a:58:0a:00:00:03")})
+    assert state(nft) == (
+        {"veth01": A.mark, "veth02": B.mark},
+        {("veth01", "0a:58:0a:00:00:02"), ("veth02", "0a:58:0a:00:00:03")},
+    )
     assert spoofchk.validate_spoofcheck(nft, A, "veth01", "0a:58:0a:00:00:02") == []
     assert spoofchk.validate_spoofcheck(nft, A, "veth01", "0a:58:0a:00:00:09") != []
     before = len(nft.batches)
@@ -48,7 +92,9 @@ def test_setup_and_teardown_are_one_batch_each() -> None:
     assert len(nft.batches) == before + 1
     assert state(nft) == ({"veth02": B.mark}, {("veth02", "0a:58:0a:00:00:03")})
     spoofchk.teardown_spoofcheck(nft, A, "veth01", "0a:58:0a:00:00:02")  # again: fine
-    assert spoofchk.validate_spoofcheck(nft, A, "veth01", "0a:58:0a:00:00:02") == ["mac spoof check for port veth01 is missing"]
+    assert spoofchk.validate_spoofcheck(nft, A, "veth01", "0a:58:0a:00:00:02") == [
+        "mac spoof check for port veth01 is missing"
+    ]
 
 
 def test_teardown_by_owner_without_port_or_mac() -> None:

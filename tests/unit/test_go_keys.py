@@ -43,8 +43,13 @@ PREV = {
         {"name": "veth1", "mac": "0a:58:0a:00:00:02"},
         {"name": "eth0", "mac": "0a:58:0a:00:00:03", "sandbox": "/var/run/netns/c1", "mtu": 1400},
     ],
-    "ips": [{"address": "10.0.0.5/24", "gateway": "10.0.0.1", "interface": 2}, {"address": "fd00::5/64", "gateway": "fd00::1", "interface": 2}],
-    "routes": [{"dst": "0.0.0.0/0", "gw": "10.0.0.1", "mtu": 1300, "advmss": 1200, "priority": 10, "table": 100, "scope": 0}],
+    "ips": [
+        {"address": "10.0.0.5/24", "gateway": "10.0.0.1", "interface": 2},
+        {"address": "fd00::5/64", "gateway": "fd00::1", "interface": 2},
+    ],
+    "routes": [
+        {"dst": "0.0.0.0/0", "gw": "10.0.0.1", "mtu": 1300, "advmss": 1200, "priority": 10, "table": 100, "scope": 0}
+    ],
     "dns": {"nameservers": ["10.0.0.53"], "domain": "example.org", "search": ["example.org"], "options": ["ndots:2"]},
 }
 PORT_MAPPINGS = [
@@ -61,7 +66,16 @@ def netconf(obj: dict[str, Any]) -> NetConf:
 
 
 def cmd(obj: dict[str, Any]) -> CmdArgs:
-    return CmdArgs(command="ADD", container_id="c1", netns="/var/run/netns/c1", ifname="eth0", cni_args=CniArgs(), path=(), conf=netconf(obj), environ={})
+    return CmdArgs(
+        command="ADD",
+        container_id="c1",
+        netns="/var/run/netns/c1",
+        ifname="eth0",
+        cni_args=CniArgs(),
+        path=(),
+        conf=netconf(obj),
+        environ={},
+    )
 
 
 def base(ptype: str, **options: Any) -> dict[str, Any]:
@@ -73,39 +87,89 @@ CASES: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], Any]]] = [
     (
         "bridge",
         base(
-            "bridge", bridge="br-test", isDefaultGateway=True, forceAddress=True, ipMasq=True, ipMasqBackend="nftables",
-            mtu=1400, hairpinMode=True, promiscMode=True, vlan=100, vlanTrunk=[{"id": 5}, {"minID": 10, "maxID": 12}],
-            preserveDefaultVlan=False, macspoofchk=True, enabledad=True, disableContainerInterface=True, portIsolation=True,
-            dns=DNS, ipam={"type": "host-local"}, runtimeConfig={"mac": "0a:58:0a:00:00:99"},
+            "bridge",
+            bridge="br-test",
+            isDefaultGateway=True,
+            forceAddress=True,
+            ipMasq=True,
+            ipMasqBackend="nftables",
+            mtu=1400,
+            hairpinMode=True,
+            promiscMode=True,
+            vlan=100,
+            vlanTrunk=[{"id": 5}, {"minID": 10, "maxID": 12}],
+            preserveDefaultVlan=False,
+            macspoofchk=True,
+            enabledad=True,
+            disableContainerInterface=True,
+            portIsolation=True,
+            dns=DNS,
+            ipam={"type": "host-local"},
+            runtimeConfig={"mac": "0a:58:0a:00:00:99"},
         ),
         lambda o: BridgeConf.from_json(netconf(o), CniArgs()),
     ),
     ("bridge-gateway", base("bridge", isGateway=True), lambda o: BridgeConf.from_json(netconf(o), CniArgs())),
-    ("ptp", base("ptp", ipMasq=True, ipMasqBackend="iptables", mtu=1400, dns=DNS, ipam={"type": "host-local"}), lambda o: VethConf.from_json(cmd(o))),
+    (
+        "ptp",
+        base("ptp", ipMasq=True, ipMasqBackend="iptables", mtu=1400, dns=DNS, ipam={"type": "host-local"}),
+        lambda o: VethConf.from_json(cmd(o)),
+    ),
     (
         "macvlan",
-        base("macvlan", master="uplink0", mode="vepa", mtu=1400, mac="0a:58:0a:00:00:42", linkInContainer=True, bcqueuelen=500, dns=DNS, ipam={"type": "static"}),
+        base(
+            "macvlan",
+            master="uplink0",
+            mode="vepa",
+            mtu=1400,
+            mac="0a:58:0a:00:00:42",
+            linkInContainer=True,
+            bcqueuelen=500,
+            dns=DNS,
+            ipam={"type": "static"},
+        ),
         lambda o: MacvlanConf.from_json(cmd(o)),
     ),
     (
         "tuning",
         base(
-            "tuning", sysctl={"net.ipv4.conf.IFNAME.arp_notify": "1"}, mac="0a:58:0a:00:00:42", mtu=1400, promisc=True, allmulti=True,
-            txQLen=500, dataDir="/run/cni/tuning-test", args={"cni": {"sysctl": {"net.core.somaxconn": "500"}}},
+            "tuning",
+            sysctl={"net.ipv4.conf.IFNAME.arp_notify": "1"},
+            mac="0a:58:0a:00:00:42",
+            mtu=1400,
+            promisc=True,
+            allmulti=True,
+            txQLen=500,
+            dataDir="/run/cni/tuning-test",
+            args={"cni": {"sysctl": {"net.core.somaxconn": "500"}}},
         ),
         lambda o: TuningConf.from_json(cmd(o)),
     ),
     (
         "portmap",
         base(
-            "portmap", snat=False, masqAll=True, exclusiveHostPorts=True, backend="nftables", conditionsV4=["ip saddr 192.0.2.0/24"],
-            conditionsV6=["ip6 saddr 2001:db8::/64"], runtimeConfig=RUNTIME, prevResult=PREV,
+            "portmap",
+            snat=False,
+            masqAll=True,
+            exclusiveHostPorts=True,
+            backend="nftables",
+            conditionsV4=["ip saddr 192.0.2.0/24"],
+            conditionsV6=["ip6 saddr 2001:db8::/64"],
+            runtimeConfig=RUNTIME,
+            prevResult=PREV,
         ),
         lambda o: PortMapConf.from_netconf(netconf(o), "eth0"),
     ),
     (
         "firewall",
-        base("firewall", backend="iptables", iptablesAdminChainName="ADMIN-X", ingressPolicy="same-bridge", iptablesAcceptMark="0x100", prevResult=PREV),
+        base(
+            "firewall",
+            backend="iptables",
+            iptablesAdminChainName="ADMIN-X",
+            ingressPolicy="same-bridge",
+            iptablesAcceptMark="0x100",
+            prevResult=PREV,
+        ),
         lambda o: FirewallConf.from_netconf(netconf(o)),
     ),
     (
@@ -114,7 +178,16 @@ CASES: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], Any]]] = [
             "bridge",
             ipam={
                 "type": "host-local",
-                "ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.10", "rangeEnd": "10.0.0.20", "gateway": "10.0.0.254"}]],
+                "ranges": [
+                    [
+                        {
+                            "subnet": "10.0.0.0/24",
+                            "rangeStart": "10.0.0.10",
+                            "rangeEnd": "10.0.0.20",
+                            "gateway": "10.0.0.254",
+                        }
+                    ]
+                ],
                 "routes": [{"dst": "192.0.2.0/24", "gw": "10.0.0.254"}],
                 "dataDir": "/run/cni/host-local-test",
                 "resolvConf": "/etc/resolv.conf",
@@ -127,8 +200,19 @@ CASES: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], Any]]] = [
         "host-local-legacy-and-ipRanges",
         base(
             "bridge",
-            ipam={"type": "host-local", "subnet": "10.1.0.0/24", "rangeStart": "10.1.0.10", "rangeEnd": "10.1.0.20", "gateway": "10.1.0.1"},
-            runtimeConfig={"ipRanges": [[{"subnet": "10.2.0.0/24", "rangeStart": "10.2.0.5", "rangeEnd": "10.2.0.6", "gateway": "10.2.0.1"}]], "ips": ["10.2.0.6"]},
+            ipam={
+                "type": "host-local",
+                "subnet": "10.1.0.0/24",
+                "rangeStart": "10.1.0.10",
+                "rangeEnd": "10.1.0.20",
+                "gateway": "10.1.0.1",
+            },
+            runtimeConfig={
+                "ipRanges": [
+                    [{"subnet": "10.2.0.0/24", "rangeStart": "10.2.0.5", "rangeEnd": "10.2.0.6", "gateway": "10.2.0.1"}]
+                ],
+                "ips": ["10.2.0.6"],
+            },
         ),
         lambda o: IPAMConf.from_netconf(netconf(o), CniArgs()),
     ),
@@ -136,23 +220,56 @@ CASES: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], Any]]] = [
         "static",
         base(
             "macvlan",
-            ipam={"type": "static", "addresses": [{"address": "10.0.0.5/24", "gateway": "10.0.0.1"}], "routes": [{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}], "dns": DNS},
+            ipam={
+                "type": "static",
+                "addresses": [{"address": "10.0.0.5/24", "gateway": "10.0.0.1"}],
+                "routes": [{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}],
+                "dns": DNS,
+            },
         ),
         lambda o: StaticConf.from_args(cmd(o)),
     ),
-    ("static-capability", base("macvlan", ipam={"type": "static"}, runtimeConfig={"ips": ["10.0.0.9/24"]}), lambda o: StaticConf.from_args(cmd(o))),
-    ("static-args", base("macvlan", ipam={"type": "static"}, args={"cni": {"ips": ["10.0.0.7/24"]}}), lambda o: StaticConf.from_args(cmd(o))),
+    (
+        "static-capability",
+        base("macvlan", ipam={"type": "static"}, runtimeConfig={"ips": ["10.0.0.9/24"]}),
+        lambda o: StaticConf.from_args(cmd(o)),
+    ),
+    (
+        "static-args",
+        base("macvlan", ipam={"type": "static"}, args={"cni": {"ips": ["10.0.0.7/24"]}}),
+        lambda o: StaticConf.from_args(cmd(o)),
+    ),
     (
         "netconf",
-        base("bridge", dns=DNS, prevResult=PREV, runtimeConfig=RUNTIME, args=ARGS, ipam={"type": "host-local"}, **{"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]}),
+        base(
+            "bridge",
+            dns=DNS,
+            prevResult=PREV,
+            runtimeConfig=RUNTIME,
+            args=ARGS,
+            ipam={"type": "host-local"},
+            **{"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]},
+        ),
         lambda o: _shared(netconf(o)),
     ),
 ]
 
 
 def _shared(conf: NetConf) -> tuple[Any, ...]:
-    return (conf.cni_version, conf.name, conf.type, conf.ipam_type, conf.dns, conf.prev_result, conf.runtime_config.port_mappings,
-            conf.runtime_config.ips, conf.runtime_config.mac, conf.args.ips, conf.args.mac, conf.valid_attachments)
+    return (
+        conf.cni_version,
+        conf.name,
+        conf.type,
+        conf.ipam_type,
+        conf.dns,
+        conf.prev_result,
+        conf.runtime_config.port_mappings,
+        conf.runtime_config.ips,
+        conf.runtime_config.mac,
+        conf.args.ips,
+        conf.args.mac,
+        conf.valid_attachments,
+    )
 
 
 def respell(obj: Any, style: Callable[[str], str], *, in_map: bool = False) -> Any:
@@ -178,12 +295,16 @@ def defaults_differ(obj: dict[str, Any], parse: Callable[[dict[str, Any]], Any])
 
 @pytest.mark.parametrize("style", list(STYLES))
 @pytest.mark.parametrize("case, obj, parse", CASES, ids=[c[0] for c in CASES])
-def test_every_option_in_every_spelling(case: str, obj: dict[str, Any], parse: Callable[[dict[str, Any]], Any], style: str) -> None:
+def test_every_option_in_every_spelling(
+    case: str, obj: dict[str, Any], parse: Callable[[dict[str, Any]], Any], style: str
+) -> None:
     assert parse(respell(obj, STYLES[style])) == parse(obj)
 
 
 @pytest.mark.parametrize("case, obj, parse", CASES, ids=[c[0] for c in CASES])
-def test_every_option_of_the_table_matters(case: str, obj: dict[str, Any], parse: Callable[[dict[str, Any]], Any]) -> None:
+def test_every_option_of_the_table_matters(
+    case: str, obj: dict[str, Any], parse: Callable[[dict[str, Any]], Any]
+) -> None:
     assert defaults_differ(obj, parse) == []
 
 
@@ -198,9 +319,16 @@ def test_cri_port_mapping_with_go_field_names() -> None:
 def test_cri_ip_ranges_with_go_field_names() -> None:
     """go-cni's IPRanges has no JSON tags either: host-local must still read them."""
     ranges = [[{"Subnet": "10.9.0.0/24", "RangeStart": "10.9.0.10", "RangeEnd": "10.9.0.11", "Gateway": "10.9.0.1"}]]
-    conf = IPAMConf.from_netconf(netconf(base("bridge", ipam={"type": "host-local"}, runtimeConfig={"ipRanges": ranges})), CniArgs())
+    conf = IPAMConf.from_netconf(
+        netconf(base("bridge", ipam={"type": "host-local"}, runtimeConfig={"ipRanges": ranges})), CniArgs()
+    )
     (r,) = conf.range_sets[0].ranges
-    assert (str(r.subnet), str(r.range_start), str(r.range_end), str(r.gateway)) == ("10.9.0.0/24", "10.9.0.10", "10.9.0.11", "10.9.0.1")
+    assert (str(r.subnet), str(r.range_start), str(r.range_end), str(r.gateway)) == (
+        "10.9.0.0/24",
+        "10.9.0.10",
+        "10.9.0.11",
+        "10.9.0.1",
+    )
 
 
 def test_the_last_spelling_wins_as_in_go() -> None:

@@ -63,7 +63,11 @@ def test_gateway_inside_range_is_skipped_and_custom_gateway_reported() -> None:
 
 def test_network_and_broadcast_never_handed_out_even_inside_range() -> None:
     store = MemoryStore()
-    a = Allocator(range_set=rs({"subnet": "10.1.0.0/29", "rangeStart": "10.1.0.0", "rangeEnd": "10.1.0.7"}), store=store, range_id=0)
+    a = Allocator(
+        range_set=rs({"subnet": "10.1.0.0/29", "rangeStart": "10.1.0.0", "rangeEnd": "10.1.0.7"}),
+        store=store,
+        range_id=0,
+    )
     got = {str(a.allocate(Key(f"c{i}", "eth0")).address.ip) for i in range(5)}
     assert got == {"10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6"}
     with pytest.raises(CNIError, match="no IP addresses available in range set 10.1.0.0/29"):
@@ -121,7 +125,9 @@ def test_allocate_all_rolls_back_earlier_sets_on_failure() -> None:
     sets = (rs({"subnet": "10.1.0.0/24"}), parse_range_set([{"subnet": "fd00::/126"}], "ipam.ranges[1]"))
     allocator.allocate_all(store, sets, Key("a", "eth0"), (None, None))
     allocator.allocate_all(store, sets, Key("b", "eth0"), (None, None))
-    with pytest.raises(CNIError, match="failed to allocate for range 1: no IP addresses available in range set fd00::/126"):
+    with pytest.raises(
+        CNIError, match="failed to allocate for range 1: no IP addresses available in range set fd00::/126"
+    ):
         allocator.allocate_all(store, sets, Key("c", "eth0"), (None, None))
     assert store.held_by(Key("c", "eth0")) == ()  # its IPv4 address was released again
     assert len(store.files) == 4
@@ -142,14 +148,16 @@ def test_release_exact_then_legacy_and_holds() -> None:
 
 def test_gc_rules() -> None:
     store = MemoryStore()
-    store.files.update({
-        IP("10.1.0.2"): Key("keep", "eth0"),
-        IP("10.1.0.3"): Key("keep", "eth1"),   # same container, interface not listed
-        IP("10.1.0.4"): Key("gone", "eth0"),
-        IP("10.1.0.5"): Key("keep", ""),       # old format: kept while the container is valid
-        IP("10.1.0.6"): Key("old", ""),
-        IP("10.1.0.7"): None,                   # empty or garbage file: a leak
-    })
+    store.files.update(
+        {
+            IP("10.1.0.2"): Key("keep", "eth0"),
+            IP("10.1.0.3"): Key("keep", "eth1"),  # same container, interface not listed
+            IP("10.1.0.4"): Key("gone", "eth0"),
+            IP("10.1.0.5"): Key("keep", ""),  # old format: kept while the container is valid
+            IP("10.1.0.6"): Key("old", ""),
+            IP("10.1.0.7"): None,  # empty or garbage file: a leak
+        }
+    )
     stale = allocator.gc(store, frozenset({Key("keep", "eth0")}))
     assert set(stale) == {IP("10.1.0.3"), IP("10.1.0.4"), IP("10.1.0.6"), IP("10.1.0.7")}
     assert set(store.files) == {IP("10.1.0.2"), IP("10.1.0.5")}

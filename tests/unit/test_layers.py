@@ -62,7 +62,11 @@ def imports_of(module: str, path: Path) -> list[str]:
 
 
 def test_every_module_has_a_layer() -> None:
-    assert [m for m, _ in product_modules() if package_of(m) is None and m not in ("cni_plugins", "conf", "ipam", "firewall")] == []
+    assert [
+        m
+        for m, _ in product_modules()
+        if package_of(m) is None and m not in ("cni_plugins", "conf", "ipam", "firewall")
+    ] == []
 
 
 @pytest.mark.parametrize("module, path", product_modules(), ids=[m for m, _ in product_modules()])

@@ -18,7 +18,11 @@ from tests.fakes.nft import FakeNft
 
 PREV = {
     "cniVersion": "1.0.0",
-    "interfaces": [{"name": "cni0", "mac": "aa:bb:cc:dd:ee:01"}, {"name": "veth1", "mac": "aa:bb:cc:dd:ee:02"}, {"name": "eth0", "sandbox": "/var/run/netns/x"}],
+    "interfaces": [
+        {"name": "cni0", "mac": "aa:bb:cc:dd:ee:01"},
+        {"name": "veth1", "mac": "aa:bb:cc:dd:ee:02"},
+        {"name": "eth0", "sandbox": "/var/run/netns/x"},
+    ],
     "ips": [
         {"address": "10.1.0.9/24", "interface": 1},  # host side: skipped
         {"address": "10.88.0.5/16", "interface": 2, "gateway": "10.88.0.1"},
@@ -57,7 +61,11 @@ def test_defaults_and_container_choice() -> None:
 
 def test_entries_without_index_are_taken() -> None:
     # (an index out of range is refused earlier, when prevResult is read)
-    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}], "ips": [{"address": "10.0.0.2/24"}, {"address": "fd::2/64"}]}
+    prev = {
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+        "ips": [{"address": "10.0.0.2/24"}, {"address": "fd::2/64"}],
+    }
     c = parse(conf(prevResult=prev))
     assert {v: str(a) for v, a in c.containers.items()} == {4: "10.0.0.2/24", 6: "fd::2/64"}
     assert parse(conf(), ifname="eth1").containers == {}
@@ -93,12 +101,31 @@ def test_invalid_mappings() -> None:
 
 
 def test_mappings_by_family() -> None:
-    c = parse(conf(runtimeConfig={"portMappings": [pm(80, 8080), pm(81, 81, host_ip="0.0.0.0"), pm(82, 82, host_ip="::"), pm(83, 83, "udp", "192.0.2.1"), pm(84, 84, host_ip="2001:db8::1")]}))
+    c = parse(
+        conf(
+            runtimeConfig={
+                "portMappings": [
+                    pm(80, 8080),
+                    pm(81, 81, host_ip="0.0.0.0"),
+                    pm(82, 82, host_ip="::"),
+                    pm(83, 83, "udp", "192.0.2.1"),
+                    pm(84, 84, host_ip="2001:db8::1"),
+                ]
+            }
+        )
+    )
     got = {v: [(m.host_port, m.host_ip) for m in ms] for v, ms in c.mappings().items()}
     assert got == {4: [(80, ""), (81, ""), (83, "192.0.2.1")], 6: [(80, ""), (82, ""), (84, "2001:db8::1")]}
     assert c.udp_ports() == [83]
     v4_only = {"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2/24"}]}
-    assert list(parse(conf(prevResult=v4_only, runtimeConfig={"portMappings": [pm(84, 84, host_ip="2001:db8::1")]})).mappings()) == []
+    assert (
+        list(
+            parse(
+                conf(prevResult=v4_only, runtimeConfig={"portMappings": [pm(84, 84, host_ip="2001:db8::1")]})
+            ).mappings()
+        )
+        == []
+    )
 
 
 # ---------------------------------------------------------------- builders
@@ -110,12 +137,18 @@ def test_groups_hold_dnat_and_masquerade_entries() -> None:
     assert sorted(groups) == ["any4_owners", "any6_owners", "hostip4_owners", "masq4_owners", "masq6_owners"]
     (e,) = groups["any4_owners"].entries  # the duplicate host port: the first mapping wins, as in the reference
     assert e.key == {"concat": ["tcp", 8080]}
-    assert e.data == {"any4_chain": {"jump": {"target": layout.dnat_chain("net1", layout.KIND["any4"])}}, "any4_addr": "10.88.0.5", "any4_port": 80}
+    assert e.data == {
+        "any4_chain": {"jump": {"target": layout.dnat_chain("net1", layout.KIND["any4"])}},
+        "any4_addr": "10.88.0.5",
+        "any4_port": 80,
+    }
     (h,) = groups["hostip4_owners"].entries
     assert h.key == {"concat": ["192.0.2.1", "udp", 53]}
     assert groups["masq4_owners"].entries[0].data == {"masq4": {"jump": {"target": "hairpin-10_88_0_0-16"}}}
     assert groups["masq6_owners"].entries[0].data == {"masq6": {"jump": {"target": "hairpin-fd00__-64"}}}
-    masq_all = {g.maps.owners: g for g in parse(conf(masqAll=True, runtimeConfig={"portMappings": [pm(1, 1)]})).groups("n")}
+    masq_all = {
+        g.maps.owners: g for g in parse(conf(masqAll=True, runtimeConfig={"portMappings": [pm(1, 1)]})).groups("n")
+    }
     assert masq_all["masq4_owners"].entries[0].data == {"masq4": {"jump": {"target": "masq-all"}}}
     no_snat = {g.maps.owners for g in parse(conf(snat=False, runtimeConfig={"portMappings": [pm(1, 1)]})).groups("n")}
     assert no_snat == {"any4_owners", "any6_owners"}
@@ -123,13 +156,35 @@ def test_groups_hold_dnat_and_masquerade_entries() -> None:
 
 def test_base_chains_dispatch_through_verdict_maps() -> None:
     cmds = layout.base_commands()
-    rules = {c["add"]["rule"]["chain"]: c["add"]["rule"]["expr"] for c in cmds if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] != "hostports"}
-    assert rules["prerouting"] == [{"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}}, {"jump": {"target": "hostports"}}]
+    rules = {
+        c["add"]["rule"]["chain"]: c["add"]["rule"]["expr"]
+        for c in cmds
+        if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] != "hostports"
+    }
+    assert rules["prerouting"] == [
+        {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}},
+        {"jump": {"target": "hostports"}},
+    ]
     hostports = [c["add"]["rule"]["expr"] for c in cmds if c.get("add", {}).get("rule", {}).get("chain") == "hostports"]
-    assert [r[-1]["vmap"]["data"] for r in hostports] == ["@hostip4_chain", "@hostip6_chain", "@any4_chain", "@any6_chain"]
-    assert hostports[0][-1]["vmap"]["key"] == {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}
+    assert [r[-1]["vmap"]["data"] for r in hostports] == [
+        "@hostip4_chain",
+        "@hostip6_chain",
+        "@any4_chain",
+        "@any6_chain",
+    ]
+    assert hostports[0][-1]["vmap"]["key"] == {
+        "concat": [
+            {"payload": {"protocol": "ip", "field": "daddr"}},
+            {"meta": {"key": "l4proto"}},
+            {"payload": {"protocol": "th", "field": "dport"}},
+        ]
+    }
     chains = [c["add"]["chain"] for c in cmds if "chain" in c.get("add", {})]
-    assert {(ch["name"], ch.get("hook"), ch.get("prio")) for ch in chains if "hook" in ch} == {("prerouting", "prerouting", -100), ("output", "output", -100), ("postrouting", "postrouting", 100)}
+    assert {(ch["name"], ch.get("hook"), ch.get("prio")) for ch in chains if "hook" in ch} == {
+        ("prerouting", "prerouting", -100),
+        ("output", "output", -100),
+        ("postrouting", "postrouting", 100),
+    }
     flushed = {c["flush"]["chain"]["name"] for c in cmds if "flush" in c}
     assert flushed == {"hostports", "prerouting", "output", "postrouting", "masq-all"}
 
@@ -140,11 +195,17 @@ def test_network_chain_carries_conditions_then_dnat_through_the_maps() -> None:
     rules = {c["add"]["rule"]["chain"]: c["add"]["rule"]["expr"] for c in cmds if "rule" in c.get("add", {})}
     any4 = rules[layout.dnat_chain("net1", layout.KIND["any4"])]
     assert any4[0] == cond
-    assert any4[1]["dnat"]["family"] == "ip" and any4[1]["dnat"]["addr"]["map"]["data"] == "@any4_addr" and any4[1]["dnat"]["port"]["map"]["data"] == "@any4_port"
-    assert rules[layout.dnat_chain("net1", layout.KIND["any6"])][0]["dnat"]["family"] == "ip6"  # no V4 condition in V6 chains
-    assert layout.hairpin_commands(__import__("ipaddress").ip_network("10.88.0.0/16"))[-1]["add"]["rule"]["expr"][0]["match"]["right"] == {
-        "set": [{"prefix": {"addr": "10.88.0.0", "len": 16}}, {"prefix": {"addr": "127.0.0.0", "len": 8}}]
-    }
+    assert (
+        any4[1]["dnat"]["family"] == "ip"
+        and any4[1]["dnat"]["addr"]["map"]["data"] == "@any4_addr"
+        and any4[1]["dnat"]["port"]["map"]["data"] == "@any4_port"
+    )
+    assert (
+        rules[layout.dnat_chain("net1", layout.KIND["any6"])][0]["dnat"]["family"] == "ip6"
+    )  # no V4 condition in V6 chains
+    assert layout.hairpin_commands(__import__("ipaddress").ip_network("10.88.0.0/16"))[-1]["add"]["rule"]["expr"][0][
+        "match"
+    ]["right"] == {"set": [{"prefix": {"addr": "10.88.0.0", "len": 16}}, {"prefix": {"addr": "127.0.0.0", "len": 8}}]}
 
 
 # ---------------------------------------------------------------- handlers on FakeNft
@@ -157,23 +218,37 @@ class Harness:
         self.udp: list[tuple[list[int], tuple[int, ...]]] = []
         monkeypatch.setattr(nft_state, "host_nft", lambda: self.nft)
         monkeypatch.setattr(portmap, "_enable_localnet", lambda c: self.localnet.append(str(c)))
-        monkeypatch.setattr(portmap, "_flush_udp", lambda c, versions=None: self.udp.append((c.udp_ports(), versions or ())))
+        monkeypatch.setattr(
+            portmap, "_flush_udp", lambda c, versions=None: self.udp.append((c.udp_ports(), versions or ()))
+        )
 
     def run(self, command: str, obj: dict[str, Any], cid: str = "ctr1") -> tuple[int, Any]:
         out = io.StringIO()
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": "/var/run/netns/none", "CNI_IFNAME": "eth0", "CNI_PATH": "/x"}
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": cid,
+            "CNI_NETNS": "/var/run/netns/none",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": "/x",
+        }
         rc = skel.run(portmap.PLUGIN, environ=env, stdin=json.dumps(obj).encode(), stdout=out, stderr=io.StringIO())
         return rc, json.loads(out.getvalue()) if out.getvalue().strip() else None
 
     def held(self, owners: str = "any4_owners") -> dict[int, int]:
-        return {json.loads(k)["concat"][1]: v[1] for k, v in self.nft.elements("inet", "cni_py_portmap", owners).items()}
+        return {
+            json.loads(k)["concat"][1]: v[1] for k, v in self.nft.elements("inet", "cni_py_portmap", owners).items()
+        }
 
     def addr(self, name: str = "any4_addr") -> dict[Any, Any]:
         return {json.loads(k)["concat"][-1]: v[1] for k, v in self.nft.elements("inet", "cni_py_portmap", name).items()}
 
 
 def with_ip(ip: str, **options: Any) -> dict[str, Any]:
-    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}], "ips": [{"address": f"{ip}/24", "interface": 0}]}
+    prev = {
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+        "ips": [{"address": f"{ip}/24", "interface": 0}],
+    }
     return conf(prevResult=prev, **options)
 
 
@@ -202,9 +277,14 @@ def test_add_check_del_one_transaction_each(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_newest_wins_and_the_older_del_leaves_it(monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness(monkeypatch)
-    a, b = with_ip("10.0.0.2", runtimeConfig={"portMappings": [pm(8080, 80)]}), with_ip("10.0.0.3", runtimeConfig={"portMappings": [pm(8080, 80)]})
+    a, b = (
+        with_ip("10.0.0.2", runtimeConfig={"portMappings": [pm(8080, 80)]}),
+        with_ip("10.0.0.3", runtimeConfig={"portMappings": [pm(8080, 80)]}),
+    )
     assert h.run("ADD", a, "ctr-a")[0] == 0 and h.run("ADD", b, "ctr-b")[0] == 0
-    assert h.addr() == {8080: "10.0.0.3"} and h.held() == {8080: Owner(network="net1", container_id="ctr-b", ifname="eth0").mark}
+    assert h.addr() == {8080: "10.0.0.3"} and h.held() == {
+        8080: Owner(network="net1", container_id="ctr-b", ifname="eth0").mark
+    }
     assert h.run("DEL", a, "ctr-a")[0] == 0
     assert h.addr() == {8080: "10.0.0.3"}
     assert h.run("CHECK", b, "ctr-b")[0] == 0
@@ -218,16 +298,24 @@ def test_exclusive_host_ports_refuses_naming_the_owner(monkeypatch: pytest.Monke
     b = with_ip("10.0.0.3", exclusiveHostPorts=True, runtimeConfig={"portMappings": [pm(9090, 90), pm(8080, 80)]})
     assert h.run("ADD", a, "ctr-a")[0] == 0
     rc, err = h.run("ADD", b, "ctr-b")
-    assert rc == 1 and err["msg"] == "host tcp port 8080 on all IPv4 addresses is already mapped by net:net1 if:eth0 id:ctr-a"
+    assert (
+        rc == 1
+        and err["msg"] == "host tcp port 8080 on all IPv4 addresses is already mapped by net:net1 if:eth0 id:ctr-a"
+    )
     assert h.addr() == {8080: "10.0.0.2"}  # nothing of b's batch was applied
     assert h.run("ADD", b | {"runtimeConfig": {"portMappings": [pm(9090, 90)]}}, "ctr-b")[0] == 0
-    assert h.run("ADD", b | {"runtimeConfig": {"portMappings": [pm(9090, 91)]}}, "ctr-b")[0] == 0  # its own port: converges
+    assert (
+        h.run("ADD", b | {"runtimeConfig": {"portMappings": [pm(9090, 91)]}}, "ctr-b")[0] == 0
+    )  # its own port: converges
     assert h.addr("any4_port") == {8080: 80, 9090: 91}
 
 
 def test_del_without_prev_result_finds_entries_by_owner(monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness(monkeypatch)
-    a, b = with_ip("10.0.0.2", runtimeConfig={"portMappings": [pm(8080, 80)]}), with_ip("10.0.0.3", runtimeConfig={"portMappings": [pm(8081, 80)]})
+    a, b = (
+        with_ip("10.0.0.2", runtimeConfig={"portMappings": [pm(8080, 80)]}),
+        with_ip("10.0.0.3", runtimeConfig={"portMappings": [pm(8081, 80)]}),
+    )
     h.run("ADD", a, "ctr-a")
     h.run("ADD", b, "ctr-b")
     no_prev = {k: v for k, v in a.items() if k != "prevResult"}
@@ -240,10 +328,17 @@ def test_gc_drops_entries_of_invalid_attachments(monkeypatch: pytest.MonkeyPatch
     h = Harness(monkeypatch)
     h.run("ADD", with_ip("10.0.0.2", runtimeConfig={"portMappings": [pm(8080, 80)]}), "ctr-a")
     h.run("ADD", with_ip("10.0.0.3", runtimeConfig={"portMappings": [pm(8081, 80)]}), "ctr-b")
-    gc = {"cniVersion": "1.1.0", "name": "net1", "type": "portmap", "cni.dev/valid-attachments": [{"containerID": "ctr-b", "ifname": "eth0"}]}
+    gc = {
+        "cniVersion": "1.1.0",
+        "name": "net1",
+        "type": "portmap",
+        "cni.dev/valid-attachments": [{"containerID": "ctr-b", "ifname": "eth0"}],
+    }
     out = io.StringIO()
     env = {"CNI_COMMAND": "GC", "CNI_PATH": "/x"}
-    assert skel.run(portmap.PLUGIN, environ=env, stdin=json.dumps(gc).encode(), stdout=out, stderr=io.StringIO()) == 0, out.getvalue()
+    assert (
+        skel.run(portmap.PLUGIN, environ=env, stdin=json.dumps(gc).encode(), stdout=out, stderr=io.StringIO()) == 0
+    ), out.getvalue()
     assert h.addr() == {8081: "10.0.0.3"}
     assert [json.loads(k) for k in h.nft.elements("inet", "cni_py_portmap", "masq4_owners")] == ["10.0.0.3"]
 

@@ -27,8 +27,16 @@ def m(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
             4,
             [m(SADDR4, {"set": [{"prefix": {"addr": "10.0.0.0", "len": 8}}, "192.0.2.1"]})],
         ),
-        (["ip6 saddr fd00::/8"], 6, [m({"payload": {"protocol": "ip6", "field": "saddr"}}, {"prefix": {"addr": "fd00::", "len": 8}})]),
-        (['iifname "eth0"', "oifname", "!=", "lo"], 4, [m({"meta": {"key": "iifname"}}, "eth0"), m({"meta": {"key": "oifname"}}, "lo", "!=")]),
+        (
+            ["ip6 saddr fd00::/8"],
+            6,
+            [m({"payload": {"protocol": "ip6", "field": "saddr"}}, {"prefix": {"addr": "fd00::", "len": 8}})],
+        ),
+        (
+            ['iifname "eth0"', "oifname", "!=", "lo"],
+            4,
+            [m({"meta": {"key": "iifname"}}, "eth0"), m({"meta": {"key": "oifname"}}, "lo", "!=")],
+        ),
         (["meta iifname { eth*, wlan0 }"], 6, [m({"meta": {"key": "iifname"}}, {"set": ["eth*", "wlan0"]})]),
         (["meta mark 0x10"], 4, [m({"meta": {"key": "mark"}}, 16)]),
         (["mark != 7"], 4, [m({"meta": {"key": "mark"}}, 7, "!=")]),

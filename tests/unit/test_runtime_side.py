@@ -37,8 +37,14 @@ def test_plugin_side_cni_args() -> None:
 
 def test_cache_file_is_libcni_format(tmp_path: Path) -> None:
     att = cache.CachedAttachment(
-        container_id="c1", ifname="eth0", network_name="net", netns="/var/run/netns/x",
-        cni_args=(("K", "V"),), capability_args={"portMappings": []}, config=b'{"name":"net"}', result={"cniVersion": "1.0.0"},
+        container_id="c1",
+        ifname="eth0",
+        network_name="net",
+        netns="/var/run/netns/x",
+        cni_args=(("K", "V"),),
+        capability_args={"portMappings": []},
+        config=b'{"name":"net"}',
+        result={"cniVersion": "1.0.0"},
     )
     cache.write(str(tmp_path), att)
     path = tmp_path / "results" / "net-c1-eth0"
@@ -69,7 +75,9 @@ def test_capability_args_injected_only_where_declared() -> None:
     }
     netlist = conflist_from_object(obj, json.dumps(obj).encode(), "test")
     runner = CNIRunner(["/nowhere"], "/nowhere")
-    rt = RuntimeConf(container_id="c", netns="/x", capability_args={"portMappings": [{"hostPort": 1}], "ips": ["10.0.0.1"]})
+    rt = RuntimeConf(
+        container_id="c", netns="/x", capability_args={"portMappings": [{"hostPort": 1}], "ips": ["10.0.0.1"]}
+    )
     first = runner._build(netlist, netlist.plugins[0], None, rt)
     second = runner._build(netlist, netlist.plugins[1], {"cniVersion": "1.0.0"}, rt)
     assert "runtimeConfig" not in first and "prevResult" not in first

@@ -53,7 +53,11 @@ def test_bad_check_lines(text: str, says: str) -> None:
         parse_check(text, "f.yaml: checks[0]")
 
 
-BRIDGE = {"cniVersion": "1.0.0", "name": "n1", "plugins": [{"type": "bridge", "ipam": {"type": "host-local", "subnet": "10.1.0.0/24"}}]}
+BRIDGE = {
+    "cniVersion": "1.0.0",
+    "name": "n1",
+    "plugins": [{"type": "bridge", "ipam": {"type": "host-local", "subnet": "10.1.0.0/24"}}],
+}
 
 
 def write(tmp_path: Path, doc: dict[str, Any]) -> Path:
@@ -63,7 +67,11 @@ def write(tmp_path: Path, doc: dict[str, Any]) -> Path:
 
 
 def test_load_fills_host_local_data_dir(tmp_path: Path) -> None:
-    doc = {"networks": [{"conflist": BRIDGE}], "containers": [{"name": "a", "networks": ["n1"], "serve": ["tcp/80", "udp/53"]}], "checks": ["ping a -> a"]}
+    doc = {
+        "networks": [{"conflist": BRIDGE}],
+        "containers": [{"name": "a", "networks": ["n1"], "serve": ["tcp/80", "udp/53"]}],
+        "checks": ["ping a -> a"],
+    }
     sc = load(write(tmp_path, doc), tmp_path / "ipam")
     assert sc.name == "s" and sc.containers[0].serve == [("tcp", 80), ("udp", 53)]
     plugin = sc.networks["n1"].plugins[0].raw
@@ -75,7 +83,9 @@ def test_load_keeps_a_given_data_dir_and_reads_files(tmp_path: Path) -> None:
     conf = json.loads(json.dumps(BRIDGE))
     conf["plugins"][0]["ipam"]["dataDir"] = "/somewhere"
     (tmp_path / "n1.conflist").write_text(json.dumps(conf))
-    sc = load(write(tmp_path, {"networks": [{"file": "n1.conflist"}], "containers": [], "checks": []}), tmp_path / "ipam")
+    sc = load(
+        write(tmp_path, {"networks": [{"file": "n1.conflist"}], "containers": [], "checks": []}), tmp_path / "ipam"
+    )
     assert sc.networks["n1"].plugins[0].raw["ipam"]["dataDir"] == "/somewhere"
 
 

@@ -32,7 +32,9 @@ class Recorder:
     def plugin(self, **kw: Any) -> Plugin:
         def add(a: CmdArgs) -> Result:
             self.calls.append(("ADD", a))
-            return Result(ips=(IPConfig(address=ipaddress.ip_interface("10.0.0.2/24"), gateway=ipaddress.ip_address("10.0.0.1")),))
+            return Result(
+                ips=(IPConfig(address=ipaddress.ip_interface("10.0.0.2/24"), gateway=ipaddress.ip_address("10.0.0.1")),)
+            )
 
         def rec(verb: str) -> Handler:
             def handler(a: CmdArgs) -> None:
@@ -40,7 +42,16 @@ class Recorder:
 
             return handler
 
-        return Plugin(name="fake", add=add, delete=rec("DEL"), check=rec("CHECK"), status=rec("STATUS"), gc=rec("GC"), about="fake", **kw)
+        return Plugin(
+            name="fake",
+            add=add,
+            delete=rec("DEL"),
+            check=rec("CHECK"),
+            status=rec("STATUS"),
+            gc=rec("GC"),
+            about="fake",
+            **kw,
+        )
 
 
 def call(plugin: Plugin, env: dict[str, str], stdin: bytes) -> tuple[int, Any, str]:
@@ -92,15 +103,35 @@ BAD_INPUT = [
     ("check-before-0.4.0", env_with(CNI_COMMAND="CHECK"), conf_with(cniVersion="0.3.1"), 1, "does not allow CHECK"),
     ("status-before-1.1.0", env_with(CNI_COMMAND="STATUS"), conf_with(cniVersion="1.0.0"), 1, "does not allow STATUS"),
     ("gc-before-1.1.0", env_with(CNI_COMMAND="GC"), conf_with(cniVersion="0.4.0"), 1, "does not allow GC"),
-    ("prevresult-bad-ip", ENV, conf_with(prevResult={"cniVersion": "1.0.0", "ips": [{"address": "300.1.1.1/24"}]}), 6, "prevResult.ips[0].address"),
-    ("prevresult-bad-index", ENV, conf_with(prevResult={"cniVersion": "1.0.0", "ips": [{"address": "10.1.1.1/24", "interface": 3}]}), 6, "interface"),
-    ("runtimeconfig-bad-port", ENV, conf_with(runtimeConfig={"portMappings": [{"hostPort": 0, "containerPort": 80}]}), 7, "runtimeConfig.portMappings[0].hostPort"),
+    (
+        "prevresult-bad-ip",
+        ENV,
+        conf_with(prevResult={"cniVersion": "1.0.0", "ips": [{"address": "300.1.1.1/24"}]}),
+        6,
+        "prevResult.ips[0].address",
+    ),
+    (
+        "prevresult-bad-index",
+        ENV,
+        conf_with(prevResult={"cniVersion": "1.0.0", "ips": [{"address": "10.1.1.1/24", "interface": 3}]}),
+        6,
+        "interface",
+    ),
+    (
+        "runtimeconfig-bad-port",
+        ENV,
+        conf_with(runtimeConfig={"portMappings": [{"hostPort": 0, "containerPort": 80}]}),
+        7,
+        "runtimeConfig.portMappings[0].hostPort",
+    ),
     ("ipam-not-object", ENV, conf_with(ipam="host-local"), 6, "ipam"),
 ]
 
 
 @pytest.mark.parametrize("env,stdin,code,words", [c[1:] for c in BAD_INPUT], ids=[c[0] for c in BAD_INPUT])
-def test_bad_input_gets_error_json_and_no_handler_runs(env: dict[str, str], stdin: bytes, code: int, words: str) -> None:
+def test_bad_input_gets_error_json_and_no_handler_runs(
+    env: dict[str, str], stdin: bytes, code: int, words: str
+) -> None:
     rec = Recorder()
     rc, out, err = call(rec.plugin(), env, stdin)
     assert rc == 1
@@ -115,7 +146,11 @@ def test_cni_args_refused_only_by_plugins_that_read_them() -> None:
     env = env_with(CNI_ARGS="IP=10.0.0.5;K8S_POD_NAME=x")
     rc, out, _ = call(Recorder().plugin(cni_args=frozenset({"IP"})), env, conf_with())
     assert rc == 1 and out["code"] == 4 and "K8S_POD_NAME" in out["msg"]
-    rc, out, _ = call(Recorder().plugin(cni_args=frozenset({"IP"})), env_with(CNI_ARGS="IgnoreUnknown=1;IP=10.0.0.5;K8S_POD_NAME=x"), conf_with())
+    rc, out, _ = call(
+        Recorder().plugin(cni_args=frozenset({"IP"})),
+        env_with(CNI_ARGS="IgnoreUnknown=1;IP=10.0.0.5;K8S_POD_NAME=x"),
+        conf_with(),
+    )
     assert rc == 0
     rc, out, _ = call(Recorder().plugin(), env_with(CNI_ARGS="garbage"), conf_with())
     assert rc == 0  # a plugin that does not read CNI_ARGS ignores it, as the reference does
@@ -125,7 +160,11 @@ def test_cni_args_refused_only_by_plugins_that_read_them() -> None:
 
 def test_cni_args_parsed_into_handler() -> None:
     rec = Recorder()
-    rc, _, _ = call(rec.plugin(cni_args=frozenset({"IP", "MAC"})), env_with(CNI_ARGS="IP=10.0.0.5;MAC=aa:bb:cc:dd:ee:ff"), conf_with())
+    rc, _, _ = call(
+        rec.plugin(cni_args=frozenset({"IP", "MAC"})),
+        env_with(CNI_ARGS="IP=10.0.0.5;MAC=aa:bb:cc:dd:ee:ff"),
+        conf_with(),
+    )
     assert rc == 0
     args = rec.calls[0][1]
     assert args.cni_args.get("IP") == "10.0.0.5" and args.cni_args.get("MAC") == "aa:bb:cc:dd:ee:ff"
@@ -146,7 +185,10 @@ def test_add_result_written_in_config_version(version: str) -> None:
 def test_version_lists_every_reference_version() -> None:
     rc, out, _ = call(Recorder().plugin(), {"CNI_COMMAND": "VERSION"}, b'{"cniVersion":"0.4.0"}')
     assert rc == 0
-    assert out == {"cniVersion": "0.4.0", "supportedVersions": ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
+    assert out == {
+        "cniVersion": "0.4.0",
+        "supportedVersions": ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"],
+    }
 
 
 def test_no_command_prints_about_to_stderr() -> None:
@@ -182,7 +224,12 @@ def test_cni_error_from_handler_keeps_code_and_config_version() -> None:
 
     plugin = Plugin(name="p", add=add, delete=lambda a: None, check=lambda a: None)
     rc, out, _ = call(plugin, ENV, conf_with(cniVersion="0.4.0"))
-    assert rc == 1 and out == {"cniVersion": "0.4.0", "code": 7, "msg": "bridge: 'vlan' must be 0-4094", "details": "got 5000"}
+    assert rc == 1 and out == {
+        "cniVersion": "0.4.0",
+        "code": 7,
+        "msg": "bridge: 'vlan' must be 0-4094",
+        "details": "got 5000",
+    }
 
 
 def test_unexpected_exception_is_code_999_with_traceback_on_stderr_only() -> None:

@@ -16,8 +16,21 @@ from conf.netconf import NetConf
 
 
 def cmd(conf: dict[str, Any] | bytes, cni_args: str = "", ifname: str = "eth0") -> CmdArgs:
-    data = conf if isinstance(conf, bytes) else json.dumps({"cniVersion": "1.0.0", "name": "n", "type": "tuning", **conf}).encode()
-    return CmdArgs(command="ADD", container_id="c", netns="/x", ifname=ifname, cni_args=CniArgs.parse(cni_args), path=(), conf=NetConf.from_bytes(data), environ={})
+    data = (
+        conf
+        if isinstance(conf, bytes)
+        else json.dumps({"cniVersion": "1.0.0", "name": "n", "type": "tuning", **conf}).encode()
+    )
+    return CmdArgs(
+        command="ADD",
+        container_id="c",
+        netns="/x",
+        ifname=ifname,
+        cni_args=CniArgs.parse(cni_args),
+        path=(),
+        conf=NetConf.from_bytes(data),
+        environ={},
+    )
 
 
 @pytest.mark.parametrize(
@@ -38,7 +51,17 @@ def test_resolve_sysctl(key: str, ifname: str, path: str) -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["kernel.pid_max", "net", "net.core", "net/core/somaxconn", "net.core..x", "net.ipv4.conf.eth1.rp_filter", "net.ipv4.conf.eth0.100.rp_filter", "net.core.x y", ".net.core.x"],
+    [
+        "kernel.pid_max",
+        "net",
+        "net.core",
+        "net/core/somaxconn",
+        "net.core..x",
+        "net.ipv4.conf.eth1.rp_filter",
+        "net.ipv4.conf.eth0.100.rp_filter",
+        "net.core.x y",
+        ".net.core.x",
+    ],
 )
 def test_refused_sysctl_keys(key: str) -> None:
     with pytest.raises(InvalidNetworkConfig):
@@ -72,7 +95,9 @@ def test_sources_and_defaults() -> None:
     c = TuningConf.from_json(cmd({"mac": "C2-00-00-00-00-01", "promisc": False}, cni_args="MAC=c2:00:00:00:00:02"))
     assert c.mac == "c2:00:00:00:00:02" and c.promisc is False and c.changes_link
     assert not TuningConf.from_json(cmd({"promisc": False})).changes_link  # false: leave promisc alone
-    c = TuningConf.from_json(cmd({"runtimeConfig": {"mac": "c2:00:00:00:00:03"}, "args": {"cni": {"mac": "c2:00:00:00:00:04", "txQLen": 0}}}))
+    c = TuningConf.from_json(
+        cmd({"runtimeConfig": {"mac": "c2:00:00:00:00:03"}, "args": {"cni": {"mac": "c2:00:00:00:00:04", "txQLen": 0}}})
+    )
     assert c.mac == "c2:00:00:00:00:04" and c.txqlen == 0 and c.changes_link
 
 

@@ -21,7 +21,13 @@ RESULT_1X: dict[str, Any] = {
     "interfaces": [
         {"name": "cni0", "mac": "76:e8:b5:d2:7e:3f"},
         {"name": "veth2cce48cc", "mac": "ba:5a:8b:b4:96:46", "mtu": 1400},
-        {"name": "eth0", "mac": "f2:15:fb:86:df:b1", "sandbox": "/var/run/netns/a", "socketPath": "/x.sock", "pciID": "0000:01:00.0"},
+        {
+            "name": "eth0",
+            "mac": "f2:15:fb:86:df:b1",
+            "sandbox": "/var/run/netns/a",
+            "socketPath": "/x.sock",
+            "pciID": "0000:01:00.0",
+        },
     ],
     "ips": [
         {"interface": 2, "address": "10.99.0.2/24", "gateway": "10.99.0.1"},
@@ -30,7 +36,15 @@ RESULT_1X: dict[str, Any] = {
     ],
     "routes": [
         {"dst": "0.0.0.0/0"},
-        {"dst": "192.168.0.0/16", "gw": "10.99.0.254", "mtu": 1300, "advmss": 1200, "priority": 5, "table": 100, "scope": 0},
+        {
+            "dst": "192.168.0.0/16",
+            "gw": "10.99.0.254",
+            "mtu": 1300,
+            "advmss": 1200,
+            "priority": 5,
+            "table": 100,
+            "scope": 0,
+        },
         {"dst": "::/0", "gw": "fd00::1"},
     ],
     "dns": {"nameservers": ["10.0.0.53"], "domain": "example", "search": ["a.example"], "options": ["ndots:2"]},
@@ -67,7 +81,11 @@ def test_down_to_020_keeps_first_address_per_family(version: str) -> None:
     out = convert(RESULT_1X, version)
     assert out == {
         "cniVersion": version,
-        "ip4": {"ip": "10.99.0.2/24", "gateway": "10.99.0.1", "routes": [{"dst": "0.0.0.0/0"}, {"dst": "192.168.0.0/16", "gw": "10.99.0.254"}]},
+        "ip4": {
+            "ip": "10.99.0.2/24",
+            "gateway": "10.99.0.1",
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "192.168.0.0/16", "gw": "10.99.0.254"}],
+        },
         "ip6": {"ip": "fd00::2/64", "gateway": "fd00::1", "routes": [{"dst": "::/0", "gw": "fd00::1"}]},
         "dns": RESULT_1X["dns"],
     }
@@ -75,7 +93,11 @@ def test_down_to_020_keeps_first_address_per_family(version: str) -> None:
     assert up == {
         "cniVersion": "1.0.0",
         "ips": [{"address": "10.99.0.2/24", "gateway": "10.99.0.1"}, {"address": "fd00::2/64", "gateway": "fd00::1"}],
-        "routes": [{"dst": "0.0.0.0/0"}, {"dst": "192.168.0.0/16", "gw": "10.99.0.254"}, {"dst": "::/0", "gw": "fd00::1"}],
+        "routes": [
+            {"dst": "0.0.0.0/0"},
+            {"dst": "192.168.0.0/16", "gw": "10.99.0.254"},
+            {"dst": "::/0", "gw": "fd00::1"},
+        ],
         "dns": RESULT_1X["dns"],
     }
     assert convert(up, version) == out  # 0.2 -> 1.0 -> 0.2 is lossless
