@@ -29,13 +29,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import our_plugins
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cni_plugins.kernel import netns  # noqa: E402
-from cni_plugins.runtime.runner import CNIRunner, RuntimeConf  # noqa: E402
-from conf.loader import NetworkConfigList, conflist_from_object  # noqa: E402
-import our_plugins  # noqa: E402  (bench/our_plugins.py)
+from cni_plugins.kernel import netns  # noqa: E402  (needs the sys.path insert above)
+from cni_plugins.runtime.runner import CNIRunner, RuntimeConf  # noqa: E402  (needs the sys.path insert above)
+from conf.loader import NetworkConfigList, conflist_from_object  # noqa: E402  (needs the sys.path insert above)
 
 
 def sh(*argv: str) -> None:

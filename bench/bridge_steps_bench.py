@@ -35,16 +35,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+
+import our_plugins
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cni_plugins.plugins import bridge
-from cni_plugins.kernel import netlink, netns, sysctl
-from cni_plugins.protocol import skel, steps  # noqa: E402
-import our_plugins  # noqa: E402  (bench/our_plugins.py)
+from cni_plugins.kernel import netlink, netns, sysctl  # noqa: E402  (needs the sys.path insert above)
+from cni_plugins.plugins import bridge  # noqa: E402  (needs the sys.path insert above)
+from cni_plugins.protocol import skel, steps  # noqa: E402  (needs the sys.path insert above)
 
 _spent: dict[str, float] = {}
 

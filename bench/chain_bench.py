@@ -44,15 +44,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from our_plugins import install as ours_install
+from our_plugins import start_helper, stop_helper
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cni_plugins.kernel import netns  # noqa: E402
-from our_plugins import install as ours_install, start_helper, stop_helper  # noqa: E402
+from cni_plugins.kernel import netns  # noqa: E402  (needs the sys.path insert above)
 
 PATH_ENV = "/usr/sbin:/usr/bin:/sbin:/bin"
 REFERENCE_PACKAGE = "containernetworking-plugins"

@@ -29,14 +29,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import our_plugins
+from chain_bench import chain_conf, ip_batch  # podman's chain, as chain_bench runs it
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cni_plugins.plugins import bridge, firewall, portmap
-from cni_plugins.kernel import netns
-from cni_plugins.protocol import skel  # noqa: E402
-import our_plugins  # noqa: E402  (bench/our_plugins.py)
-from chain_bench import chain_conf, ip_batch  # noqa: E402  (podman's chain, as chain_bench runs it)
+from cni_plugins.kernel import netns  # noqa: E402  (needs the sys.path insert above)
+from cni_plugins.plugins import bridge, firewall, portmap  # noqa: E402  (needs the sys.path insert above)
+from cni_plugins.protocol import skel  # noqa: E402  (needs the sys.path insert above)
 
 PLUGINS = {plugin.name: plugin for plugin in (bridge.PLUGIN, portmap.PLUGIN, firewall.PLUGIN)}
 

@@ -24,10 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import our_plugins
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cni_plugins.kernel import netns  # noqa: E402
-import our_plugins  # noqa: E402  (bench/our_plugins.py)
+from cni_plugins.kernel import netns  # noqa: E402  (needs the sys.path insert above)
 
 CHAINS = {
     "ptp": lambda data_dir: {

@@ -16,7 +16,8 @@ result decodes through here, so no reader needs to know about case.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 # Go folds keys with Unicode simple folding; the only non-ASCII runes that fold to an ASCII
 # letter are LATIN SMALL LETTER LONG S (-> s) and KELVIN SIGN (-> k; str.lower already does).

@@ -8,8 +8,9 @@ chaining and runtimes add keys we do not know about.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from cni_plugins.spec.errors import CNIError, DecodingFailure, InvalidNetworkConfig
 from cni_plugins.spec.names import ID_RE

@@ -21,8 +21,9 @@ Every element also carries ``Owner.comment``, for people reading ``nft list`` an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any
 
 from cni_plugins.protocol import log
 from cni_plugins.spec.errors import CNIError, TryAgainLater

@@ -9,8 +9,8 @@ Addresses are compared and stepped as integers, so iterating a /8 costs no alloc
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from cni_plugins.spec.types import IPAddress, IPNetwork
 

@@ -2,7 +2,7 @@
 # Set up cni-py on a Debian 12 machine (as root), then run the demo or the test suite.
 #
 #   bash scripts/setup.sh demo     install everything, run the demo scenario on real namespaces
-#   bash scripts/setup.sh test     install everything, run the whole test suite
+#   bash scripts/setup.sh test     install everything, run the lint, the type check and the whole test suite
 #   bash scripts/setup.sh install  install only
 #
 # Installs: Debian packages (nftables and its Python binding, iproute2, the reference
@@ -70,6 +70,8 @@ case "$MODE" in
   test)
     log "tests"
     cd "$ROOT"
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
     "$VENV/bin/python" -m mypy
     CNI_PY_REQUIRE_INTEGRATION=1 exec "$VENV/bin/python" -m pytest -q
     ;;

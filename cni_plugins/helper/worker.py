@@ -261,7 +261,7 @@ def _serve_call(
             os.close(fd)
         _Watch.start(conn, home)
         watching = True
-        sys.stdin = open(0, "r", closefd=False)
+        sys.stdin = open(0, closefd=False)
         sys.stdout = open(1, "w", closefd=False)
         sys.stderr = open(2, "w", closefd=False)
         os.environ.clear()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from cni_plugins.kernel import netns, sysctl
 from cni_plugins.kernel.netlink import (

@@ -12,7 +12,7 @@ caller (which logs them), as the reference treats them: informative only.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 SEARCH = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 FAMILIES = {4: "ipv4", 6: "ipv6"}

@@ -14,8 +14,9 @@ import errno
 import os
 import socket
 import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 IFF_UP = 0x1
 IFF_PROMISC = 0x100

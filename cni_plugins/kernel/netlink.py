@@ -23,9 +23,10 @@ import ipaddress
 import os
 import socket
 import sys
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from cni_plugins.kernel import netns
 from cni_plugins.kernel.linkget import IFF_ALLMULTI as IFF_ALLMULTI
@@ -111,7 +112,7 @@ def _lazy_pyroute2() -> None:
         loader.exec_module(package)
         return getattr(package, name)
 
-    setattr(package, "__getattr__", complete)
+    package.__dict__["__getattr__"] = complete
     sys.modules["pyroute2"] = package
 
 

@@ -20,7 +20,8 @@ import dataclasses
 import ipaddress
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from cni_plugins.kernel import netns, sysctl
 from cni_plugins.kernel.netns import NetNSGone

@@ -24,8 +24,9 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from cni_plugins.kernel import netns, sysctl
 from cni_plugins.kernel.netns import NetNSGone

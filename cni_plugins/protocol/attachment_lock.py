@@ -27,7 +27,7 @@ import fcntl
 import os
 import re
 import stat
-from typing import Iterator
+from collections.abc import Iterator
 
 from cni_plugins.spec.errors import IOFailure
 

@@ -17,7 +17,8 @@ the signal, as the reference's does.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from cni_plugins.spec.errors import CNIError
 

@@ -15,7 +15,7 @@ import io
 import os
 import subprocess
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 from cni_plugins.spec.errors import (
     CNIError,

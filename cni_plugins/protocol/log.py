@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Mapping, TextIO
+from collections.abc import Mapping
+from typing import TextIO
 
 _state: dict[str, object] = {"stream": None, "debug": False, "file": "", "name": "cni"}
 

@@ -15,8 +15,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Mapping, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from cni_plugins.protocol import attachment_lock, cancel, log
 from cni_plugins.spec.errors import (

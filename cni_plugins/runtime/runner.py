@@ -20,8 +20,9 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from cni_plugins.protocol.invoke import find_in_path
 from cni_plugins.runtime import cache

@@ -29,9 +29,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 from cni_plugins.runtime.runner import CNIRunner, RuntimeConf
 from cni_plugins.runtime.scenario_file import (

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from cni_plugins.spec.errors import InvalidNetworkConfig, UnsupportedField
 

@@ -43,8 +43,9 @@ flushing: CNI-FORWARD may still hold the reference plugin's per-address rules.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from cni_plugins.spec.types import IPAddress
 from firewall.expr import ADDR_TYPES, Table, match, payload

@@ -35,7 +35,7 @@ chains: other containers of the subnet use them, and they cost nothing when unus
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from cni_plugins.spec.types import IPInterface, IPNetwork
 from firewall.expr import ADDR_TYPES, Table, payload

@@ -46,9 +46,10 @@ one's elements alone (``firewall.owned``); with ``exclusive`` a taken host port 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from collections.abc import Mapping as TMapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
-from typing import Mapping as TMapping
+from typing import Any
 
 from cni_plugins.spec.types import IPInterface, IPNetwork
 from firewall.expr import ADDR_TYPES, PROTOCOLS, Table, payload

@@ -20,7 +20,8 @@ and GC find entries by owner.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from firewall.expr import Table
 from firewall.model import Owner, network_prefix, owner_prefix_of

@@ -29,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from cni_plugins.protocol import log
 from cni_plugins.spec.types import IPAddress

@@ -10,8 +10,8 @@ import json
 import platform
 import subprocess
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tests.integration.runtimes import BUSYBOX, CTR_IMAGE, need
 

@@ -14,9 +14,10 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 _counter = itertools.count()
 NETNS_DIR = "/var/run/netns"

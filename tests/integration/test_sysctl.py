@@ -4,7 +4,7 @@ through /proc/sys where the kernel refuses one; each value read back with sysctl
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

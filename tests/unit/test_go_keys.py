@@ -10,7 +10,8 @@ compared as written, as Go compares map keys.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 

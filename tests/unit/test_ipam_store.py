@@ -204,7 +204,7 @@ def test_parse_owner(content: bytes, owner: Key | None) -> None:
     assert parse_owner(content) == owner
 
 
-def _worker(data_dir: str, wid: int, n: int, out: "multiprocessing.Queue[list[str]]") -> None:
+def _worker(data_dir: str, wid: int, n: int, out: multiprocessing.Queue[list[str]]) -> None:
     out.put([add(Path(data_dir), f"w{wid}-{i}") for i in range(n)])
 
 
