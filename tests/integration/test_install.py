@@ -60,3 +60,36 @@ def test_launcher_names_its_type(cni_bin: Path) -> None:
 
     for plugin_type in registry.available():
         assert read_marker(str(cni_bin / plugin_type)) == (plugin_type, package_root())
+
+
+def test_a_launcher_written_by_an_older_install_still_runs(tmp_path: Path, container_ns: str) -> None:
+    """Launchers written before the helper moved into cni_plugins.helper import ``launch``
+    from cni_plugins.launch with four arguments; until ``cni-plugins install`` rewrites
+    them they run their plugin in their own process."""
+    from cni_plugins.protocol.installed import MARKER, package_root, search_path
+
+    paths = search_path()
+    old = tmp_path / "loopback"
+    old.write_text(
+        f"#!{sys.executable} -IS\n"
+        f"{MARKER} loopback {package_root()}\n"
+        "import sys\n"
+        f"sys.path[:0] = {paths[:2]!r}\n"
+        f"sys.path += {paths[2:]!r}\n"
+        "from cni_plugins.launch import launch\n"
+        f"launch('loopback', ('0.3.1', '1.0.0'), {str(tmp_path / 'none.sock')!r}, False)\n"
+    )
+    old.chmod(0o755)
+    version = subprocess.run([str(old)], input=b"{}", env={"CNI_COMMAND": "VERSION"}, capture_output=True, timeout=30)
+    assert version.returncode == 0 and json.loads(version.stdout)["supportedVersions"] == ["0.3.1", "1.0.0"]
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "old1",
+        "CNI_NETNS": f"/var/run/netns/{container_ns}",
+        "CNI_IFNAME": "lo",
+        "CNI_PATH": str(tmp_path),
+    }
+    conf = b'{"cniVersion": "1.0.0", "name": "lo", "type": "loopback"}'
+    add = subprocess.run([str(old)], input=conf, env=env, capture_output=True, timeout=30)
+    assert add.returncode == 0, add.stdout + add.stderr
+    assert json.loads(add.stdout)["interfaces"][0]["name"] == "lo"
