@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from cni_plugins.runtime.runner import CNIRunner, RuntimeConf
 from cni_plugins.runtime.scenario_file import (
@@ -46,6 +46,9 @@ from cni_plugins.runtime.scenario_file import (
 )
 from cni_plugins.spec.errors import CNIError
 from cni_plugins.spec.version import at_least, convert
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 HOST_OUT = ("198.18.0.1", "fd00:198:18::1")  # the host's outside address (benchmarking range)
 OUTSIDE = ("198.18.0.2", "fd00:198:18::2")  # the outside world
@@ -152,11 +155,11 @@ class Run:
             raise ScenarioError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.stdout.strip()}")
         return proc
 
-    def in_host(self, fn: Callable[[], Any]) -> Any:
+    def in_host(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         from cni_plugins.kernel import netns
 
         with netns.entered(f"/var/run/netns/{self.host}"):
-            return fn()
+            return fn(*args, **kwargs)
 
     # ------------------------------------------------------------ setup
 
@@ -204,7 +207,7 @@ class Run:
                 started = time.monotonic()
                 self.attached.append((c, net, ifname))  # DEL even if ADD failed half-way
                 try:
-                    result = self.in_host(lambda: self.cni.add(netlist, rt))
+                    result = self.in_host(self.cni.add, netlist, rt)
                 except CNIError as exc:
                     self.outcome(False, f"{c.name} joins {net} as {ifname}: {exc.msg}", started)
                     raise ScenarioError(f"{c.name} could not join {net}") from None
@@ -229,7 +232,7 @@ class Run:
                 continue
             started = time.monotonic()
             try:
-                self.in_host(lambda: self.cni.check(netlist, self.runtime_conf(c, ifname)))
+                self.in_host(self.cni.check, netlist, self.runtime_conf(c, ifname))
                 self.outcome(True, f"CHECK {c.name} on {net}", started)
             except CNIError as exc:
                 self.outcome(False, f"CHECK {c.name} on {net}: {exc.msg}", started)
@@ -367,7 +370,7 @@ class Run:
         for c, net, ifname in reversed(self.attached):
             started = time.monotonic()
             try:
-                self.in_host(lambda: self.cni.delete(self.sc.networks[net], self.runtime_conf(c, ifname)))
+                self.in_host(self.cni.delete, self.sc.networks[net], self.runtime_conf(c, ifname))
                 self.report("-", f"{c.name} leaves {net} ({ifname})", started)
             except CNIError as exc:
                 self.outcome(False, f"DEL {c.name} from {net}: {exc.msg}", started)
