@@ -117,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     p_install.add_argument(
         "--run-dir",
         default="",
-        help=f"root-only directory of the helper's socket and the attachment locks (default {DEFAULT_RUN_DIR}, or the directory of --helper-socket)",
+        help=(
+            "root-only directory of the helper's socket and the attachment locks "
+            f"(default {DEFAULT_RUN_DIR}, or the directory of --helper-socket)"
+        ),
     )
     p_install.add_argument(
         "--helper-socket", default="", help="helper socket (default: <run dir>/helper-<install id>.sock)"

@@ -188,7 +188,8 @@ def claim_groups(
                     key, comment = next(iter(others.items()))
                     err = EntryTaken(
                         f"{what}: {key} is already taken by another attachment ({comment})",
-                        "remove that container's mapping first, or drop the exclusive option to let the newest mapping win",
+                        "remove that container's mapping first, or drop "
+                        "the exclusive option to let the newest mapping win",
                     )
                     err.key, err.holder = _json_key(key), comment
                     raise err

@@ -188,12 +188,13 @@ def _match_requested(
     for ip, where in requested:
         idx = next((i for i, rs in enumerate(range_sets) if rs.contains(ip)), None)
         if idx is None:
-            sets = "; ".join(f"{w}: {rs}" for w, rs in zip(wheres, range_sets))
+            sets = "; ".join(f"{w}: {rs}" for w, rs in zip(wheres, range_sets, strict=True))
             raise InvalidNetworkConfig(f"{where}: requested IP {ip} is not in any range set", f"range sets: {sets}")
         taken = chosen[idx]
         if taken is not None:
             raise InvalidNetworkConfig(
-                f"{where}: requested IP {ip} and {taken[0]} ({taken[1]}) are both in range set {idx} ({range_sets[idx]})",
+                f"{where}: requested IP {ip} and {taken[0]} ({taken[1]}) "
+                f"are both in range set {idx} ({range_sets[idx]})",
                 "one address is allocated per range set: request at most one address in each",
             )
         r = range_sets[idx].range_for(ip)

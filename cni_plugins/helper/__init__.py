@@ -1,1 +1,3 @@
-"""The warm helper: the launcher an executable runs (client), the wire protocol, the pool manager (server), its workers, who the caller is (peer) and systemd units."""
+"""The warm helper: the launcher an executable runs (client), the wire protocol, the pool
+manager (server), its workers, who the caller is (peer) and systemd units.
+"""

@@ -145,7 +145,8 @@ def _via_helper(plugin_type: str, path: str, install: str, run_dir: str, version
         if not reply.isdigit():
             # The worker died mid-call (it may have read stdin: the call cannot be run again here).
             sys.stdout.write(
-                f'{{"cniVersion": "{version}", "code": 999, "msg": "cni-py helper: the plugin process died before finishing", "details": "see the helper log (journal) or stderr"}}\n'
+                f'{{"cniVersion": "{version}", "code": 999, "msg": "cni-py helper: the plugin process '
+                'died before finishing", "details": "see the helper log (journal) or stderr"}\n'
             )
             return 1
         return int(reply)
@@ -184,7 +185,8 @@ def _start_helper(path: str, install: str = "", wait: float = READY_WAIT) -> boo
         "-IS",
         "-c",
         f"import sys; sys.path[:0] = {sys.path[:2]!r}; sys.path += {sys.path[2:]!r}; "
-        f"from cni_plugins.helper.server import main; main(['--socket', {path!r}, '--install-id', {install!r}, '--daemon', '--ready-fd', '{ready_w}'])",
+        f"from cni_plugins.helper.server import main; main(['--socket', {path!r}, "
+        f"'--install-id', {install!r}, '--daemon', '--ready-fd', '{ready_w}'])",
     ]
     try:
         pid = os.fork()

@@ -282,7 +282,8 @@ def listen_fd() -> socket.socket | None:
         or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     ):
         raise SystemExit(
-            "cni-plugins helper: the socket passed by systemd is not a listening AF_UNIX SOCK_SEQPACKET socket (ListenSequentialPacket=)"
+            "cni-plugins helper: the socket passed by systemd is not a "
+            "listening AF_UNIX SOCK_SEQPACKET socket (ListenSequentialPacket=)"
         )
     fd = fcntl.fcntl(3, fcntl.F_GETFD)
     fcntl.fcntl(3, fcntl.F_SETFD, fd | fcntl.FD_CLOEXEC)
@@ -650,8 +651,10 @@ def describe(data: dict[str, Any] | None, sock_path: str) -> str:
         f"helper: running, pid {data.get('pid')}, since {since}"
         + (f" ({time.time() - started:.0f} s)" if started else ""),
         f"socket: {data.get('socket', sock_path)}" + (" (socket activation)" if data.get("activated") else ""),
-        f"code: {data.get('root', '?')}, install {data.get('install', '?')}, stamp {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(data.get('stamp', 0)))}",
-        f"calls served: {data.get('calls', '?')} (the caller went away before the end: {data.get('caller gone', '?')}), refused: {data.get('refused', '?')}",
+        f"code: {data.get('root', '?')}, install {data.get('install', '?')}, stamp "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(data.get('stamp', 0)))}",
+        f"calls served: {data.get('calls', '?')} (the caller went away before the "
+        f"end: {data.get('caller gone', '?')}), refused: {data.get('refused', '?')}",
         "workers: " + ", ".join(f"{len(pids)} {state} {pids}" for state, pids in workers.items() if pids)
         if workers
         else "workers: ?",

@@ -28,7 +28,8 @@ def exec_start(sock: str, ident: str) -> str:
     paths = installed.search_path()
     code = (
         f"import sys; sys.path[:0] = {paths[:2]!r}; sys.path += {paths[2:]!r}; "
-        f"from cni_plugins.helper.server import main; sys.exit(main(['--socket', {sock!r}, '--install-id', {ident!r}, '--idle', '0']))"
+        "from cni_plugins.helper.server import main; sys.exit(main(['--socket', "
+        f"{sock!r}, '--install-id', {ident!r}, '--idle', '0']))"
     )
     return " ".join([_quoted(sys.executable), "-IS", "-c", _quoted(code)])
 

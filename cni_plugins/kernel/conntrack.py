@@ -35,7 +35,8 @@ def delete_udp_flows(ports: Iterable[int], versions: Iterable[int]) -> list[str]
     tool = find_tool()
     if tool is None:
         return [
-            f"conntrack tool not found in {', '.join(SEARCH)}: stale UDP flows to port(s) {', '.join(map(str, ports))} are not removed"
+            f"conntrack tool not found in {', '.join(SEARCH)}: stale UDP "
+            f"flows to port(s) {', '.join(map(str, ports))} are not removed"
         ]
     import subprocess
 

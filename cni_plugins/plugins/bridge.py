@@ -327,7 +327,8 @@ def check_links(args: CmdArgs, conf: BridgeConf, prev: Result) -> list[str]:
                 problems.append(f"host veth {port.name} MAC is {port.mac}, prevResult says {want_port.mac}")
             if bool(port.port.get("IFLA_BRPORT_MODE")) != conf.hairpin:
                 problems.append(
-                    f"host veth {port.name} hairpin is {bool(port.port.get('IFLA_BRPORT_MODE'))}, the config says {conf.hairpin}"
+                    f"host veth {port.name} hairpin is "
+                    f"{bool(port.port.get('IFLA_BRPORT_MODE'))}, the config says {conf.hairpin}"
                 )
             if conf.port_isolation and not port.port.get("IFLA_BRPORT_ISOLATED"):
                 problems.append(f"host veth {port.name} is not an isolated port")

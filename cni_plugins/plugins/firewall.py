@@ -62,7 +62,8 @@ class FirewallConf:
         if not CHAIN_RE.match(admin) or admin in RESERVED_CHAINS:
             raise InvalidNetworkConfig(
                 f"iptablesAdminChainName: {admin!r} cannot name a chain of yours",
-                f"use up to 28 letters, digits, '_', '.', '+' or '-' (not starting with '-'), other than {', '.join(RESERVED_CHAINS)}",
+                "use up to 28 letters, digits, '_', '.', '+' or '-' (not "
+                f"starting with '-'), other than {', '.join(RESERVED_CHAINS)}",
             )
         policy = str_field(raw, "ingressPolicy", "") or forward.OPEN
         if policy not in POLICIES:
@@ -117,11 +118,13 @@ def _notes(conf: FirewallConf) -> None:
             legacy = False
         if legacy:
             log.note(
-                f"{tool}-legacy has a filter table here: our accepts cannot override a drop in it; use {tool}-nft or accept the containers' traffic there yourself"
+                f"{tool}-legacy has a filter table here: our accepts cannot override a drop "
+                f"in it; use {tool}-nft or accept the containers' traffic there yourself"
             )
     if conf.ingress_policy == forward.ISOLATED and _bridge_nf_call_iptables() != "1":
         log.note(
-            "ingressPolicy isolated: traffic between containers of one bridge is filtered only with br_netfilter loaded and net.bridge.bridge-nf-call-iptables=1 (as with the reference and Docker's icc=false)"
+            "ingressPolicy isolated: traffic between containers of one bridge is filtered only with br_netfilter "
+            "loaded and net.bridge.bridge-nf-call-iptables=1 (as with the reference and Docker's icc=false)"
         )
 
 

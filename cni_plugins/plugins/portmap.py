@@ -50,8 +50,12 @@ from firewall.rules import portmap as rules
 
 BACKENDS = ("", "iptables", "nftables")
 IPTABLES_ONLY = {
-    "markMasqBit": "nftables needs no mark bit: masquerading is decided by conntrack (ct status dnat) in table inet cni_py_portmap",
-    "externalSetMarkChain": "nftables uses no mark chain: to masquerade port-mapped traffic from any source, set masqAll",
+    "markMasqBit": (
+        "nftables needs no mark bit: masquerading is decided by conntrack (ct status dnat) in table inet cni_py_portmap"
+    ),
+    "externalSetMarkChain": (
+        "nftables uses no mark chain: to masquerade port-mapped traffic from any source, set masqAll"
+    ),
 }
 
 

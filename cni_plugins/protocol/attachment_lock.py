@@ -86,7 +86,8 @@ def _ensure_directory(path: str) -> None:
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
         raise IOFailure(
-            f"attachment lock directory {path} is not a directory only its owner can use (mode {stat.S_IMODE(st.st_mode):o}, uid {st.st_uid})",
+            f"attachment lock directory {path} is not a directory only its "
+            f"owner can use (mode {stat.S_IMODE(st.st_mode):o}, uid {st.st_uid})",
             "remove it, or make it a 0700 directory owned by root",
         )
     _checked = path

@@ -135,7 +135,8 @@ def run(
     finally:
         if log.debugging():
             log.debug(
-                f"{environ.get('CNI_COMMAND', '')} {environ.get('CNI_CONTAINERID', '')} {environ.get('CNI_IFNAME', '')}: {(time.perf_counter() - start) * 1000:.1f} ms"
+                f"{environ.get('CNI_COMMAND', '')} {environ.get('CNI_CONTAINERID', '')} "
+                f"{environ.get('CNI_IFNAME', '')}: {(time.perf_counter() - start) * 1000:.1f} ms"
             )
         log.restore(saved)
 

@@ -71,7 +71,8 @@ def parse_check(text: str, where: str) -> Check:
     m = CHECK_RE.match(text.strip()) if isinstance(text, str) else None
     if m is None:
         raise ScenarioError(
-            f"{where}: {text!r} is not a check; write KIND[6] FROM -> TO[:PORT] [sees WHO] [fails] (KIND: ping, tcp or udp)"
+            f"{where}: {text!r} is not a check; write KIND[6] FROM "
+            "-> TO[:PORT] [sees WHO] [fails] (KIND: ping, tcp or udp)"
         )
     kind, dst = m["kind"], m["dst"].strip("[]")
     port = int(m["port"]) if m["port"] else None

@@ -1,1 +1,3 @@
-"""The CNI specification as data: error codes, the result model, spec versions and the conversions between them. Imports nothing of ours."""
+"""The CNI specification as data: error codes, the result model, spec versions and the
+conversions between them. Imports nothing of ours.
+"""

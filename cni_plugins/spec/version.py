@@ -97,7 +97,8 @@ def result_from_json(obj: object, where: str = "prevResult") -> Result:
     for i, ip in enumerate(ips):
         if ip.interface is not None and not 0 <= ip.interface < len(interfaces):
             raise DecodingFailure(
-                f"{where}.ips[{i}].interface: index {ip.interface} does not name one of the {len(interfaces)} interfaces"
+                f"{where}.ips[{i}].interface: index {ip.interface} "
+                f"does not name one of the {len(interfaces)} interfaces"
             )
     return Result(
         cni_version=version,

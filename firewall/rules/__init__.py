@@ -1,1 +1,4 @@
-"""What each plugin asks of nftables, as pure builders of libnftables JSON commands: masquerade (bridge, ptp), the MAC spoof check (bridge), port mappings and their conditions (portmap), forwarding accepts (firewall)."""
+"""What each plugin asks of nftables, as pure builders of libnftables JSON commands: masquerade
+(bridge, ptp), the MAC spoof check (bridge), port mappings and their conditions (portmap),
+forwarding accepts (firewall).
+"""

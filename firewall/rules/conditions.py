@@ -32,7 +32,10 @@ Expr = dict[str, Any]
 TOKEN_RE = re.compile(r'"[^"]*"|[{},]|==|!=|[^\s{},"]+')
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@+-]{1,15}\*?$")
 FIB_TYPES = ("unspec", "unicast", "local", "broadcast", "anycast", "multicast", "blackhole", "unreachable", "prohibit")
-SUPPORTED = "ip/ip6 saddr|daddr <address, prefix or {set}>, iifname|oifname <name>, meta mark <number>, fib saddr|daddr type <type>"
+SUPPORTED = (
+    "ip/ip6 saddr|daddr <address, prefix or {set}>, iifname|oifname "
+    "<name>, meta mark <number>, fib saddr|daddr type <type>"
+)
 
 
 class IptablesSyntax(UnsupportedField):

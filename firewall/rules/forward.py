@@ -34,11 +34,12 @@ over as a packet mark, the way Docker's nftables backend offers ``--bridge-accep
 
     -A FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD
     -A CNI-FORWARD -m comment --comment "CNI firewall plugin admin overrides" -j CNI-ADMIN
-    -A CNI-FORWARD -m mark --mark MARK/MARK -m comment --comment "CNI firewall plugin: accepted in table inet cni_py_firewall" -j ACCEPT
+    -A CNI-FORWARD -m mark --mark MARK/MARK -m comment --comment "$MARK_COMMENT" -j ACCEPT
 
-Those rules are constant (they never grow with containers). They are ensured from a
-listing of FORWARD and CNI-FORWARD (the host's chain and ours, both small), never by
-flushing: CNI-FORWARD may still hold the reference plugin's per-address rules.
+``MARK_COMMENT`` is "CNI firewall plugin: accepted in table inet cni_py_firewall". Those
+rules are constant (they never grow with containers). They are ensured from a listing of
+FORWARD and CNI-FORWARD (the host's chain and ours, both small), never by flushing:
+CNI-FORWARD may still hold the reference plugin's per-address rules.
 """
 
 from __future__ import annotations

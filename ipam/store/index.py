@@ -103,7 +103,8 @@ class Index:
                 ips = parse_entry(data)
             except CorruptEntry:
                 log.note(
-                    f"{self.store_dir}: index entry for {key.container_id}/{key.ifname} is unreadable, rebuilding the index"
+                    f"{self.store_dir}: index entry for {key.container_id}/{key.ifname} "
+                    "is unreadable, rebuilding the index"
                 )
                 self.rebuild()
                 return self._entries.setdefault(key, set())
