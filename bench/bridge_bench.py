@@ -109,12 +109,17 @@ def main(argv: list[str] | None = None) -> int:
                         times[name]["DEL"].append(t2 - t1)
         kernel = os.uname().release
         print(
-            f"bridge + host-local via the libcni-like runner, {opts.runs} runs each (+{opts.warmup} warm-up), ipMasq={opts.ipmasq}, kernel {kernel}"
+            f"bridge + host-local via the libcni-like runner, {opts.runs} runs "
+            f"each (+{opts.warmup} warm-up), ipMasq={opts.ipmasq}, kernel {kernel}"
         )
         print(f"{'implementation':<14} {'ADD median':>11} {'ADD p90':>9} {'DEL median':>11} {'DEL p90':>9}")
         for name, t in times.items():
             row = [statistics.median(t["ADD"]), _p90(t["ADD"]), statistics.median(t["DEL"]), _p90(t["DEL"])]
-            print(f"{name:<14} " + " ".join(f"{v * 1e3:>{w}.1f}" for v, w in zip(row, (9, 7, 9, 7))) + "   (ms)")
+            print(
+                f"{name:<14} "
+                + " ".join(f"{v * 1e3:>{w}.1f}" for v, w in zip(row, (9, 7, 9, 7), strict=True))
+                + "   (ms)"
+            )
         return 0
     finally:
         our_plugins.stop_helper(helper)

@@ -149,12 +149,18 @@ def main() -> int:
     parser.add_argument(
         "--chain",
         action="store_true",
-        help="every container also gets portmap (one port) and firewall, as in chain_bench, so the hosts carry their rules",
+        help=(
+            "every container also gets portmap (one port) and firewall, "
+            "as in chain_bench, so the hosts carry their rules"
+        ),
     )
     parser.add_argument(
         "--via-helper",
         action="store_true",
-        help="probe ADDs exec our installed bridge, served by a private warm helper (as chain_bench runs it); steps come from its debug log",
+        help=(
+            "probe ADDs exec our installed bridge, served by a private warm "
+            "helper (as chain_bench runs it); steps come from its debug log"
+        ),
     )
     parser.add_argument("--settle", type=float, default=45.0, help="seconds between the fill and the probes")
     opts = parser.parse_args()
@@ -180,8 +186,12 @@ def main() -> int:
 
     def bridge_conf(side: str) -> dict[str, Any]:
         return {
-            "cniVersion": "1.0.0", "name": "podman", "type": "bridge", "bridge": "cni-podman0", "isGateway": True, "ipMasq": True, "hairpinMode": True,
-            "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": "10.88.0.0/16"}]], "dataDir": str(work / f"ipam-{side}")},
+            "cniVersion": "1.0.0", "name": "podman", "type": "bridge", "bridge": "cni-podman0",
+            "isGateway": True, "ipMasq": True, "hairpinMode": True,
+            "ipam": {
+                "type": "host-local", "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": "10.88.0.0/16"}]],
+                "dataDir": str(work / f"ipam-{side}"),
+            },
         }  # fmt: skip
 
     def call_env(command: str, cid: str, ctr: str) -> dict[str, str]:

@@ -165,7 +165,8 @@ class Runtime:
         elapsed = time.perf_counter() - start
         if code != 0:
             raise RuntimeError(
-                f"{self.bin_dir}/{plugin['type']} {command} {cid}: exit {code}: {out.decode(errors='replace')} {err.decode(errors='replace')[-2000:]}"
+                f"{self.bin_dir}/{plugin['type']} {command} {cid}: exit {code}: "
+                f"{out.decode(errors='replace')} {err.decode(errors='replace')[-2000:]}"
             )
         return out, Call(elapsed, maxrss)
 
@@ -784,7 +785,8 @@ def print_table(rows: list[Row], header: str) -> str:
         ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
         met = "" if row.met is None else ("yes" if row.met else "NO")
         lines.append(
-            f"| {row.what:<58} | {fmt(row.ours):>9} | {fmt(row.ref):>9} | {row.unit:<5} | {ratio:>8} | {row.target:<8} | {met:<3} |"
+            f"| {row.what:<58} | {fmt(row.ours):>9} | {fmt(row.ref):>9} "
+            f"| {row.unit:<5} | {ratio:>8} | {row.target:<8} | {met:<3} |"
         )
     text = "\n".join(lines)
     print(text)
@@ -842,7 +844,8 @@ def plot(res: dict[str, Any], ours: str, ref: str, path: Path) -> str:
     ax.set_xlabel("containers already attached")
     ax.set_ylabel("chain ADD, ms (bridge + host-local + portmap + firewall)")
     ax.set_title(
-        f"ADD time vs containers on the host, one port mapping each ({res['meta']['kernel']}, {res['meta']['cpus']} CPUs)"
+        "ADD time vs containers on the host, one port mapping "
+        f"each ({res['meta']['kernel']}, {res['meta']['cpus']} CPUs)"
     )
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
@@ -887,7 +890,10 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="K=V",
-        help="add to every plugin call's environment, e.g. CNI_PY_DEBUG=1 and CNI_PY_LOG_FILE=/tmp/x.log for ours' step timings",
+        help=(
+            "add to every plugin call's environment, e.g. CNI_PY_DEBUG=1 "
+            "and CNI_PY_LOG_FILE=/tmp/x.log for ours' step timings"
+        ),
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
@@ -953,7 +959,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         res: dict[str, Any] = {"meta": meta}
         print(
-            f"reference: {meta['reference']}; ours: {ROOT} ({meta['commit']}), warm helper on a private socket; kernel {meta['kernel']}, {meta['cpus']} CPUs",
+            f"reference: {meta['reference']}; ours: {ROOT} ({meta['commit']}), warm "
+            f"helper on a private socket; kernel {meta['kernel']}, {meta['cpus']} CPUs",
             flush=True,
         )
         scenario_sequential(
@@ -1011,8 +1018,10 @@ def main(argv: list[str] | None = None) -> int:
             res["memory"] = scenario_memory(impls, nss, work, cold, sock)
         meta["wall_s"] = round(time.monotonic() - started, 1)
         header = (
-            f"cni-py chain benchmark, {meta['date']}, commit {meta['commit']}{' (--quick)' if q else ''}: ours (warm helper) vs {meta['reference']}\n"
-            f"kernel {meta['kernel']}, {meta['cpus']} CPUs; each implementation in its own fresh host namespace, calls interleaved; wall {meta['wall_s']} s"
+            f"cni-py chain benchmark, {meta['date']}, commit "
+            f"{meta['commit']}{' (--quick)' if q else ''}: ours (warm helper) vs {meta['reference']}\n"
+            f"kernel {meta['kernel']}, {meta['cpus']} CPUs; each implementation in "
+            f"its own fresh host namespace, calls interleaved; wall {meta['wall_s']} s"
         )
         print()
         table = print_table(build_rows(res, ours.name, ref.name), header)

@@ -119,11 +119,13 @@ def main() -> int:
             _chain_add(work, work / "bin", "sender", sender, 30000)
         time.sleep(10)  # the new containers' own announcements die down
         print(
-            f"machine busy with {opts.n + 1} idle containers (next 30 s): {_busy_seconds_idle(30) / 30 * 100:.1f}% of one CPU"
+            f"machine busy with {opts.n + 1} idle containers (next 30 "
+            f"s): {_busy_seconds_idle(30) / 30 * 100:.1f}% of one CPU"
         )
         in_host = ["ip", "netns", "exec", host, "sysctl", "-qw"]
         print(
-            f"CPU time per IPv6 multicast packet from one container, bridge with {opts.n + 1} ports, {opts.packets} packets:"
+            "CPU time per IPv6 multicast packet from one container, "
+            f"bridge with {opts.n + 1} ports, {opts.packets} packets:"
         )
         print(f"  as set up:                          {_cpu_ms_per_packet(sender, opts.packets):.3f} ms")
         subprocess.run([*in_host, "net.bridge.bridge-nf-call-ip6tables=0"], check=True)

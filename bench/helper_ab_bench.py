@@ -29,7 +29,8 @@ def installer(code: Path) -> list[str]:
         sys.executable,
         "-I",
         "-c",
-        f"import sys; sys.path.insert(0, {str(code)!r}); from cni_plugins.install import main; sys.exit(main(sys.argv[1:]))",
+        f"import sys; sys.path.insert(0, {str(code)!r}); from "
+        "cni_plugins.install import main; sys.exit(main(sys.argv[1:]))",
     ]
 
 
@@ -117,7 +118,7 @@ def main() -> None:
             adds = [s.call("ADD") for s in order]
             dels = [s.call("DEL") for s in order]
             if i >= opts.warmup:
-                for s, a, d in zip(order, adds, dels):
+                for s, a, d in zip(order, adds, dels, strict=True):
                     s.adds.append(a)
                     s.dels.append(d)
         print(
@@ -125,7 +126,8 @@ def main() -> None:
         )
         for s in sides:
             print(
-                f"{s.name:6} {s.code}: {statistics.median(s.adds) * 1000:6.1f} {statistics.median(s.dels) * 1000:6.1f} {statistics.mean(s.adds) * 1000:6.1f}"
+                f"{s.name:6} {s.code}: {statistics.median(s.adds) * 1000:6.1f} "
+                f"{statistics.median(s.dels) * 1000:6.1f} {statistics.mean(s.adds) * 1000:6.1f}"
             )
     finally:
         for s in sides:

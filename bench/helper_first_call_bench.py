@@ -63,7 +63,7 @@ def call(
 
 
 def exec_start(unit: Path) -> list[str]:
-    line = next(l for l in unit.read_text().splitlines() if l.startswith("ExecStart="))
+    line = next(text for text in unit.read_text().splitlines() if text.startswith("ExecStart="))
     return [a.replace("%%", "%").replace("$$", "$") for a in shlex.split(line.split("=", 1)[1])]
 
 
@@ -149,7 +149,8 @@ def main() -> None:
     for mode, rows in results.items():
         adds, dels = [r[0] * 1000 for r in rows], [r[1] * 1000 for r in rows]
         print(
-            f"{mode:12} {statistics.median(adds):8.1f} {statistics.median(dels):8.1f} {statistics.median([a + d for a, d in zip(adds, dels)]):8.1f}"
+            f"{mode:12} {statistics.median(adds):8.1f} {statistics.median(dels):8.1f} "
+            f"{statistics.median([a + d for a, d in zip(adds, dels, strict=True)]):8.1f}"
         )
 
 

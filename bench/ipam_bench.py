@@ -149,15 +149,18 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(data_dir)
         print(f"host-local, {args.runs} runs per cell, every operation an exec; times in ms (median, p90)")
         print(
-            f"{'plugin':<18} {'reservations':>12} {'ADD median':>11} {'ADD p90':>8} {'DEL median':>11} {'DEL p90':>8} {'first call':>11}"
+            f"{'plugin':<18} {'reservations':>12} {'ADD median':>11} "
+            f"{'ADD p90':>8} {'DEL median':>11} {'DEL p90':>8} {'first call':>11}"
         )
         for name, count, r in rows:
             print(
-                f"{name:<18} {count:>12} {r['add'] * 1e3:>11.1f} {r['add_p90'] * 1e3:>8.1f} {r['del'] * 1e3:>11.1f} {r['del_p90'] * 1e3:>8.1f} {r['first'] * 1e3:>11.1f}"
+                f"{name:<18} {count:>12} {r['add'] * 1e3:>11.1f} {r['add_p90'] * 1e3:>8.1f} "
+                f"{r['del'] * 1e3:>11.1f} {r['del_p90'] * 1e3:>8.1f} {r['first'] * 1e3:>11.1f}"
             )
         print("first call: the untimed warm-up ADD on that network (cni-py rebuilds its index there after the prefill)")
         print(
-            "cni-py/helper: handed to a warm helper (the default install); cni-py/no helper: each call in its own interpreter"
+            "cni-py/helper: handed to a warm helper (the default "
+            "install); cni-py/no helper: each call in its own interpreter"
         )
         print("cni-py/in-process: the same calls through skel.run inside this process, without interpreter start-up")
     finally:

@@ -9,8 +9,9 @@ stdin): container i gets address 10.<i> and maps host port 10000+i/tcp to port 8
 plugins are installed without the warm helper (every call a fresh process), as the
 reference is. After the N ADDs, the DEL of the last container is timed too.
 
-    sudo .venv/bin/python bench/portmap_bench.py [-n 1000] [--helper] [--reference /usr/lib/cni/portmap] [--json out.json]
+    sudo .venv/bin/python bench/portmap_bench.py [-n 1000] [--helper] [--reference PLUGIN] [--json out.json]
 
+``--reference`` is the reference portmap executable (default /usr/lib/cni/portmap).
 ``--helper`` adds a run of ours through the warm helper (the installer's default mode),
 which takes the interpreter start and imports off each call. "handler in-process" calls our
 ADD handler in the benchmark's own process: the plugin's work without interpreter start.
@@ -182,13 +183,15 @@ def main() -> int:
     n = args.n
     print(f"portmap ADD, exec'd per call, inside a fresh host namespace; {n} containers, one tcp mapping each")
     print(
-        f"{'':34s} {'1st ADD':>11s} {'ADD #' + str(n):>11s} {'mean 1-10':>11s} {'mean last 10':>13s} {'DEL #' + str(n):>11s}  ruleset lines"
+        f"{'':34s} {'1st ADD':>11s} {'ADD #' + str(n):>11s} {'mean 1-10':>11s} "
+        f"{'mean last 10':>13s} {'DEL #' + str(n):>11s}  ruleset lines"
     )
     for label, r in results.items():
         adds = r["adds"]
         print(
             f"{label:34s} {ms(adds[0]):>11s} {ms(adds[-1]):>11s} {ms(statistics.mean(adds[:10])):>11s} "
-            f"{ms(statistics.mean(adds[-10:])):>13s} {ms(r['del_last']):>11s}  {r['ruleset_lines']}  (run {r['total_s']:.0f} s)"
+            f"{ms(statistics.mean(adds[-10:])):>13s} {ms(r['del_last']):>11s} "
+            f" {r['ruleset_lines']}  (run {r['total_s']:.0f} s)"
         )
     tenth = max(1, n // 10)
     print(f"\nmedian ADD per block of {tenth} containers (trend, less noisy than single calls):")

@@ -71,7 +71,8 @@ def main() -> None:
                 samples = sorted(times[case, plugin, impl])
                 row += [statistics.median(samples) * 1000, samples[int(len(samples) * 0.95) - 1] * 1000]
             print(
-                f"{case:<24}{plugin:<12}{row[0]:>8.1f}{row[1]:>8.1f}{row[2]:>11.1f}{row[3]:>8.1f}{row[0] / row[2]:>10.2f}"
+                f"{case:<24}{plugin:<12}{row[0]:>8.1f}{row[1]:>8.1f}"
+                f"{row[2]:>11.1f}{row[3]:>8.1f}{row[0] / row[2]:>10.2f}"
             )
 
 
