@@ -118,7 +118,8 @@ def peer_seen_by_outside(wan: str, ctr: str, target: str) -> str:
             wan,
             sys.executable,
             "-c",
-            f"import socket; s = socket.socket(socket.{family}); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            f"import socket; s = socket.socket(socket.{family}); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
             f"s.bind(('{any_addr}', 7777)); s.listen(); print('ready', flush=True); s.settimeout(10); "
             "c, a = s.accept(); c.sendall(a[0].encode()); c.close()",
         ],

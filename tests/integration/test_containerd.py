@@ -38,8 +38,9 @@ HTTPD = "mkdir -p /w && echo {name} > /w/index.html && exec httpd -f -p 80 -h /w
 RECORDER = """#!{python} -I
 import json, os, sys
 data = sys.stdin.read()
+keys = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")
 with open({log!r}, "a") as fh:
-    fh.write(json.dumps({{k: os.environ.get(k, "") for k in ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")}}) + "\\n")
+    fh.write(json.dumps({{k: os.environ.get(k, "") for k in keys}}) + "\\n")
 command = os.environ.get("CNI_COMMAND")
 if command == "VERSION":
     print(json.dumps({{"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]}}))

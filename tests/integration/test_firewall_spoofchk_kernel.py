@@ -49,7 +49,8 @@ def test_add_cost_does_not_grow_with_1000_ports(host_ns: str) -> None:
         times.append(time.perf_counter() - t0)
     first, last = statistics.median(times[:50]), statistics.median(times[-50:])
     print(
-        f"spoof check ADD batch: median of first 50 {first * 1e3:.3f} ms, of last 50 (950..1000 ports) {last * 1e3:.3f} ms"
+        f"spoof check ADD batch: median of first 50 {first * 1e3:.3f} "
+        f"ms, of last 50 (950..1000 ports) {last * 1e3:.3f} ms"
     )
     assert last <= first * 1.5 + 0.0005, (first, last)
     t0 = time.perf_counter()

@@ -299,7 +299,8 @@ def test_the_caller_is_the_process_that_connected(tmp_path, pidfd, monkeypatch) 
         [
             sys.executable,
             "-c",
-            "import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.connect(sys.argv[1]); sys.stdin.read()",
+            "import socket, sys; s = socket.socket(socket.AF_UNIX, "
+            "socket.SOCK_SEQPACKET); s.connect(sys.argv[1]); sys.stdin.read()",
             path_,
         ],
         stdin=subprocess.PIPE,
@@ -394,7 +395,8 @@ def test_two_installs_of_different_code_each_run_their_own(tmp_path, container_n
             sys.executable,
             "-I",
             "-c",
-            f"import sys; sys.path.insert(0, {str(other)!r}); from cni_plugins.install import main; sys.exit(main(sys.argv[1:]))",
+            f"import sys; sys.path.insert(0, {str(other)!r}); from "
+            "cni_plugins.install import main; sys.exit(main(sys.argv[1:]))",
         ],
     )
     nameless = {"cniVersion": "1.0.0", "type": "loopback"}
@@ -430,7 +432,8 @@ def test_a_helper_refuses_launchers_of_another_install(tmp_path, container_ns) -
             sys.executable,
             "-I",
             "-c",
-            f"import sys; sys.path.insert(0, {str(other)!r}); from cni_plugins.install import main; sys.exit(main(sys.argv[1:]))",
+            f"import sys; sys.path.insert(0, {str(other)!r}); from "
+            "cni_plugins.install import main; sys.exit(main(sys.argv[1:]))",
         ],
     )
     nameless = {"cniVersion": "1.0.0", "type": "loopback"}

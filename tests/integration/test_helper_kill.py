@@ -295,12 +295,14 @@ def test_a_killed_add_leaves_nothing_behind(probe_host: Host, plugin: str, reque
     assert max(unstalled) < 0.5, sorted(unstalled)[-5:]
     stalls = {kind: sum(o["stalled"] == kind for o in outcomes) for kind in ("joined", "locked")}
     in_helper = (
-        f"{gone} calls whose caller went away mid-call, stalled {stalls} ({sum(o['del waited'] for o in outcomes)} DELs waited for the stalled ADD); "
+        f"{gone} calls whose caller went away mid-call, stalled {stalls} "
+        f"({sum(o['del waited'] for o in outcomes)} DELs waited for the stalled ADD); "
         if mode == "helper"
         else ""
     )
     print(
-        f"{plugin} {mode}: {rounds} rounds, {in_helper}pipes closed after the kill: median {sorted(unstalled)[len(unstalled) // 2] * 1000:.1f} ms, max {max(unstalled) * 1000:.1f} ms"
+        f"{plugin} {mode}: {rounds} rounds, {in_helper}pipes closed after the kill: median "
+        f"{sorted(unstalled)[len(unstalled) // 2] * 1000:.1f} ms, max {max(unstalled) * 1000:.1f} ms"
     )
 
 

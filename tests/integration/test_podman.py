@@ -2,8 +2,9 @@
 that stands for the host (tests/integration/runtimes.py): the conflist ``podman network
 create`` writes, ``podman run`` on it, neighbours and the gateway, ``-p HOST:CONTAINER`` from
 the host's loopback and another host address, ``--ip`` and ``--mac-address`` (CNI_ARGS IP= and
-MAC=), a second network connected (eth1) and disconnected, ``podman stop`` (DEL from podman's cleanup process) and ``start``, and
-``podman rm -f`` leaving no link, reservation, cached result, nftables entry or netns behind.
+MAC=), a second network connected (eth1) and disconnected, ``podman stop`` (DEL from podman's
+cleanup process) and ``start``, and ``podman rm -f`` leaving no link, reservation, cached
+result, nftables entry or netns behind.
 Run with plain launchers and with the warm helper (whose calls are counted)."""
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def reservations(pm: Podman, network: str) -> dict[str, str]:
     DEL removes between the listing and the read is skipped (gone); an empty one is kept, and
     fails the parse (host-local publishes its files whole)."""
     out = pm.sb.sh(
-        f'cd /var/lib/cni/networks/{network} 2>/dev/null && for f in *; do case $f in [0-9]*) if o=$(head -n1 "$f" 2>/dev/null); then echo "$f $o"; fi;; esac; done',
+        f"cd /var/lib/cni/networks/{network} 2>/dev/null && for f in *; do case $f in "
+        '[0-9]*) if o=$(head -n1 "$f" 2>/dev/null); then echo "$f $o"; fi;; esac; done',
         check=False,
     ).stdout
     return dict(line.split() for line in out.splitlines() if line.strip())

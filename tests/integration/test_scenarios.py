@@ -83,7 +83,8 @@ def test_shipped_scenario_passes(cni_bin: Path, path: Path) -> None:
 def test_readme_demo_is_a_shipped_scenario() -> None:
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     demo = re.search(
-        r'demo\)\n(?:.*\n)*?\s*exec "\$VENV/bin/cni-scenario" --cni-path "\$BIN" "\$ROOT/(conf/scenarios/[\w-]+\.yaml)"',
+        r'demo\)\n(?:.*\n)*?\s*exec "\$VENV/bin/cni-scenario" '
+        r'--cni-path "\$BIN" "\$ROOT/(conf/scenarios/[\w-]+\.yaml)"',
         setup,
     )
     assert demo, "scripts/setup.sh demo runs cni-scenario on a shipped scenario"

@@ -104,8 +104,10 @@ def source_seen_by(wan: str, ctr: str) -> str:
             wan,
             sys.executable,
             "-c",
-            "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 7777)); "
-            "s.listen(); print('ready', flush=True); s.settimeout(10); c, a = s.accept(); c.sendall(a[0].encode()); c.close()",
+            "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, "
+            "socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 7777)); "
+            "s.listen(); print('ready', flush=True); s.settimeout(10); "
+            "c, a = s.accept(); c.sendall(a[0].encode()); c.close()",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -115,7 +117,8 @@ def source_seen_by(wan: str, ctr: str) -> str:
         client = sh(
             sys.executable,
             "-c",
-            f"import socket; s = socket.create_connection(('{WAN_PEER}', 7777), timeout=3); print(s.recv(100).decode())",
+            f"import socket; s = socket.create_connection(('{WAN_PEER}', "
+            "7777), timeout=3); print(s.recv(100).decode())",
             ns=ctr,
             check=False,
         )

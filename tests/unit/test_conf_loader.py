@@ -51,7 +51,8 @@ def test_yaml_for_hand_written_configs(tmp_path: Path) -> None:
     write(
         tmp_path,
         "net.yaml",
-        "cniVersion: 1.0.0\nname: yamlnet\nplugins:\n  - type: bridge\n    bridge: br7\n    capabilities: {portMappings: true}\n",
+        "cniVersion: 1.0.0\nname: yamlnet\nplugins:\n  - type: bridge\n"
+        "    bridge: br7\n    capabilities: {portMappings: true}\n",
     )
     netlist = load_conflist(tmp_path, "yamlnet")
     assert netlist.plugins[0].raw["bridge"] == "br7" and netlist.plugins[0].capabilities == {"portMappings": True}

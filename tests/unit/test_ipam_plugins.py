@@ -59,7 +59,8 @@ def test_host_local_result_shape(tmp_path: Path, version: str) -> None:
 def test_host_local_dns_from_resolv_conf(tmp_path: Path) -> None:
     resolv = tmp_path / "resolv.conf"
     resolv.write_text(
-        "# comment\n; other\nnameserver 10.0.0.53\nnameserver fd00::53\ndomain example.com\nsearch a.example b.example\noptions ndots:2 edns0\nbogus\n"
+        "# comment\n; other\nnameserver 10.0.0.53\nnameserver fd00::53\n"
+        "domain example.com\nsearch a.example b.example\noptions ndots:2 edns0\nbogus\n"
     )
     rc, out, _ = call(
         host_local.PLUGIN, "ADD", hl_conf(tmp_path, "1.0.0", subnet="10.1.0.0/24", resolvConf=str(resolv))

@@ -26,7 +26,8 @@ def test_preload_skips_the_package_init() -> None:
     loaded = run_fresh(
         "from cni_plugins.kernel import netlink\n"
         "netlink.preload_pyroute2()\n"
-        "print(sorted(m for m in ('pyroute2.iproute.linux', 'pyroute2.ndb.main', 'pyroute2.ipdb', 'pyroute2.conntrack') if m in sys.modules))"
+        "print(sorted(m for m in ('pyroute2.iproute.linux', 'pyroute2.ndb.main', "
+        "'pyroute2.ipdb', 'pyroute2.conntrack') if m in sys.modules))"
     )
     assert loaded == "['pyroute2.iproute.linux']"
 

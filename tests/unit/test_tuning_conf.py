@@ -81,9 +81,15 @@ def test_allowlist(tmp_path: Path) -> None:
 
 
 def test_duplicates_only_counted_in_sysctl_tables() -> None:
-    dup_elsewhere = b'{"cniVersion": "1.0.0", "name": "n", "type": "tuning", "type": "tuning", "sysctl": {"net.core.somaxconn": "1"}}'
+    dup_elsewhere = (
+        b'{"cniVersion": "1.0.0", "name": "n", "type": "tuning", '
+        b'"type": "tuning", "sysctl": {"net.core.somaxconn": "1"}}'
+    )
     assert TuningConf.from_json(cmd(dup_elsewhere)).sysctls == (("net.core.somaxconn", "net/core/somaxconn", "1"),)
-    dup_args = b'{"cniVersion": "1.0.0", "name": "n", "type": "tuning", "args": {"cni": {"sysctl": {"net.core.a": "1", "net.core.a": "2"}}}}'
+    dup_args = (
+        b'{"cniVersion": "1.0.0", "name": "n", "type": "tuning", "args": '
+        b'{"cni": {"sysctl": {"net.core.a": "1", "net.core.a": "2"}}}}'
+    )
     with pytest.raises(InvalidNetworkConfig, match="duplicated"):
         TuningConf.from_json(cmd(dup_args))
 
