@@ -21,6 +21,7 @@ from tests.integration.nsutil import (
     run_plugin,
     sweep_dead_runs,
 )
+from tests.integration.runtimes import host_snapshot
 
 # Directories outside pytest's basetemp that tests of this session give helpers (a socket
 # there must be reachable by a non-root user): tests/integration/test_helper.py.
@@ -146,3 +147,15 @@ class Runner:
 def plugin(cni_bin: Path, host_ns: str) -> Runner:
     """``plugin("bridge", "ADD", conf, netns=ctr)``: exec an installed plugin inside host_ns."""
     return Runner(cni_bin, host_ns)
+
+
+@pytest.fixture
+def host_untouched() -> Iterator[None]:
+    """Fails the test if the machine's runtime paths, links, nftables ruleset or cgroups changed."""
+    before = host_snapshot()
+    yield
+    after = host_snapshot()
+    for key in before:
+        assert after[key] == before[key], (
+            f"the test changed the machine's {key}: before {before[key]!r}, after {after[key]!r}"
+        )

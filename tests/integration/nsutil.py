@@ -149,7 +149,7 @@ def ip_json(*argv: str, ns: str | None = None) -> Any:
 
 
 def links(ns: str | None) -> dict[str, Any]:
-    return {l["ifname"]: l for l in ip_json("-d", "link", "show", ns=ns)}
+    return {link["ifname"]: link for link in ip_json("-d", "link", "show", ns=ns)}
 
 
 def addrs(ns: str | None, ifname: str) -> list[str]:

@@ -268,10 +268,10 @@ class Sandbox:
         their comment; per-table and per-bridge entries are not per container)."""
         links = json.loads(self.run("ip", "-j", "-d", "link", "show").stdout or "[]")
         stray = [
-            l["ifname"]
-            for l in links
-            if (l.get("linkinfo") or {}).get("info_kind") in ("veth", "macvlan", "ipvlan")
-            and not l["ifname"].startswith("uplink0")
+            link["ifname"]
+            for link in links
+            if (link.get("linkinfo") or {}).get("info_kind") in ("veth", "macvlan", "ipvlan")
+            and not link["ifname"].startswith("uplink0")
         ]
         reserved = []
         for d in [p.name for p in self._list("/var/lib/cni/networks")]:
@@ -328,7 +328,7 @@ def remove_cgroups(parent: str) -> None:
         if not top.is_dir():
             continue
 
-        def gone() -> bool:
+        def gone(top: Path = top) -> bool:
             for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
                 try:
                     os.rmdir(dirpath)
@@ -355,8 +355,10 @@ def host_snapshot() -> dict[str, Any]:
                 entries.append((str(p), st.st_size if p.is_file() else -1, st.st_mtime_ns if p.is_file() else 0))
         files[top] = sorted(entries) if Path(top).exists() else None
     links = sorted(
-        l["ifname"]
-        for l in json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout or "[]")
+        link["ifname"]
+        for link in json.loads(
+            subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout or "[]"
+        )
     )
     nft = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
     cgroups = sorted(str(p) for p in Path("/sys/fs/cgroup").glob(f"*/cnipy-*-{os.getpid()}"))
@@ -608,15 +610,3 @@ def build_refcnitool(work: Path) -> Path:
 
 def wait_for(fn: Any, what: str, timeout: float = 30) -> None:
     assert poll(fn, timeout=timeout, interval=0.2), f"timed out waiting for {what}"
-
-
-@pytest.fixture
-def host_untouched() -> Any:
-    """Fails the test if the machine's runtime paths, links, nftables ruleset or cgroups changed."""
-    before = host_snapshot()
-    yield
-    after = host_snapshot()
-    for key in before:
-        assert after[key] == before[key], (
-            f"the test changed the machine's {key}: before {before[key]!r}, after {after[key]!r}"
-        )

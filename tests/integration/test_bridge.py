@@ -175,10 +175,10 @@ def test_two_containers_gateway_and_masquerade(
     assert ping(ctrs[0], ip2) and ping(ctrs[1], ip1) and ping(ctrs[0], GW)
     assert peer_seen_by_outside(wan, ctrs[0], WAN_PEER) == WAN_HOST
     if version >= "0.4.0":
-        for i, (c, r) in enumerate(zip(ctrs, results)):
+        for i, (c, r) in enumerate(zip(ctrs, results, strict=True)):
             plugin("bridge", "CHECK", with_prev(conf, r), netns=c, container_id=f"id{i}").ok()
     for _ in range(2):  # DEL, then DEL again
-        for i, (c, r) in enumerate(zip(ctrs, results)):
+        for i, (c, r) in enumerate(zip(ctrs, results, strict=True)):
             del_conf = with_prev(conf, r) if version >= "0.4.0" else conf
             plugin("bridge", "DEL", del_conf, netns=c, container_id=f"id{i}").ok()
     assert "eth0" not in links(ctrs[0]) and "eth0" not in links(ctrs[1])
@@ -208,7 +208,7 @@ def test_dual_stack_connectivity_and_ipv6_masquerade(
     assert not any(f"dev {v} " in sh("ip", "-6", "route", "show", "table", "all", ns=host_ns).stdout for v in ports)
     assert peer_seen_by_outside(wan, ctrs[0], WAN6_PEER) == WAN6_HOST
     assert peer_seen_by_outside(wan, ctrs[1], WAN_PEER) == WAN_HOST
-    for i, (c, r) in enumerate(zip(ctrs, results)):
+    for i, (c, r) in enumerate(zip(ctrs, results, strict=True)):
         plugin("bridge", "CHECK", with_prev(conf, r), netns=c, container_id=f"id{i}").ok()
         plugin("bridge", "DEL", with_prev(conf, r), netns=c, container_id=f"id{i}").ok()
     assert_clean(host_ns, tmp_path)
@@ -646,7 +646,7 @@ def test_parallel_adds_on_a_new_bridge(cni_bin: Path, host_ns: str, namespaces: 
                     container_id=cr[0],
                     host_ns=host_ns,
                 ),
-                zip(ctrs, results),
+                zip(ctrs, results, strict=True),
             )
         )
     assert all(d.rc == 0 for d in dels), [d.stdout for d in dels if d.rc]

@@ -27,10 +27,9 @@ import pytest
 
 from cni_plugins.runtime.cnitool import container_id_for
 from tests.integration.chainutil import CLIENT, SERVER
-from tests.integration.runtimes import (  # noqa: F401
+from tests.integration.runtimes import (
     Sandbox,
     build_refcnitool,
-    host_untouched,
     install_plugins,
     need,
 )

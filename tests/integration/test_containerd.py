@@ -20,13 +20,11 @@ from typing import Any
 import pytest
 
 from tests.integration.images import busybox_rootfs_tar, oci_layout_tar
-from tests.integration.runtimes import (  # noqa: F401
-    CTR_IMAGE,
+from tests.integration.runtimes import (
     HOST_ADDR,
     Containerd,
     Sandbox,
     assert_helper_served,
-    host_untouched,
     install_plugins,
     need,
     wait_for,

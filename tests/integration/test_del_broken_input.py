@@ -46,7 +46,7 @@ def broken(conf: dict[str, Any], prev: dict[str, Any] | None) -> dict[str, Any]:
 
 def state(h: Host, tuning_dir: Path) -> dict[str, Any]:
     """What a container may own in the host: its links, reservations, nft elements, backups."""
-    links = sorted(l["ifname"] for l in ip_json("link", "show", ns=h.ns))
+    links = sorted(link["ifname"] for link in ip_json("link", "show", ns=h.ns))
     reserved = sorted(
         str(p.relative_to(h.tmp_path))
         for p in (h.tmp_path / "ipam").glob("*/*")
@@ -148,7 +148,7 @@ def test_del_with_unreadable_input_removes_everything(
         runs = del_all(host, chain, None, "", "second-ctr")
     else:
         runs = del_all(host, chain, result, ctr, "second-ctr")
-        assert "eth0" not in {l["ifname"] for l in ip_json("link", "show", ns=ctr)}
+        assert "eth0" not in {link["ifname"] for link in ip_json("link", "show", ns=ctr)}
     for run in runs:
         assert run.rc == 0, f"DEL failed: {run.stdout} {run.stderr}"
         assert "Traceback" not in run.stderr

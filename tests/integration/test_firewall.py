@@ -126,7 +126,7 @@ def two_bridges(host: Host, namespaces: Namespaces, policy: str) -> dict[str, tu
 
 def test_same_bridge_policy(host: Host, namespaces: Namespaces, servers: Servers) -> None:
     c = two_bridges(host, namespaces, "same-bridge")
-    (a1, ra1), (a2, ra2), (b1, rb1) = c["a1"], c["a2"], c["b1"]
+    (a1, ra1), (_a2, ra2), (b1, rb1) = c["a1"], c["a2"], c["b1"]
     assert ping(a1, addr(ra2))  # same bridge: allowed
     assert not ping(a1, addr(rb1)) and not ping(b1, addr(ra1))  # across bridges: dropped both ways
     assert ping(a1, WAN_PEER) and ping(host.wan, addr(rb1))  # the rest of the world is not affected
@@ -158,7 +158,7 @@ def test_same_bridge_policy(host: Host, namespaces: Namespaces, servers: Servers
 def test_isolated_policy(host: Host, namespaces: Namespaces, servers: Servers) -> None:
     assert sh("sysctl", "-n", "net.bridge.bridge-nf-call-iptables", ns=host.ns).stdout.strip() == "1"
     c = two_bridges(host, namespaces, "isolated")
-    (a1, ra1), (a2, ra2), (b1, rb1) = c["a1"], c["a2"], c["b1"]
+    (a1, ra1), (a2, ra2), (_b1, rb1) = c["a1"], c["a2"], c["b1"]
     assert not ping(a1, addr(ra2)) and not ping(a2, addr(ra1))  # within the bridge: dropped (icc=false)
     assert not ping(a1, addr(rb1))
     assert ping(a1, WAN_PEER) and ping(a1, "10.68.0.1")  # the outside and the gateway stay reachable

@@ -99,7 +99,7 @@ class Host:
         found: dict[str, Any] = {}
         if plugin == "bridge":
             found["host veths"] = [
-                n for n, l in links(self.host_ns).items() if (l.get("linkinfo") or {}).get("info_kind") == "veth"
+                n for n, link in links(self.host_ns).items() if (link.get("linkinfo") or {}).get("info_kind") == "veth"
             ]
             found["container links"] = [n for n in links(self.ctr) if n != "lo"]
             found["reservations"] = [

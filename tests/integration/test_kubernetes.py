@@ -153,7 +153,7 @@ class Node:
         lines = (
             self.sb.run("iptables-save").stdout.splitlines() + self.sb.run("nft", "list", "ruleset").stdout.splitlines()
         )
-        return [l.strip() for l in lines if pod_id[:12] in l or addr.search(l)]
+        return [line.strip() for line in lines if pod_id[:12] in line or addr.search(line)]
 
     def traces(self, pod_id: str, ip: str, netns: str) -> dict[str, list[str]]:
         """Everything of one pod that its stop + remove must have taken away."""

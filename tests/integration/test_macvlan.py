@@ -367,4 +367,4 @@ def test_host_link_with_the_container_name_does_not_collide(
     plugin("macvlan", "ADD", conf(tmp_path), netns=container_ns).ok()
     assert macvlan_info(container_ns)["mode"] == "bridge"
     assert links(host_ns)["eth0"]["linkinfo"]["info_kind"] == "veth"
-    assert not [n for n, l in links(host_ns).items() if l.get("linkinfo", {}).get("info_kind") == "macvlan"]
+    assert not [n for n, link in links(host_ns).items() if link.get("linkinfo", {}).get("info_kind") == "macvlan"]

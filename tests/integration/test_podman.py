@@ -18,13 +18,12 @@ from typing import Any
 import pytest
 
 from tests.integration.images import busybox_rootfs_tar
-from tests.integration.runtimes import (  # noqa: F401
+from tests.integration.runtimes import (
     HOST_ADDR,
     IMAGE,
     Podman,
     Sandbox,
     assert_helper_served,
-    host_untouched,
     install_plugins,
     need,
     wait_for,
@@ -54,8 +53,8 @@ def in_container(pm: Podman, name: str) -> dict[str, Any]:
     """Links and addresses of a container, read with the machine's ip in its netns."""
     out = pm.sb.in_netns_of(pm.pid(name), "ip", "-j", "addr", "show").stdout
     return {
-        l["ifname"]: [f"{a['local']}/{a['prefixlen']}" for a in l.get("addr_info", []) if a["family"] == "inet"]
-        for l in json.loads(out)
+        link["ifname"]: [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a["family"] == "inet"]
+        for link in json.loads(out)
     }
 
 
@@ -196,7 +195,7 @@ def test_parallel_podman_runs_and_removals(podman: tuple[Podman, Path | None]) -
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(run, range(8)))
     for i in range(8):
-        wait_for(lambda: pm.sb.fetch(f"http://127.0.0.1:{9000 + i}/", timeout=1) == f"p{i}", f"port {9000 + i}")
+        wait_for(lambda i=i: pm.sb.fetch(f"http://127.0.0.1:{9000 + i}/", timeout=1) == f"p{i}", f"port {9000 + i}")
     assert len(set(reservations(pm, NET1)) | set(reservations(pm, NET2))) == 8
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: pm("rm", "-f", "-t", "0", f"p{i}"), range(8)))

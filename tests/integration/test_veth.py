@@ -58,7 +58,9 @@ def reserved(tmp_path: Path) -> set[str]:
 
 def host_veths(ns: str) -> list[str]:
     return [
-        n for n, l in links(ns).items() if l.get("linkinfo", {}).get("info_kind") == "veth" and not n.startswith("wan")
+        n
+        for n, link in links(ns).items()
+        if link.get("linkinfo", {}).get("info_kind") == "veth" and not n.startswith("wan")
     ]
 
 
@@ -70,7 +72,7 @@ def masq_elements(ns: str) -> list[Any]:
 def routes(ns: str, six: bool = False) -> list[str]:
     """``ip route`` lines without the kernel's fe80/multicast noise."""
     lines = sh("ip", *(["-6"] if six else []), "route", ns=ns).stdout.splitlines()
-    return sorted(l.strip() for l in lines if not l.startswith(("fe80", "multicast", "ff00")))
+    return sorted(line.strip() for line in lines if not line.startswith(("fe80", "multicast", "ff00")))
 
 
 def with_prev(c: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cni_plugins.runtime import cache
-from cni_plugins.runtime.cnitool import container_id_for, parse_cni_args
+from cni_plugins.runtime.cnitool import UsageError, container_id_for, parse_cni_args
 from cni_plugins.runtime.runner import CNIRunner, RuntimeConf
 from conf.cni_args import CniArgs
 from conf.loader import conflist_from_object
@@ -26,7 +26,7 @@ def test_cnitool_container_id_matches_reference_derivation() -> None:
 def test_cnitool_cni_args_rules() -> None:
     assert parse_cni_args("A=1;B=2") == (("A", "1"), ("B", "2"))
     for bad in ("A=", "=1", "A", "A=1=2"):
-        with pytest.raises(Exception):
+        with pytest.raises(UsageError):
             parse_cni_args(bad)
 
 
