@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import OUTSIDE_PREFIX
-from tests.integration.nsutil import links, path, poll, run_plugin, sh
+from tests.integration.nsutil import Namespaces, links, path, poll, run_plugin, sh
 
 LO = {"cniVersion": "1.0.0", "name": "helpernet", "type": "loopback"}
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,8 @@ def helper_pid(sock: Path) -> int | None:
 
 def status(sock: Path) -> dict[str, Any]:
     res = helper_cmd("status", "--json", "--socket", str(sock))
-    return json.loads(res.stdout)  # type: ignore[no-any-return]
+    data: dict[str, Any] = json.loads(res.stdout)
+    return data
 
 
 def stop(sock: Path) -> None:
@@ -92,7 +93,9 @@ def auto_bin(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         stop(sock)
 
 
-def test_same_answers_as_direct_exec(helper_bin, cni_bin_no_helper, host_ns, container_ns) -> None:  # type: ignore[no-untyped-def]
+def test_same_answers_as_direct_exec(
+    helper_bin: tuple[Path, Path], cni_bin_no_helper: Path, host_ns: str, container_ns: str
+) -> None:
     bin_dir, sock = helper_bin
     pid = helper_pid(sock)
     via = run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo", host_ns=host_ns)
@@ -109,7 +112,7 @@ def test_same_answers_as_direct_exec(helper_bin, cni_bin_no_helper, host_ns, con
     assert helper_pid(sock) == pid and status(sock)["calls"] == 3  # the same helper served every call
 
 
-def test_child_runs_in_the_callers_namespace(helper_bin, host_ns) -> None:  # type: ignore[no-untyped-def]
+def test_child_runs_in_the_callers_namespace(helper_bin: tuple[Path, Path], host_ns: str) -> None:
     bin_dir, _ = helper_bin
     # Called from inside host_ns with host_ns itself as the target: only a child that joined the
     # caller's namespace can see that they are the same and refuse with code 8.
@@ -117,7 +120,9 @@ def test_child_runs_in_the_callers_namespace(helper_bin, host_ns) -> None:  # ty
     assert res.rc == 1 and res.json["code"] == 8 and "own network namespace" in res.json["msg"]
 
 
-def test_callers_environment_and_stderr_are_used(helper_bin, container_ns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_callers_environment_and_stderr_are_used(
+    helper_bin: tuple[Path, Path], container_ns: str, tmp_path: Path
+) -> None:
     bin_dir, _ = helper_bin
     res = run_plugin(bin_dir, "loopback", "FROB", LO, netns=path(container_ns), ifname="lo")
     assert res.rc == 1 and "FROB" in res.json["msg"]  # CNI_COMMAND came from this caller's env
@@ -125,7 +130,7 @@ def test_callers_environment_and_stderr_are_used(helper_bin, container_ns, tmp_p
     assert res.rc == 0 and "CNI loopback plugin" in res.stderr  # the about text reached our stderr
 
 
-def test_many_concurrent_calls(helper_bin, namespaces) -> None:  # type: ignore[no-untyped-def]
+def test_many_concurrent_calls(helper_bin: tuple[Path, Path], namespaces: Namespaces) -> None:
     bin_dir, sock = helper_bin
     ctrs = [namespaces.make(f"h{i}") for i in range(12)]
     for c in ctrs:
@@ -202,7 +207,9 @@ def host_state(host_ns: str, container_ns: str, data: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("caller", list(CALLERS))
-def test_a_caller_with_less_privilege_is_not_served(open_install, host_ns, container_ns, caller) -> None:  # type: ignore[no-untyped-def]
+def test_a_caller_with_less_privilege_is_not_served(
+    open_install: tuple[Path, Path, Path], host_ns: str, container_ns: str, caller: str
+) -> None:
     """The helper does nothing for a caller that could not do it itself: the launcher runs the
     plugin in its own process, which fails exactly as with ``--helper off``, and nothing is
     created (no bridge, veth, address, reservation or nftables entry)."""
@@ -248,7 +255,9 @@ def test_a_caller_with_less_privilege_is_not_served(open_install, host_ns, conta
     )
 
 
-def test_socket_is_root_only_and_a_raw_non_root_peer_is_refused(open_install, helper_bin) -> None:  # type: ignore[no-untyped-def]
+def test_socket_is_root_only_and_a_raw_non_root_peer_is_refused(
+    open_install: tuple[Path, Path, Path], helper_bin: tuple[Path, Path]
+) -> None:
     """The socket is 0600 in a 0700 directory; on a socket whose permissions were opened on
     purpose, a non-root client speaking the protocol itself is told no (by its credentials,
     SO_PEERCRED and the pidfd) before it can send anything."""
@@ -280,7 +289,7 @@ def test_socket_is_root_only_and_a_raw_non_root_peer_is_refused(open_install, he
 
 
 @pytest.mark.parametrize("pidfd", ["SO_PEERPIDFD", "start time (before Linux 6.5)"])
-def test_the_caller_is_the_process_that_connected(tmp_path, pidfd, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_caller_is_the_process_that_connected(tmp_path: Path, pidfd: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The caller check reads /proc/<pid> of the pid recorded at connect, and proves that pid
     was still that process: by the pidfd the kernel recorded, or (kernels without it) by a
     start no later than the accept. A caller that is gone is refused."""
@@ -325,7 +334,9 @@ def test_the_caller_is_the_process_that_connected(tmp_path, pidfd, monkeypatch) 
         server.close()
 
 
-def test_a_caller_with_its_own_pid_namespace_and_proc(auto_bin, host_ns, container_ns) -> None:  # type: ignore[no-untyped-def]
+def test_a_caller_with_its_own_pid_namespace_and_proc(
+    auto_bin: tuple[Path, Path], host_ns: str, container_ns: str
+) -> None:
     """``unshare --pid --mount-proc``: a worker could not find itself in that /proc; the
     helper says no and the call runs in the caller's process, with the own-namespace guard."""
     bin_dir, sock = auto_bin
@@ -348,7 +359,9 @@ def test_a_caller_with_its_own_pid_namespace_and_proc(auto_bin, host_ns, contain
 
 
 @pytest.mark.parametrize("mode", ["helper", "no-helper"])
-def test_netns_that_is_a_fifo_is_refused_at_once(cni_bin, cni_bin_no_helper, host_ns, tmp_path, mode) -> None:  # type: ignore[no-untyped-def]
+def test_netns_that_is_a_fifo_is_refused_at_once(
+    cni_bin: Path, cni_bin_no_helper: Path, host_ns: str, tmp_path: Path, mode: str
+) -> None:
     """A FIFO (or any file that is not a namespace) is refused before anything opens it: an
     open() of a FIFO would wait for a writer."""
     fifo = tmp_path / "fifo"
@@ -382,7 +395,7 @@ def copy_of_the_code(dest: Path, marker: str) -> Path:
     return dest
 
 
-def test_two_installs_of_different_code_each_run_their_own(tmp_path, container_ns) -> None:  # type: ignore[no-untyped-def]
+def test_two_installs_of_different_code_each_run_their_own(tmp_path: Path, container_ns: str) -> None:
     other = copy_of_the_code(tmp_path / "other", "other code")
     run_dir = tmp_path / "run"
     ours, theirs = tmp_path / "bin-ours", tmp_path / "bin-theirs"
@@ -417,7 +430,7 @@ def test_two_installs_of_different_code_each_run_their_own(tmp_path, container_n
             stop(sock)
 
 
-def test_a_helper_refuses_launchers_of_another_install(tmp_path, container_ns) -> None:  # type: ignore[no-untyped-def]
+def test_a_helper_refuses_launchers_of_another_install(tmp_path: Path, container_ns: str) -> None:
     """Two installs pointed at one socket: the helper there serves only its own launchers; the
     other's run their own code in their own process."""
     other = copy_of_the_code(tmp_path / "other", "other code")
@@ -512,7 +525,9 @@ class StalledAdd:
         return self.proc.returncode, json.loads(out) if out.strip() else None
 
 
-def test_dead_manager_costs_at_most_one_call(auto_bin, host_ns, container_ns, namespaces, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_dead_manager_costs_at_most_one_call(
+    auto_bin: tuple[Path, Path], host_ns: str, container_ns: str, namespaces: Namespaces, tmp_path: Path
+) -> None:
     """kill -9 of the pool manager while a worker is busy: the socket stops accepting with it
     (no worker holds it), so the next calls start a new helper and are all answered, none
     waiting more than ~1 s longer than a first call; the busy worker still finishes its call."""
@@ -550,7 +565,9 @@ def test_dead_manager_costs_at_most_one_call(auto_bin, host_ns, container_ns, na
         )
 
 
-def test_stuck_manager_costs_at_most_one_call(auto_bin, container_ns, namespaces) -> None:  # type: ignore[no-untyped-def]
+def test_stuck_manager_costs_at_most_one_call(
+    auto_bin: tuple[Path, Path], container_ns: str, namespaces: Namespaces
+) -> None:
     """A manager that does not answer (stopped): each call waits ``ACCEPT_WAIT`` for a worker,
     then runs in its own process; once the manager runs again it serves calls again."""
     from cni_plugins.helper.protocol import ACCEPT_WAIT
@@ -581,8 +598,8 @@ def test_stuck_manager_costs_at_most_one_call(auto_bin, container_ns, namespaces
 
 
 def test_a_worker_that_dies_mid_call_reports_it_in_the_configs_version(
-    auto_bin, host_ns, container_ns, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    auto_bin: tuple[Path, Path], host_ns: str, container_ns: str, tmp_path: Path
+) -> None:
     bin_dir, sock = auto_bin
     assert run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo").rc == 0
     manager = helper_pid(sock)
@@ -609,7 +626,7 @@ def test_a_worker_that_dies_mid_call_reports_it_in_the_configs_version(
         )
 
 
-def test_status(auto_bin, container_ns) -> None:  # type: ignore[no-untyped-def]
+def test_status(auto_bin: tuple[Path, Path], container_ns: str) -> None:
     bin_dir, sock = auto_bin
     res = helper_cmd("status", "--socket", str(sock))
     assert res.returncode == 3 and "not running" in res.stdout
@@ -642,7 +659,7 @@ def _parent(pid: int) -> int:
     return next(int(line.split()[1]) for line in status_text.splitlines() if line.startswith("PPid:"))
 
 
-def test_auto_start_and_idle_exit(tmp_path, container_ns) -> None:  # type: ignore[no-untyped-def]
+def test_auto_start_and_idle_exit(tmp_path: Path, container_ns: str) -> None:
     """The first call starts the helper, waits until it listens and is served by one of its
     workers (not in its own process while the helper starts, competing with it)."""
     sock = tmp_path / "auto" / "helper.sock"
@@ -671,7 +688,7 @@ def test_auto_start_and_idle_exit(tmp_path, container_ns) -> None:  # type: igno
     assert helper_pid(sock) is None and not sock.exists()
 
 
-def test_simultaneous_first_calls_share_one_helper(tmp_path, namespaces) -> None:  # type: ignore[no-untyped-def]
+def test_simultaneous_first_calls_share_one_helper(tmp_path: Path, namespaces: Namespaces) -> None:
     """Calls that all find no helper each start one; one wins the socket's lock, the others
     wait for it to listen and tell their callers: every call is served by the one helper's
     workers, none in its own process, and the others exit."""
@@ -708,7 +725,7 @@ def test_simultaneous_first_calls_share_one_helper(tmp_path, namespaces) -> None
         stop(sock)
 
 
-def test_first_call_takes_over_from_a_helper_that_never_listened(tmp_path, container_ns) -> None:  # type: ignore[no-untyped-def]
+def test_first_call_takes_over_from_a_helper_that_never_listened(tmp_path: Path, container_ns: str) -> None:
     """The socket's lock is held (here by the test: a helper still starting) and released
     without anyone listening (that helper died): the helper this call started takes the
     lock over and serves the call."""
@@ -748,7 +765,7 @@ def test_first_call_takes_over_from_a_helper_that_never_listened(tmp_path, conta
         stop(sock)
 
 
-def test_auto_start_that_fails_runs_the_call_itself(tmp_path, container_ns) -> None:  # type: ignore[no-untyped-def]
+def test_auto_start_that_fails_runs_the_call_itself(tmp_path: Path, container_ns: str) -> None:
     """A helper that cannot start (its socket's directory is a file) exits at once: the call
     sees its pipe close and runs in its own process, without waiting out ``READY_WAIT``."""
     blocker = tmp_path / "not-a-dir"
@@ -766,7 +783,7 @@ def test_auto_start_that_fails_runs_the_call_itself(tmp_path, container_ns) -> N
     assert elapsed < READY_WAIT, f"{elapsed:.2f} s: the call waited for a helper that had already failed"
 
 
-def test_idle_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_idle_timeout(tmp_path: Path) -> None:
     sock = tmp_path / "idle" / "helper.sock"
     proc = subprocess.Popen(
         [sys.executable, "-m", "cni_plugins.install", "helper", "--socket", str(sock), "--idle", "1"]
@@ -780,7 +797,7 @@ def test_idle_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
             proc.kill()
 
 
-def test_reused_workers_go_back_between_calls(helper_bin, namespaces) -> None:  # type: ignore[no-untyped-def]
+def test_reused_workers_go_back_between_calls(helper_bin: tuple[Path, Path], namespaces: Namespaces) -> None:
     """More calls than the pool has workers, from two different namespaces in turn, each with
     its own environment: every call acts in its caller's namespace with its caller's env."""
     bin_dir, sock = helper_bin

@@ -238,7 +238,15 @@ def kill_mid_call(host: Host, plugin: str, conf: dict[str, Any], delay: float, s
 
 
 @pytest.fixture
-def probe_host(request, cni_bin, cni_bin_no_helper, cni_run_dir, host_ns, container_ns, tmp_path) -> Host:  # type: ignore[no-untyped-def]
+def probe_host(
+    request: pytest.FixtureRequest,
+    cni_bin: Path,
+    cni_bin_no_helper: Path,
+    cni_run_dir: Path,
+    host_ns: str,
+    container_ns: str,
+    tmp_path: Path,
+) -> Host:
     mode = request.param
     return Host(
         cni_bin if mode == "helper" else cni_bin_no_helper, cni_run_dir, host_ns, container_ns, tmp_path / "ipam"
@@ -373,8 +381,15 @@ def go_runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("mode", ["helper", "no-helper"])
 def test_a_go_runtimes_timeout_is_kept(
-    go_runtime, cni_bin, cni_bin_no_helper, cni_run_dir, host_ns, container_ns, tmp_path, mode
-) -> None:  # type: ignore[no-untyped-def]
+    go_runtime: Path,
+    cni_bin: Path,
+    cni_bin_no_helper: Path,
+    cni_run_dir: Path,
+    host_ns: str,
+    container_ns: str,
+    tmp_path: Path,
+    mode: str,
+) -> None:
     """A bridge ADD stuck in its IPAM step; the runtime's 500 ms timeout kills it: its Run
     returns within 10% of the deadline, and once the call is let go a DEL leaves nothing."""
     data = tmp_path / "ipam"

@@ -67,7 +67,7 @@ def exec_start(unit: Path) -> list[str]:
     return [arg.replace("%%", "%").replace("$$", "$") for arg in shlex.split(settings(unit)["ExecStart"])]
 
 
-def test_units_are_valid_for_systemd(units) -> None:  # type: ignore[no-untyped-def]
+def test_units_are_valid_for_systemd(units: tuple[Path, Path, Path]) -> None:
     need("systemd-analyze")
     bin_dir, unit_dir, sock = units
     res = subprocess.run(
@@ -101,7 +101,9 @@ def test_units_are_valid_for_systemd(units) -> None:  # type: ignore[no-untyped-
 
 
 @pytest.fixture
-def activated(units, tmp_path) -> Iterator[tuple[Path, Path, subprocess.Popen[bytes], socket.socket]]:  # type: ignore[no-untyped-def]
+def activated(
+    units: tuple[Path, Path, Path], tmp_path: Path
+) -> Iterator[tuple[Path, Path, subprocess.Popen[bytes], socket.socket]]:
     """The service's ExecStart= under systemd-socket-activate (it listens on the unit's socket
     and execs the command with the socket as fd 3 on the first connection), with a notify
     socket standing for systemd's."""
@@ -134,7 +136,9 @@ def activated(units, tmp_path) -> Iterator[tuple[Path, Path, subprocess.Popen[by
         notify.close()
 
 
-def test_socket_activation(activated, container_ns) -> None:  # type: ignore[no-untyped-def]
+def test_socket_activation(
+    activated: tuple[Path, Path, subprocess.Popen[bytes], socket.socket], container_ns: str
+) -> None:
     from cni_plugins.helper.server import status
 
     bin_dir, sock, proc, notify = activated
@@ -152,7 +156,9 @@ def test_socket_activation(activated, container_ns) -> None:  # type: ignore[no-
     assert sock.exists() and sock.stat().st_ino == inode  # systemd's socket: its owner removes it
 
 
-def test_activated_helper_takes_over_from_one_a_call_started(activated, tmp_path, container_ns) -> None:  # type: ignore[no-untyped-def]
+def test_activated_helper_takes_over_from_one_a_call_started(
+    activated: tuple[Path, Path, subprocess.Popen[bytes], socket.socket], tmp_path: Path, container_ns: str
+) -> None:
     """A helper a call started (before the units were enabled) holds the socket's lock when
     systemd starts the service: the service's helper asks it to stop and takes its place."""
     from cni_plugins.helper.server import running, status
