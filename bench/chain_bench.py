@@ -773,6 +773,10 @@ def build_rows(res: dict[str, Any], ours: str, ref: str) -> list[Row]:
     return rows
 
 
+def _fmt(v: object) -> str:
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
 def print_table(rows: list[Row], header: str) -> str:
     lines = [
         header,
@@ -781,11 +785,10 @@ def print_table(rows: list[Row], header: str) -> str:
         f"|{'-' * 60}|{'-' * 11}|{'-' * 11}|{'-' * 7}|{'-' * 10}|{'-' * 10}|-----|",
     ]
     for row in rows:
-        fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)  # noqa: E731
         ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
         met = "" if row.met is None else ("yes" if row.met else "NO")
         lines.append(
-            f"| {row.what:<58} | {fmt(row.ours):>9} | {fmt(row.ref):>9} "
+            f"| {row.what:<58} | {_fmt(row.ours):>9} | {_fmt(row.ref):>9} "
             f"| {row.unit:<5} | {ratio:>8} | {row.target:<8} | {met:<3} |"
         )
     text = "\n".join(lines)

@@ -69,10 +69,10 @@ def _preload() -> None:
                     importlib.import_module(info.name)
                 except Exception:  # an optional module that cannot load here: a call that needs it will say so
                     pass
-    import nftables  # noqa: F401
+    import nftables  # noqa: F401  (loaded before the workers fork)
 
     from cni_plugins.kernel import netlink
-    from firewall import nft  # noqa: F401
+    from firewall import nft  # noqa: F401  (loaded before the workers fork)
 
     netlink.preload_pyroute2()
 

@@ -119,9 +119,9 @@ def _lazy_pyroute2() -> None:
 def preload_pyroute2() -> None:
     """Import the pyroute2 submodules used here (a helper does, before it forks workers)."""
     _lazy_pyroute2()
-    import pyroute2.iproute.linux  # noqa: F401
-    import pyroute2.netlink.exceptions  # noqa: F401
-    import pyroute2.netlink.rtnl.ifinfmsg  # noqa: F401
+    import pyroute2.iproute.linux  # noqa: F401  (loaded here, used elsewhere)
+    import pyroute2.netlink.exceptions  # noqa: F401  (loaded here, used elsewhere)
+    import pyroute2.netlink.rtnl.ifinfmsg  # noqa: F401  (loaded here, used elsewhere)
 
 
 @contextmanager
