@@ -37,3 +37,13 @@ def match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
 def payload(version: int, field: str) -> dict[str, Any]:
     """The source or destination address (``field``: saddr/daddr) of an IPv4 or IPv6 packet."""
     return {"payload": {"protocol": PROTOCOLS[version], "field": field}}
+
+
+def element_key(elem: Any) -> Any:
+    """The key of a set element or map entry as ``nft -j`` lists it: ``[key, value]`` for a
+    map, and ``{"elem": {"val": key, "comment": ...}}`` for one that carries a comment."""
+    if isinstance(elem, list) and len(elem) == 2:
+        elem = elem[0]
+    if isinstance(elem, dict) and "elem" in elem:
+        return elem["elem"]["val"]
+    return elem

@@ -27,6 +27,7 @@ from typing import Any
 
 from cni_plugins.protocol import log
 from cni_plugins.spec.errors import CNIError, TryAgainLater
+from firewall.expr import element_key
 from firewall.layout import Stamp, prune
 from firewall.model import Owner, owner_prefix_of
 from firewall.nft import EEXIST, ENOENT, Command, NftBackend, NftError
@@ -80,14 +81,6 @@ def _elem(key: Any, comment: str, data: Any = None) -> Any:
 
 def _el(verb: str, maps: OwnedMaps, name: str, elems: list[Any]) -> Command:
     return {verb: {"element": {"family": maps.family, "table": maps.table, "name": name, "elem": elems}}}
-
-
-def _plain_key(elem: Any) -> Any:
-    if isinstance(elem, list) and len(elem) == 2:
-        elem = elem[0]
-    if isinstance(elem, dict) and "elem" in elem:
-        return elem["elem"]["val"]
-    return elem
 
 
 def _comment(elem: Any) -> str:
@@ -243,10 +236,10 @@ def problems(nft: NftBackend, maps: OwnedMaps, owner: Owner, entries: Iterable[E
     entries = list(entries)
     if not entries:
         return []
-    owners = {_canon(_plain_key(el)): _data(el) for el in nft.list_map(maps.family, maps.table, maps.owners)}
+    owners = {_canon(element_key(el)): _data(el) for el in nft.list_map(maps.family, maps.table, maps.owners)}
     data: dict[str, dict[str, Any]] = {}
     for name in sorted({n for e in entries for n in e.data}):
-        data[name] = {_canon(_plain_key(el)): _data(el) for el in nft.list_map(maps.family, maps.table, name)}
+        data[name] = {_canon(element_key(el)): _data(el) for el in nft.list_map(maps.family, maps.table, name)}
     out = []
     for e in entries:
         k = _canon(e.key)
@@ -265,7 +258,7 @@ def problems(nft: NftBackend, maps: OwnedMaps, owner: Owner, entries: Iterable[E
 
 def release_all_of(nft: NftBackend, maps: OwnedMaps, owner: Owner, data_maps: tuple[str, ...], *, what: str) -> None:
     """DEL without knowing the keys (no prevResult): find owner's keys by listing. Not a hot path."""
-    keys = [_plain_key(el) for el in nft.list_map(maps.family, maps.table, maps.owners) if _data(el) == owner.mark]
+    keys = [element_key(el) for el in nft.list_map(maps.family, maps.table, maps.owners) if _data(el) == owner.mark]
     if keys:
         entries = [Entry(key=k, data={}) for k in keys]
         nft.run(_delete_present(nft, maps, entries, data_maps), what=what)
@@ -279,7 +272,7 @@ def gc(
     for el in nft.list_map(maps.family, maps.table, maps.owners):
         prefix = owner_prefix_of(_comment(el))
         if prefix.startswith(network_prefix + "-") and prefix not in keep:
-            stale.append(Entry(key=_plain_key(el)))
+            stale.append(Entry(key=element_key(el)))
     if stale:
         nft.run(_delete_present(nft, maps, stale, data_maps), what=what)
     return len(stale)
@@ -301,7 +294,7 @@ def _holders(nft: NftBackend, maps: OwnedMaps, entries: list[Entry]) -> dict[str
     wanted = {_canon(e.key) for e in entries}
     out: dict[str, tuple[int | None, str]] = {}
     for el in nft.list_map(maps.family, maps.table, maps.owners):
-        k = _canon(_plain_key(el))
+        k = _canon(element_key(el))
         if k in wanted:
             data = _data(el)
             out[k] = (data if isinstance(data, int) else None, _comment(el))
@@ -317,7 +310,7 @@ def _delete_present(
     out: list[Command] = []
     for name in sorted(names):
         present = [
-            _plain_key(el) for el in nft.list_map(maps.family, maps.table, name) if _canon(_plain_key(el)) in wanted
+            element_key(el) for el in nft.list_map(maps.family, maps.table, name) if _canon(element_key(el)) in wanted
         ]
         if present:
             out.append(_el("delete", maps, name, present))

@@ -447,24 +447,8 @@ class Netlink:
     ) -> None:
         """``ip route add``; protocol ``boot`` as the reference's netlink library sends it
         (pyroute2 would say ``static``), so ``ip route`` shows the same routes for both."""
-        attrs: dict[str, Any] = {
-            "dst": str(dst.network_address),
-            "dst_len": dst.prefixlen,
-            "family": socket.AF_INET if dst.version == 4 else socket.AF_INET6,
-        }
+        attrs = _route_to(dst, gateway=gw, oif=oif, scope=scope, prefsrc=src, table=table, priority=priority)
         attrs["proto"] = RTPROT_BOOT
-        if gw is not None:
-            attrs["gateway"] = str(gw)
-        if oif is not None:
-            attrs["oif"] = oif
-        if scope is not None:
-            attrs["scope"] = scope
-        if src is not None:
-            attrs["prefsrc"] = str(src)
-        if table is not None:
-            attrs["table"] = table
-        if priority is not None:
-            attrs["priority"] = priority
         metrics = {}
         if mtu:
             metrics["RTAX_MTU"] = mtu
@@ -487,18 +471,7 @@ class Netlink:
     ) -> None:
         """Delete a route; ``scope`` NOWHERE matches any scope (pyroute2 would send universe,
         which misses the kernel's link-scope connected routes)."""
-        attrs: dict[str, Any] = {
-            "dst": str(dst.network_address),
-            "dst_len": dst.prefixlen,
-            "family": socket.AF_INET if dst.version == 4 else socket.AF_INET6,
-        }
-        attrs["scope"] = scope
-        if gw is not None:
-            attrs["gateway"] = str(gw)
-        if oif is not None:
-            attrs["oif"] = oif
-        if table is not None:
-            attrs["table"] = table
+        attrs = _route_to(dst, gateway=gw, oif=oif, scope=scope, table=table)
         with translate_errors(self._ctx(f"delete route {dst}")):
             self._ipr.route("del", **attrs)
 
@@ -518,6 +491,20 @@ class Netlink:
             return list(fn())
         except NetlinkDumpInterrupted:
             raise TryAgainLater(self._ctx("netlink dump interrupted repeatedly")) from None
+
+
+def _route_to(dst: IPNetwork, **given: int | IPAddress | None) -> dict[str, Any]:
+    """A route's attributes: its destination, and those of ``given`` that are not None
+    (addresses as text)."""
+    attrs: dict[str, Any] = {
+        "dst": str(dst.network_address),
+        "dst_len": dst.prefixlen,
+        "family": socket.AF_INET if dst.version == 4 else socket.AF_INET6,
+    }
+    for key, value in given.items():
+        if value is not None:
+            attrs[key] = value if isinstance(value, int) else str(value)
+    return attrs
 
 
 @contextmanager

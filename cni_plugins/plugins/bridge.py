@@ -28,12 +28,7 @@ from cni_plugins.kernel.netns import NetNSGone
 from cni_plugins.plugins import nft_state
 from cni_plugins.protocol import invoke, log, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
-from cni_plugins.protocol.steps import (
-    options_for_del,
-    prev_result_for_check,
-    quietly,
-    step,
-)
+from cni_plugins.protocol.steps import ipam_add, options_for_del, prev_result_for_check, quietly, step
 from cni_plugins.spec.errors import CNIError, ErrorList, InternalError, UnsupportedField
 from cni_plugins.spec.types import Interface, IPInterface, Result, Route
 from conf.bridge import BridgeConf
@@ -99,16 +94,7 @@ def cmd_add(args: CmdArgs) -> Result:
             )
         )
         if conf.ipam_type:
-            with step(f"IPAM {conf.ipam_type} ADD"):
-                ipam = invoke.delegate_add(conf.ipam_type, args.stdin, args.environ, args.path)
-            undo.callback(
-                quietly, "IPAM DEL", invoke.delegate, conf.ipam_type, "DEL", args.stdin, args.environ, args.path
-            )
-            if not ipam.ips:
-                raise InternalError(
-                    f"IPAM {conf.ipam_type} ADD: IPAM plugin returned missing IP config",
-                    "its ranges must yield at least one address",
-                )
+            ipam = ipam_add(args, conf.ipam_type, undo)
             result, gateways = with_gateways(result, ipam, conf)
             with step(f"configure {args.ifname}"), netns.entered(ctr_fd, label=args.netns):
                 _write_sysctls(_container_sysctls(args.ifname, conf.enable_dad))
@@ -362,18 +348,16 @@ def cmd_status(args: CmdArgs) -> None:
 def cmd_gc(args: CmdArgs) -> None:
     """Forward GC to IPAM; drop masquerade and spoof-check entries of attachments not in
     ``cni.dev/valid-attachments`` (nothing of ours is touched when the list is absent)."""
-    from firewall.model import Owner
 
     errors = ErrorList("bridge GC")
     if args.conf.ipam_type:
         with errors.step(f"IPAM {args.conf.ipam_type} GC"):
             invoke.delegate(args.conf.ipam_type, "GC", args.stdin, args.environ, args.path)
-    valid = args.conf.valid_attachments
-    if valid is not None:
+    owners = nft_state.valid_owners(args)
+    if owners is not None:
         from firewall.rules.masq import gc_masq
         from firewall.rules.spoofchk import gc_spoofcheck
 
-        owners = [Owner(network=args.conf.name, container_id=a.container_id, ifname=a.ifname) for a in valid]
         nft = nft_state.host_nft()
         with errors.step("masquerade GC"):
             gc_masq(nft, args.conf.name, owners)

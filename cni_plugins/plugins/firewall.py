@@ -24,7 +24,6 @@ from cni_plugins.spec.types import IPAddress, Result
 from conf.fields import str_field
 from conf.netconf import NetConf
 from firewall.layout import stamp_for
-from firewall.model import Owner
 from firewall.nft import Command, NftBackend
 from firewall.owned import claim_groups, problems, release_all_of, release_groups
 from firewall.rules import forward
@@ -236,25 +235,7 @@ def cmd_check(args: CmdArgs) -> None:
 
 def cmd_gc(args: CmdArgs) -> None:
     """Drop accept entries of this network whose owner is not in ``cni.dev/valid-attachments``."""
-    from firewall.model import network_prefix
-    from firewall.owned import gc
-
-    valid = args.conf.valid_attachments
-    if valid is None:
-        return
-    keep = {Owner(network=args.conf.name, container_id=a.container_id, ifname=a.ifname).prefix for a in valid}
-    nft, errors = nft_state.host_nft(), ErrorList("firewall GC")
-    for v in (4, 6):
-        with errors.step(f"GC of IPv{v} accept entries"):
-            gc(
-                nft,
-                forward.ACCEPT[v],
-                (forward.ACCEPT_SET[v],),
-                keep,
-                network_prefix(args.conf.name),
-                what=f"gc firewall entries of {args.conf.name}",
-            )
-    errors.raise_if_any()
+    nft_state.gc_owned(args, "firewall", [(forward.ACCEPT[v], (forward.ACCEPT_SET[v],)) for v in (4, 6)])
 
 
 PLUGIN = Plugin(

@@ -22,12 +22,7 @@ from cni_plugins.kernel import netns, sysctl
 from cni_plugins.kernel.netns import NetNSGone
 from cni_plugins.protocol import invoke, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
-from cni_plugins.protocol.steps import (
-    prev_container_interface,
-    prev_result_for_check,
-    quietly,
-    step,
-)
+from cni_plugins.protocol.steps import ipam_add, prev_container_interface, prev_result_for_check, quietly, step
 from cni_plugins.spec.errors import (
     CNIError,
     ErrorList,
@@ -119,23 +114,7 @@ def cmd_add(args: CmdArgs) -> Result:
             )
         result = Result(interfaces=(Interface(name=args.ifname, mac=link.mac, sandbox=args.netns),))
         if conf.ipam_type:
-            undo.callback(
-                quietly,
-                f"IPAM {conf.ipam_type} DEL",
-                invoke.delegate,
-                conf.ipam_type,
-                "DEL",
-                args.stdin,
-                args.environ,
-                args.path,
-            )  # also for a failed ADD, as the spec asks
-            with step(f"IPAM {conf.ipam_type} ADD"):
-                ipam = invoke.delegate_add(conf.ipam_type, args.stdin, args.environ, args.path)
-            if not ipam.ips:
-                raise CNIError(
-                    f"IPAM plugin {conf.ipam_type} returned no IP configuration",
-                    "check the ipam section: it must yield at least one address",
-                )
+            ipam = ipam_add(args, conf.ipam_type, undo)
             ips = tuple(dataclasses.replace(ip, interface=0) for ip in ipam.ips)
             result = result.replace(ips=ips, routes=ipam.routes)
             with netns.entered(ctr_fd, label=args.netns):

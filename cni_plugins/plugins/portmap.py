@@ -36,7 +36,6 @@ from cni_plugins.spec.types import IPInterface, Result
 from conf.fields import bool_field, str_field, str_list_field
 from conf.netconf import NetConf, PortMapping
 from firewall.layout import stamp_for
-from firewall.model import Owner
 from firewall.owned import (
     EntryTaken,
     Group,
@@ -228,18 +227,7 @@ def cmd_check(args: CmdArgs) -> None:
 
 def cmd_gc(args: CmdArgs) -> None:
     """Drop entries of this network whose owner is not in ``cni.dev/valid-attachments``."""
-    from firewall.model import network_prefix
-    from firewall.owned import gc
-
-    valid = args.conf.valid_attachments
-    if valid is None:
-        return
-    keep = {Owner(network=args.conf.name, container_id=a.container_id, ifname=a.ifname).prefix for a in valid}
-    nft, errors = nft_state.host_nft(), ErrorList("portmap GC")
-    for maps, data_maps in rules.all_maps():
-        with errors.step(f"GC of {maps.owners}"):
-            gc(nft, maps, data_maps, keep, network_prefix(args.conf.name), what=f"gc port mappings of {args.conf.name}")
-    errors.raise_if_any()
+    nft_state.gc_owned(args, "portmap", rules.all_maps())
 
 
 def _enable_localnet(container: IPInterface) -> None:

@@ -31,6 +31,7 @@ from cni_plugins.plugins import nft_state
 from cni_plugins.protocol import invoke, log, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
 from cni_plugins.protocol.steps import (
+    ipam_add,
     options_for_del,
     prev_container_interface,
     prev_result_for_check,
@@ -96,16 +97,7 @@ def cmd_add(args: CmdArgs) -> Result:
     if conf.ip_masq and conf.ip_masq_backend == "iptables":
         log.note("ipMasqBackend: iptables asked for; masquerade is served by nftables (table inet cni_py_masq)")
     with host_and_container(args.netns) as (host, ctr, host_fd, ctr_fd), contextlib.ExitStack() as undo:
-        undo.callback(
-            quietly, "IPAM DEL", invoke.delegate, conf.ipam_type, "DEL", args.stdin, args.environ, args.path
-        )  # also for a failed ADD, as the spec asks
-        with step(f"IPAM {conf.ipam_type} ADD"):
-            ipam = invoke.delegate_add(conf.ipam_type, args.stdin, args.environ, args.path)
-        if not ipam.ips:
-            raise CNIError(
-                f"IPAM {conf.ipam_type} ADD: IPAM plugin returned missing IP config",
-                "its ranges must yield at least one address",
-            )
+        ipam = ipam_add(args, conf.ipam_type, undo)
         missing_gw = [str(ip.address) for ip in ipam.ips if ip.gateway is None]
         if missing_gw:
             raise InvalidNetworkConfig(
@@ -265,12 +257,10 @@ def cmd_gc(args: CmdArgs) -> None:
     if args.conf.ipam_type:
         with errors.step(f"IPAM {args.conf.ipam_type} GC"):
             invoke.delegate(args.conf.ipam_type, "GC", args.stdin, args.environ, args.path)
-    valid = args.conf.valid_attachments
-    if valid is not None and bool_field(args.conf.raw, "ipMasq", False):
-        from firewall.model import Owner
+    owners = nft_state.valid_owners(args)
+    if owners is not None and bool_field(args.conf.raw, "ipMasq", False):
         from firewall.rules.masq import gc_masq
 
-        owners = [Owner(network=args.conf.name, container_id=a.container_id, ifname=a.ifname) for a in valid]
         with errors.step("masquerade GC"):
             gc_masq(nft_state.host_nft(), args.conf.name, owners)
     errors.raise_if_any()

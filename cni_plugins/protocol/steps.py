@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cni_plugins.protocol import cancel, log
-from cni_plugins.spec.errors import CNIError, InvalidNetworkConfig
+from cni_plugins.spec.errors import CNIError, InternalError, InvalidNetworkConfig
 
 if TYPE_CHECKING:
     from cni_plugins.protocol.skel import CmdArgs
@@ -45,6 +45,24 @@ def quietly(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Non
         fn(*args, **kwargs)
     except CNIError as err:
         log.warning(f"rollback: {what}: {err.msg}")
+
+
+def ipam_add(args: CmdArgs, ipam_type: str, undo: contextlib.ExitStack) -> Result:
+    """IPAM ADD as a named step, its DEL registered on ``undo`` first (IPAM is DELed after a
+    failed ADD too, as the spec asks); a result without addresses is an error."""
+    from cni_plugins.protocol import invoke
+
+    undo.callback(
+        quietly, f"IPAM {ipam_type} DEL", invoke.delegate, ipam_type, "DEL", args.stdin, args.environ, args.path
+    )
+    with step(f"IPAM {ipam_type} ADD"):
+        result = invoke.delegate_add(ipam_type, args.stdin, args.environ, args.path)
+    if not result.ips:
+        raise InternalError(
+            f"IPAM {ipam_type} ADD: IPAM plugin returned missing IP config",
+            "its ranges must yield at least one address",
+        )
+    return result
 
 
 def options_for_del(plugin: str, parse: Callable[[], T], owning_all: Callable[[], T]) -> T:

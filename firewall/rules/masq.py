@@ -38,7 +38,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 
 from cni_plugins.spec.types import IPInterface, IPNetwork
-from firewall.expr import ADDR_TYPES, Table, payload
+from firewall.expr import ADDR_TYPES, Table, element_key, payload
 from firewall.layout import prune, stamp_for
 from firewall.model import Owner, network_prefix, short_hash
 from firewall.nft import EEXIST, ENOENT, Command, NftBackend, NftError
@@ -206,8 +206,8 @@ def validate_masq(nft: NftBackend, owner: Owner, addresses: Sequence[IPInterface
     for v, entries in entries_for(owner.network, addresses).items():
         if not entries:
             continue
-        owners = {_val(el): el[1] for el in nft.list_map(FAMILY, TABLE, MAPS[v].owners) if isinstance(el, list)}
-        verdicts = {_val(el): el[1] for el in nft.list_map(FAMILY, TABLE, VMAPS[v]) if isinstance(el, list)}
+        owners = {element_key(el): el[1] for el in nft.list_map(FAMILY, TABLE, MAPS[v].owners) if isinstance(el, list)}
+        verdicts = {element_key(el): el[1] for el in nft.list_map(FAMILY, TABLE, VMAPS[v]) if isinstance(el, list)}
         for e in entries:
             if owners.get(e.key) != owner.mark:
                 problems.append(f"masquerade entry for {e.key} is missing or owned by another attachment")
@@ -216,11 +216,3 @@ def validate_masq(nft: NftBackend, owner: Owner, addresses: Sequence[IPInterface
                     f"masquerade entry for {e.key} is {verdicts.get(e.key)!r}, expected {e.data[VMAPS[v]]!r}"
                 )
     return problems
-
-
-def _val(elem: object) -> object:
-    if isinstance(elem, list) and len(elem) == 2:
-        elem = elem[0]
-    if isinstance(elem, dict) and "elem" in elem:
-        return elem["elem"]["val"]
-    return elem

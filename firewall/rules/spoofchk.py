@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from firewall.expr import Table
+from firewall.expr import Table, element_key
 from firewall.model import Owner, network_prefix, owner_prefix_of
 from firewall.nft import Command, NftBackend, NftError
 from firewall.owned import Entry, OwnedMaps, add_commands, release, release_commands
@@ -92,7 +92,7 @@ def teardown_spoofcheck(nft: NftBackend, owner: Owner, port: str | None = None, 
         {port}
         if port
         else {
-            str(_val(el))
+            str(element_key(el))
             for el in nft.list_map(FAMILY, TABLE, MAPS.owners)
             if isinstance(el, list) and el[1] == owner.mark
         }
@@ -120,10 +120,11 @@ def gc_spoofcheck(nft: NftBackend, network: str, valid: Iterable[Owner]) -> int:
 
 def validate_spoofcheck(nft: NftBackend, owner: Owner, port: str, mac: str) -> list[str]:
     """CHECK: is ``port`` guarded for ``mac`` by owner? (Lists the maps: not a hot path.)"""
-    owners = {str(_val(el)): el[1] for el in nft.list_map(FAMILY, TABLE, MAPS.owners) if isinstance(el, list)}
+    owners = {str(element_key(el)): el[1] for el in nft.list_map(FAMILY, TABLE, MAPS.owners) if isinstance(el, list)}
     if owners.get(port) != owner.mark:
         return [f"mac spoof check for port {port} is missing"]
-    pairs = {tuple(_val(el)["concat"]) for el in nft.list_map(FAMILY, TABLE, ALLOWED) if isinstance(_val(el), dict)}
+    keys = [element_key(el) for el in nft.list_map(FAMILY, TABLE, ALLOWED)]
+    pairs = {tuple(key["concat"]) for key in keys if isinstance(key, dict)}
     if (port, mac.lower()) not in pairs:
         return [f"mac spoof check for port {port} does not allow {mac}"]
     return []
@@ -132,16 +133,8 @@ def validate_spoofcheck(nft: NftBackend, owner: Owner, port: str, mac: str) -> l
 def _delete_allowed(nft: NftBackend, match: Any, *, what: str) -> None:
     doomed = []
     for el in nft.list_map(FAMILY, TABLE, ALLOWED):
-        val, comment = _val(el), el["elem"].get("comment", "") if isinstance(el, dict) and "elem" in el else ""
+        val, comment = element_key(el), el["elem"].get("comment", "") if isinstance(el, dict) and "elem" in el else ""
         if isinstance(val, dict) and match(val["concat"], comment):
             doomed.append(val)
     if doomed:
         nft.run([{"delete": NFT.obj("element", name=ALLOWED, elem=doomed)}], what=what)
-
-
-def _val(elem: Any) -> Any:
-    if isinstance(elem, list) and len(elem) == 2:
-        elem = elem[0]
-    if isinstance(elem, dict) and "elem" in elem:
-        return elem["elem"]["val"]
-    return elem
