@@ -46,6 +46,7 @@ from cni_plugins.protocol import installed
 
 STATUS_EVERY = 0.5  # seconds between rewrites of the status file while calls come in
 STAMP_EVERY = 2.0  # seconds between checks of the code's mtimes while calls come in
+NOT_PRELOADED = ("cni_plugins.install", "cni_plugins.launch", "cni_plugins.helper.units")  # no call runs them
 
 
 def _preload() -> None:
@@ -63,12 +64,13 @@ def _preload() -> None:
         registry.load(plugin_type)
     root = Path(installed.package_root())
     for pkg in ("cni_plugins", "ipam", "firewall", "conf"):
-        for info in pkgutil.iter_modules([str(root / pkg)], prefix=f"{pkg}."):
-            if info.name not in ("cni_plugins.install", "cni_plugins.helper.units") and not info.ispkg:
-                try:
-                    importlib.import_module(info.name)
-                except Exception:  # an optional module that cannot load here: a call that needs it will say so
-                    pass
+        for info in pkgutil.walk_packages([str(root / pkg)], prefix=f"{pkg}."):
+            if info.ispkg or info.name in NOT_PRELOADED or info.name.startswith("cni_plugins.runtime."):
+                continue
+            try:
+                importlib.import_module(info.name)
+            except Exception:  # an optional module that cannot load here: a call that needs it will say so
+                pass
     import nftables  # noqa: F401  (loaded before the workers fork)
 
     from cni_plugins.kernel import netlink
