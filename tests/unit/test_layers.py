@@ -3,6 +3,7 @@
     cni_plugins.spec        the CNI spec as data: errors, results, versions
     conf                    what a plugin is given: stdin as Go decodes it, typed readers, config files
     cni_plugins.protocol    one plugin call: skel, delegation, registry, logging, steps, locks
+    cni_plugins.etcd        the etcd client (cluster-ipam and the node agent share it)
     cni_plugins.kernel | firewall | ipam      the kernel, nftables, addresses (side by side, independent)
     cni_plugins.plugins     one module per plugin type
     cni_plugins.helper | cni_plugins.runtime  the warm helper; the runtime side (libcni, cnitool)
@@ -25,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cni_plugins.spec",),
     ("conf",),
     ("cni_plugins.protocol",),
+    ("cni_plugins.etcd",),
     ("cni_plugins.kernel", "firewall", "ipam"),
     ("cni_plugins.plugins",),
     ("cni_plugins.helper", "cni_plugins.runtime"),
