@@ -18,6 +18,7 @@ PLUGINS: dict[str, str] = {
     "firewall": "cni_plugins.plugins.firewall",
     "host-local": "ipam.host_local",
     "static": "ipam.static",
+    "cluster-ipam": "ipam.cluster_ipam",
 }
 
 
