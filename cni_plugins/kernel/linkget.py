@@ -23,8 +23,11 @@ IFF_PROMISC = 0x100
 IFF_ALLMULTI = 0x200
 NETLINK_ROUTE = 0
 RTM_NEWLINK, RTM_GETLINK = 16, 18
-NLMSG_ERROR = 2
+NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300
+NLM_F_DUMP_INTR = 0x10
+DUMP_RETRIES = 5
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 (
     IFLA_ADDRESS,
@@ -35,8 +38,9 @@ NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
     IFLA_TXQLEN,
     IFLA_OPERSTATE,
     IFLA_LINKINFO,
+    IFLA_IFALIAS,
     IFLA_EXT_MASK,
-) = 1, 3, 4, 5, 10, 13, 16, 18, 29
+) = 1, 3, 4, 5, 10, 13, 16, 18, 20, 29
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_DATA = 1, 2, 5
 RTEXT_FILTER_SKIP_STATS = 1 << 3  # the counters are most of a link's message, and unused here
 OPERSTATES = (
@@ -75,6 +79,7 @@ class Link:
     port: Mapping[str, Any] = field(
         default_factory=dict
     )  # IFLA_INFO_SLAVE_DATA: bridge port options (IFLA_BRPORT_MODE ...)
+    alias: str = ""  # IFLA_IFALIAS (``ip link set ... alias``); host-device keeps a link's host name there
 
     @property
     def is_up(self) -> bool:
@@ -127,6 +132,44 @@ class LinkReader:
                 raise LinkGetError(errno.EPROTO, f"unexpected netlink message type {kind}")
             return parse(data[:length], self._kind_data)
 
+    def dump(self) -> list[Link]:
+        """Every link of the namespace, in ifindex order (a dump the kernel interrupted
+        because links changed meanwhile is read again)."""
+        for _ in range(DUMP_RETRIES):
+            links, interrupted = self._dump_once()
+            if not interrupted:
+                return links
+        raise LinkGetError(errno.EAGAIN, f"link dump interrupted {DUMP_RETRIES} times")
+
+    def _dump_once(self) -> tuple[list[Link], bool]:
+        self._seq += 1
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(
+            IFLA_EXT_MASK, struct.pack("=I", RTEXT_FILTER_SKIP_STATS)
+        )
+        flags = NLM_F_REQUEST | NLM_F_DUMP
+        self._sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK, flags, self._seq, 0) + body)
+        links: list[Link] = []
+        interrupted = False
+        while True:
+            data = self._sock.recv(RECV_SIZE)
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                length, kind, msg_flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+                if length < _NLMSGHDR.size:
+                    raise LinkGetError(errno.EPROTO, "malformed netlink message")
+                message = data[offset : offset + length]
+                offset += (length + 3) & ~3
+                if seq != self._seq:
+                    continue
+                interrupted = interrupted or bool(msg_flags & NLM_F_DUMP_INTR)
+                if kind == NLMSG_DONE:
+                    return links, interrupted
+                if kind == NLMSG_ERROR:
+                    (code,) = _ERRNO.unpack_from(message, _NLMSGHDR.size)
+                    raise LinkGetError(-code, os.strerror(-code))
+                if kind == RTM_NEWLINK:
+                    links.append(parse(message, self._kind_data))
+
 
 def _attr(kind: int, payload: bytes) -> bytes:
     size = _RTATTR.size + len(payload)
@@ -174,4 +217,5 @@ def parse(message: bytes, kind_data: KindData) -> Link:
         txqlen=_u32(top.get(IFLA_TXQLEN)) or 0,
         info=kind_data(message, False) if IFLA_INFO_DATA in nested else {},
         port=kind_data(message, True) if IFLA_INFO_SLAVE_DATA in nested else {},
+        alias=_text(top.get(IFLA_IFALIAS)),
     )

@@ -301,6 +301,11 @@ class Netlink:
         with translate_errors(self._ctx(f"get link #{index}")):
             return self._reader.get(index=index)
 
+    def links(self) -> list[Link]:
+        """Every link of the namespace, in ifindex order (one dump, read by ``linkget``)."""
+        with translate_errors(self._ctx("list links")):
+            return self._reader.dump()
+
     def require_link(self, name: str) -> Link:
         link = self.link(name)
         if link is None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-from cni_plugins.spec.errors import InvalidNetNS
+from cni_plugins.spec.errors import InternalError, InvalidNetNS
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
@@ -105,6 +105,36 @@ def _fs_type(fd: int) -> int:
 
 def current_netns_fd() -> int:
     return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
+@contextmanager
+def temporary() -> Iterator[int]:
+    """A new, empty network namespace for the block, as an fd; nothing names it, so it
+    goes away when the block ends. What is left in it then goes as the kernel decides for
+    a namespace that dies: virtual links are destroyed, physical ones return to the
+    initial namespace. This thread makes it (``unshare``) and is back in its own
+    namespace before the block runs."""
+    own = current_netns_fd()
+    try:
+        if libc().unshare(CLONE_NEWNET) != 0:
+            import ctypes
+
+            err = ctypes.get_errno()
+            raise InternalError(f"create a temporary network namespace: {os.strerror(err)}", f"errno {err}")
+        try:
+            fd = current_netns_fd()
+        finally:
+            try:
+                _setns(own, CLONE_NEWNET)
+            except OSError:  # pragma: no cover - cannot happen unless the kernel refuses
+                os.write(2, b"fatal: cannot return to the original network namespace\n")
+                os._exit(70)
+    finally:
+        os.close(own)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -29,6 +29,7 @@ def _as_pyroute2_reads(nl: Netlink, index: int) -> Link:
         txqlen=msg.get_attr("IFLA_TXQLEN") or 0,
         info=data,
         port=port,
+        alias=msg.get_attr("IFLA_IFALIAS") or "",
     )
 
 
@@ -49,7 +50,7 @@ def test_every_field_matches_pyroute2(container_ns: str) -> None:
     sh("ip", "link", "set", "v0", "type", "bridge_slave", "hairpin", "on", ns=ns)
     sh("ip", "link", "add", "mv0", "link", "v1", "type", "macvlan", "mode", "passthru", ns=ns)
     sh("ip", "link", "set", "br7", "up", ns=ns)
-    sh("ip", "link", "set", "v1", "txqueuelen", "77", ns=ns)
+    sh("ip", "link", "set", "v1", "txqueuelen", "77", "alias", "peer of v0", ns=ns)
     with Netlink.open(path(ns)) as nl:
         names = ["lo", "br7", "v0", "v1", "mv0"]
         seen = 0
@@ -67,6 +68,10 @@ def test_every_field_matches_pyroute2(container_ns: str) -> None:
         )  # hairpin, decoded on demand
         assert nl.require_link("mv0").info.get("IFLA_MACVLAN_MODE") is not None
         assert nl.require_link("v1").txqlen == 77 and v0.mtu == 1400 and v0.kind == "veth"
+        assert nl.require_link("v1").alias == "peer of v0" and v0.alias == ""
+        dumped = nl.links()  # one dump: every link, in ifindex order, as single reads give them
+        assert [link.name for link in dumped] == sorted(names, key=lambda n: nl.require_link(n).index)
+        assert [_plain(link) for link in dumped] == [_plain(nl.require_link(link.name)) for link in dumped]
         assert nl.link("nope0") is None and nl.link_by_index(999999) is None
         assert nl.link("x" * 16) is None  # longer than IFNAMSIZ: no such link can exist
 
