@@ -16,6 +16,7 @@ PLUGINS: dict[str, str] = {
     "tuning": "cni_plugins.plugins.tuning",
     "portmap": "cni_plugins.plugins.portmap",
     "firewall": "cni_plugins.plugins.firewall",
+    "host-device": "cni_plugins.plugins.host_device",
     "host-local": "ipam.host_local",
     "static": "ipam.static",
     "cluster-ipam": "ipam.cluster_ipam",
