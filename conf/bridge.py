@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cni_plugins.spec.errors import InvalidNetworkConfig
+from cni_plugins.spec.errors import InvalidNetworkConfig, shown
 from cni_plugins.spec.names import IFNAME_MAX, interface_name_problem
 from cni_plugins.spec.types import DNS
 from conf.cni_args import CniArgs
@@ -53,7 +53,7 @@ class BridgeConf:
         bridge = str_field(raw, "bridge", DEFAULT_BRIDGE) or DEFAULT_BRIDGE
         if interface_name_problem(bridge):
             raise InvalidNetworkConfig(
-                f"bridge: {bridge!r} is not a valid interface name",
+                f"bridge: {shown(bridge)} is not a valid interface name",
                 f"use at most {IFNAME_MAX} characters, without '/', ':' or spaces",
             )
         mac_sources = (
@@ -66,7 +66,7 @@ class BridgeConf:
         backend = str_field(raw, "ipMasqBackend", "")
         if backend and backend not in MASQ_BACKENDS:
             raise InvalidNetworkConfig(
-                f"ipMasqBackend: {backend!r} is not one of 'iptables', 'nftables'",
+                f"ipMasqBackend: {shown(backend)} is not one of 'iptables', 'nftables'",
                 "leave it out: masquerade is served by nftables either way",
             )
         return cls(
@@ -132,7 +132,7 @@ def parse_trunk(items: list[Any]) -> tuple[int, ...]:
         where = f"vlanTrunk[{i}]"
         if not isinstance(item, dict):
             raise InvalidNetworkConfig(
-                f'{where}: expected an object like {{"id": 100}} or {{"minID": 200, "maxID": 210}}, got {item!r}'
+                f'{where}: expected an object like {{"id": 100}} or {{"minID": 200, "maxID": 210}}, got {shown(item)}'
             )
         lo, hi = item.get("minID"), item.get("maxID")
         if (lo is None) != (hi is None):

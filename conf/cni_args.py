@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cni_plugins.spec.errors import InvalidEnvironment
+from cni_plugins.spec.errors import InvalidEnvironment, shown
 
 _TRUE = ("1", "true", "True", "TRUE")
 
@@ -34,7 +34,7 @@ class CniArgs:
                     skipped.append(item)
                     continue
                 raise InvalidEnvironment(
-                    f"CNI_ARGS: invalid pair {item!r}", 'CNI_ARGS must be "KEY=VALUE" pairs separated by ";"'
+                    f"CNI_ARGS: invalid pair {shown(item)}", 'CNI_ARGS must be "KEY=VALUE" pairs separated by ";"'
                 )
             pairs.append((key, value))
         return cls(tuple(pairs), tuple(skipped))
@@ -57,6 +57,6 @@ class CniArgs:
             if key != "IgnoreUnknown" and key not in known:
                 names = ", ".join(sorted(known)) or "none"
                 raise InvalidEnvironment(
-                    f"CNI_ARGS: unknown key {key!r}",
+                    f"CNI_ARGS: unknown key {shown(key)}",
                     f"this plugin understands: {names}; add IgnoreUnknown=1 to pass keys meant for other plugins",
                 )

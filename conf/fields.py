@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, TypeVar
 
-from cni_plugins.spec.errors import InvalidNetworkConfig
+from cni_plugins.spec.errors import InvalidNetworkConfig, shown
 
 T = TypeVar("T")
 
@@ -28,7 +28,7 @@ def bool_field(obj: dict[str, Any], key: str, default: bool, where: str = "") ->
     # libcni accepts the strings "true"/"false" for its own flags; do the same everywhere.
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise InvalidNetworkConfig(f"{_where(where, key)}: expected true or false, got {value!r}")
+    raise InvalidNetworkConfig(f"{_where(where, key)}: expected true or false, got {shown(value)}")
 
 
 def int_field(
@@ -47,7 +47,7 @@ def int_field(
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
-            raise InvalidNetworkConfig(f"{_where(where, key)}: expected an integer, got {value!r}")
+            raise InvalidNetworkConfig(f"{_where(where, key)}: expected an integer, got {shown(value)}")
     if minimum is not None and value < minimum or maximum is not None and value > maximum:
         bounds = (
             f"between {minimum} and {maximum}"
@@ -65,10 +65,10 @@ def str_field(
     if value is None:
         return default
     if not isinstance(value, str):
-        raise InvalidNetworkConfig(f"{_where(where, key)}: expected a string, got {value!r}")
+        raise InvalidNetworkConfig(f"{_where(where, key)}: expected a string, got {shown(value)}")
     if choices and value not in choices:
         options = ", ".join(repr(c) for c in choices)
-        raise InvalidNetworkConfig(f"{_where(where, key)}: {value!r} is not one of {options}")
+        raise InvalidNetworkConfig(f"{_where(where, key)}: {shown(value)} is not one of {options}")
     return value
 
 
@@ -77,7 +77,7 @@ def dict_field(obj: dict[str, Any], key: str, where: str = "") -> dict[str, Any]
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise InvalidNetworkConfig(f"{_where(where, key)}: expected a JSON object, got {value!r}")
+        raise InvalidNetworkConfig(f"{_where(where, key)}: expected a JSON object, got {shown(value)}")
     return value
 
 
@@ -86,7 +86,7 @@ def list_field(obj: dict[str, Any], key: str, where: str = "") -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise InvalidNetworkConfig(f"{_where(where, key)}: expected a JSON list, got {value!r}")
+        raise InvalidNetworkConfig(f"{_where(where, key)}: expected a JSON list, got {shown(value)}")
     return value
 
 
@@ -94,7 +94,7 @@ def str_list_field(obj: dict[str, Any], key: str, where: str = "") -> tuple[str,
     items = list_field(obj, key, where)
     for i, item in enumerate(items):
         if not isinstance(item, str):
-            raise InvalidNetworkConfig(f"{_where(where, key)}[{i}]: expected a string, got {item!r}")
+            raise InvalidNetworkConfig(f"{_where(where, key)}[{i}]: expected a string, got {shown(item)}")
     return tuple(items)
 
 
@@ -106,7 +106,7 @@ def parse_mac(value: str, where: str) -> str:
     parts = value.replace("-", ":").split(":")
     if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
         raise InvalidNetworkConfig(
-            f"{where}: {value!r} is not a MAC address", "write it as six hex bytes, e.g. c2:11:22:33:44:55"
+            f"{where}: {shown(value)} is not a MAC address", "write it as six hex bytes, e.g. c2:11:22:33:44:55"
         )
     return ":".join(parts).lower()
 
@@ -121,10 +121,10 @@ def abs_path_field(obj: dict[str, Any], key: str, default: str, where: str = "")
         raise InvalidNetworkConfig(f"{name}: contains a NUL character", "give an absolute directory path")
     if not text.startswith("/"):
         raise InvalidNetworkConfig(
-            f"{name}: {text!r} is not an absolute path", f"give an absolute directory path such as {default}"
+            f"{name}: {shown(text)} is not an absolute path", f"give an absolute directory path such as {default}"
         )
     if ".." in text.split("/"):
         raise InvalidNetworkConfig(
-            f"{name}: {text!r} has a '..' component", "give the directory without '..' components"
+            f"{name}: {shown(text)} has a '..' component", "give the directory without '..' components"
         )
     return "/" + os.path.normpath(text).lstrip("/")

@@ -16,8 +16,18 @@ result decodes through here, so no reader needs to know about case.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import resource
+import sys
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
+
+# Go's decoder refuses a document nested deeper than this ("exceeded max depth"); Python's
+# stops at its recursion limit (~990 levels), so a deeper document is decoded again under a
+# raised limit. The C decoder takes ~150 bytes of C stack a level: that is done only on the
+# main thread with a stack of at least STACK_NEEDED (Linux's default is 8 MiB).
+MAX_DEPTH = 10_000
+STACK_NEEDED = 4 << 20
 
 # Go folds keys with Unicode simple folding; the only non-ASCII runes that fold to an ASCII
 # letter are LATIN SMALL LETTER LONG S (-> s) and KELVIN SIGN (-> k; str.lower already does).
@@ -87,6 +97,35 @@ class GoObject(dict[str, Any]):
         return GoObject, (list(self.items()),)
 
 
-def loads(data: bytes | str) -> Any:
-    """``json.loads`` with every object a ``GoObject``."""
-    return json.loads(data, object_pairs_hook=GoObject)
+def loads(data: bytes | str, object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] = GoObject) -> Any:
+    """``json.loads`` with every object a ``GoObject``. Any depth of nesting is answered: up
+    to Go's ``MAX_DEPTH`` it is decoded, deeper (or deeper than this thread's stack allows) is
+    a ``ValueError``, as every other malformed document."""
+    try:
+        return json.loads(data, object_pairs_hook=object_pairs_hook)
+    except RecursionError:
+        pass
+    if not _deep_decoding_safe():
+        raise ValueError("exceeded max depth: the document is nested deeper than this process can decode")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(_frames() + MAX_DEPTH + 16)  # the decoder counts one a level, a hook a few
+    try:
+        return json.loads(data, object_pairs_hook=object_pairs_hook)
+    except RecursionError:
+        raise ValueError(f"exceeded max depth: the document is nested more than {MAX_DEPTH} levels deep") from None
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _frames() -> int:
+    n, frame = 0, sys._getframe()
+    while frame.f_back is not None:
+        n, frame = n + 1, frame.f_back
+    return n + 1
+
+
+def _deep_decoding_safe() -> bool:
+    if threading.current_thread() is not threading.main_thread():
+        return False  # a thread's stack is often far smaller than the main thread's
+    soft, _hard = resource.getrlimit(resource.RLIMIT_STACK)
+    return soft == resource.RLIM_INFINITY or soft >= STACK_NEEDED

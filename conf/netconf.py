@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cni_plugins.spec.errors import CNIError, DecodingFailure, InvalidNetworkConfig
+from cni_plugins.spec.errors import CNIError, DecodingFailure, InvalidNetworkConfig, shown
 from cni_plugins.spec.names import ID_RE
 from cni_plugins.spec.types import DNS, Result, expect_dict
 from cni_plugins.spec.version import (
@@ -33,7 +33,7 @@ def validate_network_name(name: str, where: str = "name") -> None:
         raise InvalidNetworkConfig("missing network name", f'set "{where}" in the network config')
     if not ID_RE.match(name) or len(name) > 255:
         raise InvalidNetworkConfig(
-            f"{where}: invalid network name {name!r}",
+            f"{where}: invalid network name {shown(name)}",
             "a network name starts with a letter or digit and holds only letters, digits, '_', '.' and '-'",
         )
 
@@ -50,10 +50,10 @@ class PortMapping:
     @classmethod
     def from_json(cls, obj: object, where: str) -> PortMapping:
         if not isinstance(obj, dict):
-            raise InvalidNetworkConfig(f"{where}: expected a JSON object, got {obj!r}")
+            raise InvalidNetworkConfig(f"{where}: expected a JSON object, got {shown(obj)}")
         protocol = str_field(obj, "protocol", "tcp", where).lower() or "tcp"
         if protocol not in PROTOCOLS:
-            raise InvalidNetworkConfig(f"{where}.protocol: {protocol!r} is not one of tcp, udp, sctp")
+            raise InvalidNetworkConfig(f"{where}.protocol: {shown(protocol)} is not one of tcp, udp, sctp")
         host_ip = str_field(obj, "hostIP", "", where)
         if host_ip:
             import ipaddress
@@ -61,7 +61,7 @@ class PortMapping:
             try:
                 ipaddress.ip_address(host_ip)
             except ValueError:
-                raise InvalidNetworkConfig(f"{where}.hostIP: {host_ip!r} is not an IP address") from None
+                raise InvalidNetworkConfig(f"{where}.hostIP: {shown(host_ip)} is not an IP address") from None
         return cls(
             host_port=int_field(obj, "hostPort", 0, where, minimum=1, maximum=65535),
             container_port=int_field(obj, "containerPort", 0, where, minimum=1, maximum=65535),
@@ -95,7 +95,7 @@ class RuntimeConfig:
         if obj is None:
             return cls()
         if not isinstance(obj, dict):
-            raise InvalidNetworkConfig(f"runtimeConfig: expected a JSON object, got {obj!r}")
+            raise InvalidNetworkConfig(f"runtimeConfig: expected a JSON object, got {shown(obj)}")
         where = "runtimeConfig"
         return cls(
             port_mappings=tuple(
@@ -122,10 +122,10 @@ class PluginArgs:
         if obj is None:
             return cls()
         if not isinstance(obj, dict):
-            raise InvalidNetworkConfig(f"args: expected a JSON object, got {obj!r}")
+            raise InvalidNetworkConfig(f"args: expected a JSON object, got {shown(obj)}")
         cni = obj.get("cni") or {}
         if not isinstance(cni, dict):
-            raise InvalidNetworkConfig(f"args.cni: expected a JSON object, got {cni!r}")
+            raise InvalidNetworkConfig(f"args.cni: expected a JSON object, got {shown(cni)}")
         return cls(ips=str_list_field(cni, "ips", "args.cni"), mac=str_field(cni, "mac", "", "args.cni"), raw=obj)
 
 
@@ -179,11 +179,11 @@ class NetConf:
         parse_version(version)
         name = raw.get("name", "")
         if not isinstance(name, str):
-            raise DecodingFailure(f"name: expected a string, got {name!r}")
+            raise DecodingFailure(f"name: expected a string, got {shown(name)}")
         validate_network_name(name)
         ptype = raw.get("type", "")
         if not isinstance(ptype, str):
-            raise DecodingFailure(f"type: expected a string, got {ptype!r}")
+            raise DecodingFailure(f"type: expected a string, got {shown(ptype)}")
         unreadable: list[str] = []
 
         def read(key: str, parse: Callable[[Any], T], default: T) -> T:
@@ -218,7 +218,7 @@ class NetConf:
 def _ipam(obj: object) -> dict[str, Any]:
     ipam = expect_dict(obj, "ipam")
     if not isinstance(ipam.get("type", ""), str):
-        raise DecodingFailure(f"ipam.type: expected a string, got {ipam.get('type')!r}")
+        raise DecodingFailure(f"ipam.type: expected a string, got {shown(ipam.get('type'))}")
     return ipam
 
 
@@ -226,12 +226,12 @@ def _attachments(obj: object) -> tuple[Attachment, ...] | None:
     if obj is None:
         return None
     if not isinstance(obj, list):
-        raise InvalidNetworkConfig(f"cni.dev/valid-attachments: expected a list, got {obj!r}")
+        raise InvalidNetworkConfig(f"cni.dev/valid-attachments: expected a list, got {shown(obj)}")
     out = []
     for i, item in enumerate(obj):
         where = f"cni.dev/valid-attachments[{i}]"
         if not isinstance(item, dict):
-            raise InvalidNetworkConfig(f"{where}: expected a JSON object, got {item!r}")
+            raise InvalidNetworkConfig(f"{where}: expected a JSON object, got {shown(item)}")
         out.append(
             Attachment(
                 container_id=str_field(item, "containerID", "", where), ifname=str_field(item, "ifname", "", where)

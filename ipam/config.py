@@ -16,7 +16,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
-from cni_plugins.spec.errors import DecodingFailure, InvalidNetworkConfig
+from cni_plugins.spec.errors import DecodingFailure, InvalidNetworkConfig, shown
 from cni_plugins.spec.types import DNS, IPAddress, IPNetwork, Route
 from cni_plugins.spec.version import at_least
 from conf.cni_args import CniArgs
@@ -69,7 +69,7 @@ class IPAMConf:
 def parse_range_set(raw: object, where: str) -> RangeSet:
     if not isinstance(raw, list):
         raise InvalidNetworkConfig(
-            f"{where}: expected a list of ranges, got {raw!r}", 'a range set is [{"subnet": "10.1.0.0/24"}, ...]'
+            f"{where}: expected a list of ranges, got {shown(raw)}", 'a range set is [{"subnet": "10.1.0.0/24"}, ...]'
         )
     if not raw:
         raise InvalidNetworkConfig(f"{where}: empty range set", "give at least one range with a subnet")
@@ -93,7 +93,7 @@ def parse_range_set(raw: object, where: str) -> RangeSet:
 
 def parse_range(raw: object, where: str) -> Range:
     if not isinstance(raw, dict):
-        raise InvalidNetworkConfig(f"{where}: expected a JSON object, got {raw!r}")
+        raise InvalidNetworkConfig(f"{where}: expected a JSON object, got {shown(raw)}")
     text = str_field(raw, "subnet", "", where)
     if not text:
         raise InvalidNetworkConfig(f"{where}.subnet: missing", 'each range needs a "subnet" like "10.1.0.0/24"')
@@ -101,10 +101,12 @@ def parse_range(raw: object, where: str) -> Range:
         iface = ipaddress.ip_interface(text)
     except ValueError:
         raise InvalidNetworkConfig(
-            f"{where}.subnet: {text!r} is not a valid CIDR", 'use a network in CIDR form like "10.1.0.0/24"'
+            f"{where}.subnet: {shown(text)} is not a valid CIDR", 'use a network in CIDR form like "10.1.0.0/24"'
         ) from None
     if "/" not in text:
-        raise InvalidNetworkConfig(f"{where}.subnet: {text!r} has no prefix length", 'use CIDR form like "10.1.0.0/24"')
+        raise InvalidNetworkConfig(
+            f"{where}.subnet: {shown(text)} has no prefix length", 'use CIDR form like "10.1.0.0/24"'
+        )
     subnet: IPNetwork = iface.network
     if iface.ip != subnet.network_address:
         raise InvalidNetworkConfig(
@@ -134,7 +136,7 @@ def _ip_in(raw: dict[str, object], key: str, subnet: IPNetwork, where: str) -> I
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
-        raise InvalidNetworkConfig(f"{where}.{key}: {text!r} is not an IP address") from None
+        raise InvalidNetworkConfig(f"{where}.{key}: {shown(text)} is not an IP address") from None
     if ip.version != subnet.version or ip not in subnet:
         raise InvalidNetworkConfig(
             f"{where}.{key}: {ip} is not in subnet {subnet}", f"give an address inside {subnet}, or leave {key} out"
@@ -173,7 +175,7 @@ def _requested_ips(conf: NetConf, cni_args: CniArgs) -> list[tuple[IPAddress, st
             ip = ipaddress.ip_interface(text.strip()).ip
         except ValueError:
             raise InvalidNetworkConfig(
-                f"{where}: cannot understand ip {text!r}",
+                f"{where}: cannot understand ip {shown(text)}",
                 "give an IP address like 10.1.0.5 (a CIDR like 10.1.0.5/24 is accepted)",
             ) from None
         if all(ip != seen for seen, _ in out):
@@ -237,12 +239,12 @@ def parse_data_dir(ipam: dict[str, object]) -> str:
         raise InvalidNetworkConfig("ipam.dataDir: contains a NUL character", "give an absolute directory path")
     if not text.startswith("/"):
         raise InvalidNetworkConfig(
-            f"ipam.dataDir: {text!r} is not an absolute path",
+            f"ipam.dataDir: {shown(text)} is not an absolute path",
             f"give an absolute directory path such as {DEFAULT_DATA_DIR}",
         )
     if ".." in text.split("/"):
         raise InvalidNetworkConfig(
-            f"ipam.dataDir: {text!r} has a '..' component", "give the directory without '..' components"
+            f"ipam.dataDir: {shown(text)} has a '..' component", "give the directory without '..' components"
         )
     normal = os.path.normpath(text)
     return "/" + normal.lstrip("/")  # POSIX keeps a leading "//"; we do not

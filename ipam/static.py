@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from cni_plugins.protocol import skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
-from cni_plugins.spec.errors import CNIError, DecodingFailure, InvalidNetworkConfig
+from cni_plugins.spec.errors import CNIError, DecodingFailure, InvalidNetworkConfig, shown
 from cni_plugins.spec.types import DNS, IPAddress, IPConfig, Result, Route, parse_cidr
 from cni_plugins.spec.version import at_least
 from conf.fields import list_field
@@ -66,24 +66,24 @@ def _ip(text: str, where: str) -> IPAddress:
     try:
         return ipaddress.ip_address(text.strip())
     except ValueError:
-        raise InvalidNetworkConfig(f"{where}: {text!r} is not an IP address") from None
+        raise InvalidNetworkConfig(f"{where}: {shown(text)} is not an IP address") from None
 
 
 def _address(raw: object, where: str) -> IPConfig:
     if not isinstance(raw, dict):
         raise InvalidNetworkConfig(
-            f"{where}: expected a JSON object, got {raw!r}",
+            f"{where}: expected a JSON object, got {shown(raw)}",
             'an address is {"address": "10.10.0.1/24", "gateway": "10.10.0.254"}',
         )
     text = raw.get("address")
     if not isinstance(text, str):
-        raise InvalidNetworkConfig(f"{where}.address: expected a CIDR string, got {text!r}")
+        raise InvalidNetworkConfig(f"{where}.address: expected a CIDR string, got {shown(text)}")
     ipc = _cidr(text, f"{where}.address")
     gw = raw.get("gateway")
     if gw is None or gw == "":
         return ipc
     if not isinstance(gw, str):
-        raise InvalidNetworkConfig(f"{where}.gateway: expected an IP address string, got {gw!r}")
+        raise InvalidNetworkConfig(f"{where}.gateway: expected an IP address string, got {shown(gw)}")
     return replace(ipc, gateway=_ip(gw, f"{where}.gateway"))
 
 

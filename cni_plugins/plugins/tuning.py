@@ -39,8 +39,10 @@ from cni_plugins.spec.errors import (
     InvalidEnvironment,
     InvalidNetworkConfig,
     IOFailure,
+    shown,
 )
 from cni_plugins.spec.types import Result
+from conf import gojson
 from conf.fields import (
     abs_path_field,
     bool_field,
@@ -129,7 +131,7 @@ def _sysctl_map(obj: dict[str, Any], where: str) -> dict[str, str]:
         if not isinstance(value, str):
             name = f"{where}.sysctl" if where else "sysctl"
             raise InvalidNetworkConfig(
-                f"{name}.{key}: expected a string value, got {value!r}", 'sysctl values are strings, e.g. "1"'
+                f"{name}.{key}: expected a string value, got {shown(value)}", 'sysctl values are strings, e.g. "1"'
             )
     return dict(table)
 
@@ -139,10 +141,10 @@ def resolve_sysctl(key: str, ifname: str) -> str:
     code-7 error saying why the key is refused."""
     hint = "write a dotted net.* name such as net.ipv4.conf.IFNAME.arp_filter"
     if any(c in key for c in "/\\\0") or any(c.isspace() for c in key):
-        raise InvalidNetworkConfig(f"sysctl: {key!r} contains a path separator or blank", hint)
+        raise InvalidNetworkConfig(f"sysctl: {shown(key)} contains a path separator or blank", hint)
     parts = key.split(".")
     if len(parts) < 3 or parts[0] != "net" or "" in parts:
-        raise InvalidNetworkConfig(f"sysctl: {key!r} is not a net.* sysctl of the container's namespace", hint)
+        raise InvalidNetworkConfig(f"sysctl: {shown(key)} is not a net.* sysctl of the container's namespace", hint)
     for prefix in PER_INTERFACE:
         if not key.startswith(prefix):
             continue
@@ -152,7 +154,7 @@ def resolve_sysctl(key: str, ifname: str) -> str:
             if leaf and "." not in leaf:
                 return "/".join([*prefix.rstrip(".").split("."), name, leaf])
         raise InvalidNetworkConfig(
-            f"sysctl: {key!r} names another interface than {ifname}",
+            f"sysctl: {shown(key)} names another interface than {ifname}",
             "per-interface keys may name only the container interface (write IFNAME), 'all' or 'default'",
         )
     return "/".join(parts)
@@ -176,7 +178,7 @@ def check_allowlist(keys: list[str], path: str = ALLOWLIST) -> None:
             raise InvalidNetworkConfig(f"sysctl allowlist {path}: invalid regular expression: {exc}") from None
         if not allowed:
             raise InvalidNetworkConfig(
-                f"sysctl: {key!r} is not allowed by {path}", f"allowed patterns: {', '.join(patterns)}"
+                f"sysctl: {shown(key)} is not allowed by {path}", f"allowed patterns: {', '.join(patterns)}"
             )
 
 
@@ -202,7 +204,7 @@ def _duplicate_sysctl_keys(data: bytes) -> set[str]:
         out.dups = frozenset(seen)
         return out
 
-    raw = json.loads(data, object_pairs_hook=pairs)
+    raw = gojson.loads(data, object_pairs_hook=pairs)
     cni = (raw.get("args") or {}).get("cni") or {}  # shapes already checked by NetConf
     tables = (raw.get("sysctl"), cni.get("sysctl"))
     return {key for table in tables if isinstance(table, _Object) for key in table.dups}
@@ -336,7 +338,8 @@ def backup_path(data_dir: str, args: CmdArgs) -> str:
     for value, what in ((args.container_id, "CNI_CONTAINERID"), (args.ifname, "CNI_IFNAME")):
         if not value or "/" in value or "\0" in value or value.startswith("."):
             raise InvalidEnvironment(
-                f"{what}={value!r} cannot name a file under dataDir", f"{what} must not contain '/' or start with '.'"
+                f"{what}={shown(value)} cannot name a file under dataDir",
+                f"{what} must not contain '/' or start with '.'",
             )
     return os.path.join(data_dir, f"{args.container_id}_{args.ifname}.json")
 

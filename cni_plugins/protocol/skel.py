@@ -27,6 +27,7 @@ from cni_plugins.spec.errors import (
     InvalidNetNS,
     IOFailure,
     UnknownContainer,
+    shown,
 )
 from cni_plugins.spec.names import ID_RE, interface_name_problem
 from cni_plugins.spec.types import Result
@@ -54,14 +55,14 @@ def validate_container_id(value: str) -> None:
     if not ID_RE.match(value):
         raise InvalidEnvironment(
             "invalid characters in containerID",
-            f"CNI_CONTAINERID={value!r}: use letters, digits, '_', '.' and '-', starting with a letter or digit",
+            f"CNI_CONTAINERID={shown(value)}: use letters, digits, '_', '.' and '-', starting with a letter or digit",
         )
 
 
 def validate_ifname(value: str) -> None:
     problem = interface_name_problem(value)
     if problem:
-        raise InvalidEnvironment(problem, f"CNI_IFNAME={value!r}")
+        raise InvalidEnvironment(problem, f"CNI_IFNAME={shown(value)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +177,7 @@ def _serve(
         if plugin.cni_args is not None:
             cni_args = CniArgs.parse(environ.get("CNI_ARGS", ""), lenient=command == DEL)
             for item in cni_args.skipped:
-                log.warning(f"DEL: ignoring CNI_ARGS item {item!r}")
+                log.warning(f"DEL: ignoring CNI_ARGS item {shown(item)}")
             if command in (ADD, CHECK):
                 cni_args.check_known(plugin.cni_args)
         if command in (ADD, CHECK):
@@ -226,7 +227,7 @@ def _declared_version(data: bytes) -> str:
     config declares if it is one we speak, else the newest."""
     try:
         declared = gojson.loads(data).get("cniVersion")
-    except (ValueError, AttributeError):
+    except Exception:  # reporting another error: this one must not replace it
         declared = None
     return declared if declared in SUPPORTED_VERSIONS else CURRENT_VERSION
 

@@ -127,7 +127,7 @@ class StepsFailed(CNIError):
 def from_json(obj: object) -> CNIError:
     """Rebuild an error from a plugin's error JSON (the runtime side and delegation use it)."""
     if not isinstance(obj, dict) or not isinstance(obj.get("code"), int):
-        return InternalError(f"plugin printed an error without a numeric code: {obj!r}")
+        return InternalError(f"plugin printed an error without a numeric code: {shown(obj)}")
     return DelegateError(obj["code"], str(obj.get("msg", "")), str(obj.get("details", "") or ""))
 
 
@@ -166,3 +166,46 @@ class _Step:
             self.errors.add(self.name, exc)
             return True
         return False
+
+
+def shown(value: object) -> str:
+    """A value the caller gave, for a message: ``repr()`` of it, except that a long string or
+    list and deep nesting are cut short (stdin may hold a 10 MB string or 10,000 levels of
+    nesting, and a message must stay a message). Small values read exactly as ``repr()``."""
+    global _SHOWN
+    if _SHOWN is None:
+        _SHOWN = _make_shown()
+    return str(_SHOWN.repr(value))
+
+
+_SHOWN: Any = None
+
+
+def _make_shown() -> Any:
+    import itertools
+    import reprlib
+
+    class Shown(reprlib.Repr):
+        def repr1(self, x: Any, level: int) -> str:
+            if isinstance(x, dict):  # decoded objects are dict subclasses: keep their order
+                if not x:
+                    return "{}"
+                if level <= 0:
+                    return "{...}"
+                items = [
+                    f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
+                    for k, v in itertools.islice(x.items(), self.maxdict)
+                ]
+                return "{" + ", ".join(items) + (", ...}" if len(x) > self.maxdict else "}")
+            if isinstance(x, list):
+                return self.repr_list(x, level)
+            if isinstance(x, str):
+                return self.repr_str(x, level)
+            return super().repr1(x, level)
+
+    shown = Shown()
+    shown.maxlevel = 4
+    shown.maxstring = shown.maxother = 160
+    shown.maxlist = shown.maxdict = 12
+    shown.maxlong = 60
+    return shown

@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cni_plugins.spec.errors import DecodingFailure
+from cni_plugins.spec.errors import DecodingFailure, shown
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -20,31 +20,31 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def parse_ip(value: object, where: str) -> IPAddress:
     if not isinstance(value, str):
-        raise DecodingFailure(f"{where}: expected an IP address string, got {value!r}")
+        raise DecodingFailure(f"{where}: expected an IP address string, got {shown(value)}")
     try:
         return ipaddress.ip_address(value)
     except ValueError:
-        raise DecodingFailure(f"{where}: {value!r} is not an IP address") from None
+        raise DecodingFailure(f"{where}: {shown(value)} is not an IP address") from None
 
 
 def parse_cidr(value: object, where: str) -> IPInterface:
     """An address with its prefix length (``10.1.2.3/24``); host bits are kept."""
     if not isinstance(value, str) or "/" not in value:
-        raise DecodingFailure(f"{where}: expected an address in CIDR form like 10.1.2.3/24, got {value!r}")
+        raise DecodingFailure(f"{where}: expected an address in CIDR form like 10.1.2.3/24, got {shown(value)}")
     try:
         return ipaddress.ip_interface(value)
     except ValueError:
-        raise DecodingFailure(f"{where}: {value!r} is not a valid CIDR") from None
+        raise DecodingFailure(f"{where}: {shown(value)} is not a valid CIDR") from None
 
 
 def parse_net(value: object, where: str) -> IPNetwork:
     """A destination network; host bits are masked as the kernel would."""
     if not isinstance(value, str):
-        raise DecodingFailure(f"{where}: expected a network in CIDR form, got {value!r}")
+        raise DecodingFailure(f"{where}: expected a network in CIDR form, got {shown(value)}")
     try:
         return ipaddress.ip_network(value, strict=False)
     except ValueError:
-        raise DecodingFailure(f"{where}: {value!r} is not a valid network in CIDR form") from None
+        raise DecodingFailure(f"{where}: {shown(value)} is not a valid network in CIDR form") from None
 
 
 def _opt_int(obj: dict[str, Any], key: str, where: str) -> int | None:
@@ -52,7 +52,7 @@ def _opt_int(obj: dict[str, Any], key: str, where: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise DecodingFailure(f"{where}.{key}: expected an integer, got {value!r}")
+        raise DecodingFailure(f"{where}.{key}: expected an integer, got {shown(value)}")
     return int(value)
 
 
@@ -61,7 +61,7 @@ def _opt_str(obj: dict[str, Any], key: str, where: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise DecodingFailure(f"{where}.{key}: expected a string, got {value!r}")
+        raise DecodingFailure(f"{where}.{key}: expected a string, got {shown(value)}")
     return value
 
 
@@ -70,7 +70,7 @@ def _str_list(obj: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise DecodingFailure(f"{where}.{key}: expected a list of strings, got {value!r}")
+        raise DecodingFailure(f"{where}.{key}: expected a list of strings, got {shown(value)}")
     return tuple(value)
 
 
@@ -102,7 +102,7 @@ class Interface:
         d = expect_dict(obj, where)
         name = d.get("name")
         if not isinstance(name, str):
-            raise DecodingFailure(f"{where}.name: expected a string, got {name!r}")
+            raise DecodingFailure(f"{where}.name: expected a string, got {shown(name)}")
         return cls(
             name=name,
             mac=_opt_str(d, "mac", where),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cni_plugins.spec.errors import DecodingFailure, IncompatibleCNIVersion
+from cni_plugins.spec.errors import DecodingFailure, IncompatibleCNIVersion, shown
 from cni_plugins.spec.types import (
     DNS,
     Interface,
@@ -39,10 +39,10 @@ Version = tuple[int, int, int]
 def parse_version(text: object) -> Version:
     """``"1.0.0"`` -> (1, 0, 0); "0.4" is read as 0.4.0 as the Go library does."""
     if not isinstance(text, str) or not text:
-        raise DecodingFailure(f'cniVersion: expected a version string like "1.0.0", got {text!r}')
+        raise DecodingFailure(f'cniVersion: expected a version string like "1.0.0", got {shown(text)}')
     parts = text.split(".")
     if len(parts) > 3 or not all(p.isdigit() for p in parts):
-        raise DecodingFailure(f'cniVersion: {text!r} is not a version like "1.0.0"')
+        raise DecodingFailure(f'cniVersion: {shown(text)} is not a version like "1.0.0"')
     nums = [int(p) for p in parts] + [0] * (3 - len(parts))
     return (nums[0], nums[1], nums[2])
 
@@ -80,7 +80,7 @@ def result_from_json(obj: object, where: str = "prevResult") -> Result:
     d = expect_dict(obj, where)
     version = d.get("cniVersion") or DEFAULT_CONFIG_VERSION
     if not isinstance(version, str):
-        raise DecodingFailure(f"{where}.cniVersion: expected a string, got {version!r}")
+        raise DecodingFailure(f"{where}.cniVersion: expected a string, got {shown(version)}")
     if ("ip4" in d or "ip6" in d) and "ips" not in d:
         return _from_020(d, version, where)
     interfaces = tuple(
