@@ -19,7 +19,7 @@ from cni_plugins.protocol import log, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
 from cni_plugins.protocol.steps import options_for_del
 from cni_plugins.spec.errors import CNIError, IOFailure, PluginNotAvailable
-from cni_plugins.spec.types import DNS, Result
+from cni_plugins.spec.types import DNS, IPAddress, Result
 from ipam import allocator
 from ipam.config import DEFAULT_DATA_DIR, IPAMConf, parse_data_dir
 from ipam.store import Key, validate_component
@@ -43,15 +43,37 @@ def cmd_add(args: CmdArgs) -> Result:
 
 def cmd_del(args: CmdArgs) -> None:
     """Only ``dataDir`` is read: what the attachment holds is found by its key, and a DEL does
-    not fail on ranges, requested addresses or capabilities it cannot read."""
+    not fail on ranges, requested addresses or capabilities it cannot read.
+
+    A store that cannot be written (read-only, full, out of inodes, unreadable) does not fail
+    the DEL either, as the reference's does not: libcni would stop the chain's DEL here, and
+    the other plugins' links and rules would stay. What can be removed is; what cannot is
+    said on stderr (GC releases it once dataDir is writable again)."""
     data_dir = options_for_del("host-local", lambda: parse_data_dir(args.conf.ipam), lambda: DEFAULT_DATA_DIR)
     key = _key(args)
     store = FileStore(data_dir, args.conf.name)
     if not store.exists():
         return  # nothing was ever allocated on this network: nothing to release
-    with store:
-        released = allocator.release(store, key)
+    try:
+        with store:
+            released = allocator.release(store, key)
+    except IOFailure as err:
+        released = _release_read_only(data_dir, args.conf.name, key, err)
     log.debug(f"released {', '.join(map(str, released)) or 'nothing'} for {key.container_id}/{key.ifname}")
+
+
+def _release_read_only(data_dir: str, network: str, key: Key, err: IOFailure) -> tuple[IPAddress, ...]:
+    log.warning(f"DEL: {err.msg}; releasing {key.container_id}/{key.ifname} without writing the store")
+    store = FileStore(data_dir, network, read_only=True)
+    try:
+        with store:
+            released = allocator.release(store, key)
+    except IOFailure as again:
+        log.warning(f"DEL: {again.msg}; nothing released")
+        return ()
+    for ip, why in store.unreleased.items():
+        log.warning(f"DEL: the reservation of {ip} stays ({why}); GC releases it once dataDir is writable")
+    return released
 
 
 def cmd_check(args: CmdArgs) -> None:
@@ -60,8 +82,12 @@ def cmd_check(args: CmdArgs) -> None:
     store = FileStore(conf.data_dir, conf.name)
     held: tuple[object, ...] = ()
     if store.exists():
-        with store:
-            held = allocator.holds(store, key)
+        try:
+            with store:
+                held = allocator.holds(store, key)
+        except IOFailure:  # a store that cannot be written can still be read, as by the reference
+            with FileStore(conf.data_dir, conf.name, read_only=True) as read_only:
+                held = allocator.holds(read_only, key)
     if not held:
         raise CNIError(
             f"host-local: Failed to find address added by container {key.container_id}",

@@ -12,7 +12,15 @@ Crash safety of a reservation: the content is written and fsync'd in a temporary
 ``.cni-py-index/`` and then hard-linked to the address's name, which fails if the name exists:
 the claim is exclusive and the file is never seen empty or half-written. An empty address
 file (left by an older writer that crashed between create and write, plugins#498) is taken
-back when found under the lock.
+back when found under the lock. A temporary file never outlives the call that wrote it.
+
+A store that cannot be written (a read-only file system; a full one, or one without inodes,
+before the lock file exists) can still be opened ``read_only`` for DEL and CHECK, as the
+reference's DEL and CHECK work there: the existing lock file (else the directory) is
+flock'd through a read-only descriptor, the index is read but never written (rebuilt in
+memory when it is not known complete), and a release removes what the file system lets it
+remove, recording the rest in ``unreleased``. Nothing else is written, so the next writer
+finds the directories changed and rebuilds the index.
 """
 
 from __future__ import annotations
@@ -55,9 +63,9 @@ class _io:
         if isinstance(exc, OSError):
             if self.store is not None:
                 self.store.broken = True
-            where = f" {exc.filename}" if exc.filename else ""
+            where = f": {exc.filename}" if exc.filename else ""
             raise IOFailure(
-                f"{self.what}:{where}: {exc.strerror or exc}",
+                f"{self.what}{where}: {exc.strerror or exc}",
                 "check that dataDir is a writable directory on a local filesystem",
             ) from None
 
@@ -67,13 +75,15 @@ class FileStore:
     takes the lock (and rebuilds the index if someone else changed the directory), leaving
     writes the index, the cursors and the stamp, then unlocks."""
 
-    def __init__(self, data_dir: str, network: str) -> None:
+    def __init__(self, data_dir: str, network: str, *, read_only: bool = False) -> None:
         if not data_dir.startswith("/") or "\0" in data_dir or ".." in data_dir.split("/"):
             raise InvalidNetworkConfig(f"ipam.dataDir: {data_dir!r} must be an absolute path without '..'")
         validate_component(network, "network name")
         self.dir = os.path.join(data_dir, network)
         self.index = Index(self.dir, self._scan)
         self.broken = False
+        self.read_only = read_only
+        self.unreleased: dict[IPAddress, str] = {}  # read_only: reservations that could not be removed, and why
         self._lock_fd = -1
         self._pending_last: dict[int, IPAddress] = {}
         self._tmp: dict[Key, str] = {}
@@ -84,16 +94,24 @@ class FileStore:
     # ------------------------------------------------------------ transaction
 
     def __enter__(self) -> FileStore:
-        with _io(f"open IPAM store {self.dir}", self):
-            os.makedirs(self.dir, 0o755, exist_ok=True)
-            self._lock_fd = os.open(os.path.join(self.dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-            self.index.open()
+        try:
+            with _io(f"open IPAM store {self.dir}{' read-only' if self.read_only else ''}", self):
+                if self.read_only:
+                    self._lock_fd = _open_read_only_lock(self.dir)
+                else:
+                    os.makedirs(self.dir, 0o755, exist_ok=True)
+                    lock = os.path.join(self.dir, LOCK_FILE)
+                    self._lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                self.index.open(writable=not self.read_only)
+        except BaseException:
+            self._close()
+            raise
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         try:
-            if not self.broken:
+            if not self.broken and not self.read_only:
                 try:
                     with _io(f"update IPAM store {self.dir}", self):
                         self._flush()
@@ -102,10 +120,19 @@ class FileStore:
                     if exc is None:
                         raise
         finally:
-            self.index.close()
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)  # closing the lock fd releases the flock
-            self._lock_fd = -1
+            self._close()
+
+    def _close(self) -> None:
+        for tmp in self._tmp.values():  # a reservation that failed half-way (a full disk, say)
+            try:
+                unlink_if_exists(tmp)
+            except OSError:
+                pass
+        self._tmp.clear()
+        self.index.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the lock fd releases the flock
+        self._lock_fd = -1
 
     def _flush(self) -> None:
         if self._pending_last:
@@ -114,7 +141,11 @@ class FileStore:
             )  # read the timestamps first: on multigrain file systems the change below gets a fine-grained one
         for range_id, ip in self._pending_last.items():
             tmp = self.index.write_tmp(str(ip).encode(), LAST_RESERVED_MODE, sync=False)
-            os.replace(tmp, os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{range_id}"))
+            try:
+                os.replace(tmp, os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{range_id}"))
+            except OSError:
+                unlink_if_exists(tmp)
+                raise
         self._pending_last.clear()
         for tmp in self._tmp.values():
             unlink_if_exists(tmp)
@@ -203,6 +234,8 @@ class FileStore:
 
     def release(self, key: Key) -> tuple[IPAddress, ...]:
         ips = self.held_by(key)
+        if self.read_only:
+            return self._release_what_can_be(ips)
         with _io(f"release {key.container_id}/{key.ifname} in {self.dir}", self):
             for ip in ips:
                 unlink_if_exists(self._path(ip))
@@ -210,9 +243,28 @@ class FileStore:
                 self.index.forget(key)
         return ips
 
+    def _release_what_can_be(self, ips: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
+        released = []
+        for ip in ips:
+            try:
+                unlink_if_exists(self._path(ip))
+                released.append(ip)
+            except OSError as exc:
+                self.unreleased[ip] = exc.strerror or str(exc)
+        return tuple(released)
+
     def owners(self) -> dict[IPAddress, Key | None]:
         with _io(f"scan {self.dir}", self):
             return self._scan()
+
+
+def _open_read_only_lock(store_dir: str) -> int:
+    """A descriptor to flock the store by without writing anything: the lock file if there is
+    one (the reference locks it too), else the directory."""
+    try:
+        return os.open(os.path.join(store_dir, LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return os.open(store_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def _ip_name(name: str) -> IPAddress | None:

@@ -26,6 +26,7 @@ line break that is not ``\\r\\n`` and a header), so its recursive walk leaves th
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import time
@@ -60,12 +61,24 @@ class Index:
         self._entries: dict[Key, set[IPAddress]] = {}
         self._dirty: set[Key] = set()
         self._counter = 0
+        self.writable = True
         self.keep: set[str] = set()  # temporary files in use, which a rebuild must leave alone
 
     # ------------------------------------------------------------ a call's lifetime
 
-    def open(self) -> None:
-        """At the start of a call (lock held): rebuild if not known complete, then mark dirty."""
+    def open(self, *, writable: bool = True) -> None:
+        """At the start of a call (lock held): rebuild if not known complete, then mark dirty.
+        Not ``writable`` (a store that cannot be written): nothing is written; an index not
+        known complete is rebuilt in memory only."""
+        self.writable = writable
+        if not writable:
+            try:
+                self._stamp_fd = os.open(os.path.join(self.dir, STAMP_FILE), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                self._stamp_fd = -1
+            if self._stamp_fd < 0 or not self._stamp_valid():
+                self._entries = self._from_scan()
+            return
         try:
             os.mkdir(self.dir, 0o700)
         except FileExistsError:
@@ -78,6 +91,8 @@ class Index:
 
     def flush(self) -> None:
         """Write the entries this call changed, then the stamp that says the index is complete."""
+        if not self.writable:
+            return
         for key in sorted(self._dirty, key=lambda k: (k.container_id, k.ifname)):
             self._write_entry(key, self._entries.get(key, set()))
         self._dirty.clear()
@@ -118,12 +133,19 @@ class Index:
         self._entries[key] = set()
         self._dirty.add(key)
 
-    def rebuild(self) -> None:
-        """Make the index exactly what the address files say (a full scan)."""
+    def _from_scan(self) -> dict[Key, set[IPAddress]]:
         by_key: dict[Key, set[IPAddress]] = {}
         for ip, owner in self._scan().items():
             if owner is not None:
                 by_key.setdefault(owner, set()).add(ip)
+        return by_key
+
+    def rebuild(self) -> None:
+        """Make the index exactly what the address files say (a full scan)."""
+        by_key = self._from_scan()
+        if not self.writable:
+            self._entries = by_key
+            return
         expected = {entry_name(k): k for k in by_key}
         with os.scandir(self.dir) as entries:
             for entry in entries:
@@ -164,11 +186,15 @@ class Index:
         path = os.path.join(self.dir, f"{TMP_PREFIX}{os.getpid()}.{self._counter}")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
-            os.write(fd, content)
+            if os.write(fd, content) != len(content):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
             if sync:
                 os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            unlink_if_exists(path)  # a full disk must not leave it behind
+            raise
+        os.close(fd)
         return path
 
     # ------------------------------------------------------------ stamp
