@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from cni_plugins.plugins import nft_state
 from cni_plugins.protocol import log, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
-from cni_plugins.spec.errors import CNIError, ErrorList, InvalidNetworkConfig
+from cni_plugins.spec.errors import CNIError, ErrorList, InvalidNetworkConfig, shown
+from cni_plugins.spec.names import interface_name_problem
 from cni_plugins.spec.types import IPAddress, Result
 from conf.fields import str_field
 from conf.netconf import NetConf
@@ -60,25 +61,42 @@ class FirewallConf:
         admin = str_field(raw, "iptablesAdminChainName", "") or forward.DEFAULT_ADMIN_CHAIN
         if not CHAIN_RE.match(admin) or admin in RESERVED_CHAINS:
             raise InvalidNetworkConfig(
-                f"iptablesAdminChainName: {admin!r} cannot name a chain of yours",
+                f"iptablesAdminChainName: {shown(admin)} cannot name a chain of yours",
                 "use up to 28 letters, digits, '_', '.', '+' or '-' (not "
                 f"starting with '-'), other than {', '.join(RESERVED_CHAINS)}",
             )
         policy = str_field(raw, "ingressPolicy", "") or forward.OPEN
         if policy not in POLICIES:
             raise InvalidNetworkConfig(
-                f"ingressPolicy: unknown ingress policy {policy!r}", "use open, same-bridge or isolated"
+                f"ingressPolicy: unknown ingress policy {shown(policy)}", "use open, same-bridge or isolated"
             )
         str_field(raw, "firewalldZone", "")
         prev = conf.prev_result
+        bridge = prev_bridge(prev)
+        if policy != forward.OPEN and prev and prev.interfaces and not bridge:
+            name = prev.interfaces[0].name
+            raise InvalidNetworkConfig(
+                f"prevResult.interfaces[0].name: {shown(name)} cannot be the bridge of ingress policy {policy!r}: "
+                f"{interface_name_problem(name) or 'it is in a container'}",
+                'chain "firewall" after "bridge": its first interface is the bridge, in the host namespace',
+            )
         return cls(
             backend=str_field(raw, "backend", ""),
             admin_chain=admin,
             ingress_policy=policy,
             accept_mark=_mark(raw.get("iptablesAcceptMark")),
             addresses=tuple(ip.address.ip for ip in prev.ips) if prev else (),
-            bridge=prev.interfaces[0].name if prev and prev.interfaces else "",
+            bridge=bridge,
         )
+
+
+def prev_bridge(prev: Result | None) -> str:
+    """prevResult's first interface (the bridge, after the bridge plugin) when it can name a
+    host link; '' otherwise: a name nftables would store must be a valid interface name."""
+    if prev is None or not prev.interfaces:
+        return ""
+    first = prev.interfaces[0]
+    return first.name if not first.sandbox and not interface_name_problem(first.name) else ""
 
 
 def _mark(value: object) -> int:
@@ -96,7 +114,7 @@ def _mark(value: object) -> int:
         mark = -1
     if not 0 < mark <= 0xFFFFFFFF:
         raise InvalidNetworkConfig(
-            f"iptablesAcceptMark: {value!r} is not a mark",
+            f"iptablesAcceptMark: {shown(value)} is not a mark",
             'give a nonzero 32-bit value, e.g. "0x10000000" (one bit no other tool uses)',
         )
     return mark
@@ -108,7 +126,7 @@ def _notes(conf: FirewallConf) -> None:
             "backend firewalld asked for; served by nftables (table inet cni_py_firewall); firewalldZone is not used"
         )
     elif conf.backend not in ("", "iptables", "nftables"):
-        log.note(f"unknown backend {conf.backend!r}; served by nftables (table inet cni_py_firewall)")
+        log.note(f"unknown backend {shown(conf.backend)}; served by nftables (table inet cni_py_firewall)")
     for proc, tool in (("/proc/net/ip_tables_names", "iptables"), ("/proc/net/ip6_tables_names", "ip6tables")):
         try:
             with open(proc, encoding="ascii") as fh:
@@ -189,21 +207,33 @@ def cmd_add(args: CmdArgs) -> Result:
 
 
 def cmd_del(args: CmdArgs) -> None:
-    """Remove this attachment's elements (found by owner when prevResult is missing). Per-bridge
-    entries and the constant chains stay, as the reference leaves its chains."""
-    conf = FirewallConf(
-        addresses=tuple(ip.address.ip for ip in args.conf.prev_result.ips) if args.conf.prev_result else ()
-    )
+    """Remove this attachment's elements (found by owner when prevResult is missing). The
+    constant chains stay, as the reference leaves its chains; per-bridge entries stay while
+    the bridge exists (other containers are on it) and go once it is gone."""
+    prev = args.conf.prev_result
+    conf = FirewallConf(addresses=tuple(ip.address.ip for ip in prev.ips) if prev else ())
     owner, what = nft_state.owner(args), f"remove firewall entries of {args.container_id}/{args.ifname}"
     nft, errors = nft_state.host_nft(), ErrorList("firewall DEL")
-    if args.conf.prev_result is None:
+    if prev is None:
         for v in (4, 6):
             with errors.step(f"remove IPv{v} accept entries"):
                 release_all_of(nft, forward.ACCEPT[v], owner, (forward.ACCEPT_SET[v],), what=what)
     else:
         with errors.step("remove accept entries"):
             release_groups(nft, owner, forward.accept_groups(conf.addresses), what=what)
+    bridge = prev_bridge(prev)
+    if bridge and not _link_exists(bridge):
+        with errors.step(f"remove the entries of bridge {bridge}, which is gone"):
+            forward.forget_bridges(nft, lambda name: name == bridge, what=what)
     errors.raise_if_any()
+
+
+def _link_exists(name: str) -> bool:
+    """Whether the calling (host) namespace has a link ``name``."""
+    from cni_plugins.kernel.netlink import Netlink
+
+    with Netlink.open(None, label="host") as nl:
+        return nl.link(name) is not None
 
 
 def cmd_check(args: CmdArgs) -> None:
@@ -234,8 +264,16 @@ def cmd_check(args: CmdArgs) -> None:
 
 
 def cmd_gc(args: CmdArgs) -> None:
-    """Drop accept entries of this network whose owner is not in ``cni.dev/valid-attachments``."""
-    nft_state.gc_owned(args, "firewall", [(forward.ACCEPT[v], (forward.ACCEPT_SET[v],)) for v in (4, 6)])
+    """Drop accept entries of this network whose owner is not in ``cni.dev/valid-attachments``,
+    and the per-bridge entries of bridges that no longer exist."""
+    errors = ErrorList("firewall GC")
+    with errors.step("accept entries"):
+        nft_state.gc_owned(args, "firewall", [(forward.ACCEPT[v], (forward.ACCEPT_SET[v],)) for v in (4, 6)])
+    with errors.step("entries of bridges that are gone"):
+        gone = forward.forget_bridges(nft_state.host_nft(), lambda name: not _link_exists(name), what="firewall GC")
+        if gone:
+            log.note(f"GC removed the entries of bridges that are gone: {', '.join(gone)}")
+    errors.raise_if_any()
 
 
 PLUGIN = Plugin(

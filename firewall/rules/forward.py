@@ -23,7 +23,9 @@ Our table (``inet cni_py_firewall``)::
 Per container there are only set elements (owned per attachment through
 ``firewall.owned``), per bridge one set element and one vmap element: a packet does a
 few hash lookups whatever the number of containers and bridges, and ADD/DEL is one
-transaction of a constant number of commands.
+transaction of a constant number of commands. A bridge's entries are shared by every
+container on it and stay while it exists; once the bridge is gone they are removed by the
+DEL that finds it gone, or by GC (``forget_bridges``).
 
 An accept in our table cannot override a drop elsewhere. Where the drop is the policy of
 iptables' FORWARD chain (iptables-nft, as on Docker hosts), our accepts must also be said
@@ -44,14 +46,14 @@ CNI-FORWARD may still hold the reference plugin's per-address rules.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from cni_plugins.spec.types import IPAddress
-from firewall.expr import ADDR_TYPES, Table, match, payload
+from firewall.expr import ADDR_TYPES, Table, element_key, match, payload
 from firewall.model import Owner
-from firewall.nft import Command
+from firewall.nft import Command, NftBackend
 from firewall.owned import Entry, Group, OwnedMaps
 
 FAMILY = "inet"
@@ -138,6 +140,37 @@ def bridge_commands_and_group(bridge: str, policy: str) -> tuple[list[Command], 
     add = {"add": NFT.obj("element", name=POLICY_BRIDGES, elem=[bridge])}
     entry = Entry(key={"concat": [bridge, bridge]}, data={BRIDGE_PAIRS: verdict})
     return [add], Group(maps=BRIDGES, entries=(entry,), owner=bridge_owner(bridge))
+
+
+def forget_bridges(nft: NftBackend, gone: Callable[[str], bool], *, what: str) -> list[str]:
+    """Remove the per-bridge entries (owner, verdict, policed-set member) of every bridge for
+    which ``gone(name)`` says the link no longer exists: nothing refers to them any more.
+    Lists three small maps (one element per bridge). Returns the bridges forgotten."""
+    stale: set[str] = set()
+    deletes: list[Command] = []
+    for name in (BRIDGES.owners, BRIDGE_PAIRS, POLICY_BRIDGES):
+        keys = []
+        for el in nft.list_map(FAMILY, TABLE, name):
+            key = element_key(el)
+            bridge = _bridge_of(key)
+            if bridge is not None and (bridge in stale or gone(bridge)):
+                stale.add(bridge)
+                keys.append(key)
+        if keys:
+            deletes.append({"delete": NFT.obj("element", name=name, elem=keys)})
+    nft.run(deletes, what=what)
+    return sorted(stale)
+
+
+def _bridge_of(key: Any) -> str | None:
+    """The bridge a per-bridge key names: ``"br"`` . ``"br"`` or (policed set) ``"br"``."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, dict) and isinstance(key.get("concat"), list) and len(key["concat"]) == 2:
+        first, second = key["concat"]
+        if isinstance(first, str) and first == second:
+            return first
+    return None
 
 
 # ---------------------------------------------------------------- iptables-nft's FORWARD

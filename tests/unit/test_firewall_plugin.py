@@ -243,6 +243,18 @@ def test_same_address_replacement_and_late_del(monkeypatch: pytest.MonkeyPatch) 
     assert h.accepted(4) == []
 
 
+def on_bridge(bridge: str, **options: Any) -> dict[str, Any]:
+    prev = dict(PREV, interfaces=[{"name": bridge}, *PREV["interfaces"][1:]])
+    return conf(prevResult=prev, **options)
+
+
+def bridge_elements(h: Harness) -> dict[str, list[str]]:
+    return {
+        name: sorted(h.nft.elements("inet", "cni_py_firewall", name))
+        for name in ("bridge_owners", "bridge_pairs", "policy_bridges")
+    }
+
+
 def test_ingress_policy_per_bridge_newest_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness(monkeypatch, iptables=False)
     assert h.run("ADD", conf(ingressPolicy="same-bridge"))[0] == 0
@@ -253,10 +265,46 @@ def test_ingress_policy_per_bridge_newest_wins(monkeypatch: pytest.MonkeyPatch) 
     assert [v[1] for v in pairs.values()] == [{"drop": None}]
     assert list(h.nft.elements("inet", "cni_py_firewall", "policy_bridges")) == ['"cni0"']
     assert h.run("CHECK", conf(ingressPolicy="isolated"), "c2")[0] == 0
-    h.run("DEL", conf(), "c2")
-    assert (
-        len(h.nft.elements("inet", "cni_py_firewall", "bridge_pairs")) == 1
-    )  # per-bridge entries stay, as the reference's
+
+
+def test_per_bridge_entries_stay_while_the_bridge_exists_and_go_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ "lo" stands for a bridge that exists (every namespace has it), "cnipy-gone0" for one
+    that was deleted (a reboot): its entries go at the DEL that finds it gone, or at GC."""
+    h = Harness(monkeypatch, iptables=False)
+    assert h.run("ADD", on_bridge("lo", ingressPolicy="same-bridge"))[0] == 0
+    assert h.run("ADD", on_bridge("cnipy-gone0", ingressPolicy="isolated"), "c2")[0] == 0
+    assert h.run("ADD", on_bridge("cnipy-gone1", ingressPolicy="isolated"), "c3")[0] == 0
+    assert [len(v) for v in bridge_elements(h).values()] == [3, 3, 3]
+    assert h.run("DEL", on_bridge("lo"))[0] == 0
+    assert h.run("DEL", on_bridge("cnipy-gone0"), "c2")[0] == 0
+    assert bridge_elements(h)["policy_bridges"] == ['"cnipy-gone1"', '"lo"']
+    assert [len(v) for v in bridge_elements(h).values()] == [2, 2, 2]
+    gc = {k: v for k, v in on_bridge("lo").items() if k != "prevResult"}
+    gc.update(cniVersion="1.1.0", **{"cni.dev/valid-attachments": []})
+    assert h.run("GC", gc)[0] == 0
+    assert bridge_elements(h)["policy_bridges"] == ['"lo"']
+    assert [len(v) for v in bridge_elements(h).values()] == [1, 1, 1]
+    assert "GC removed the entries of bridges that are gone: cnipy-gone1" in h.stderr.getvalue()
+
+
+@pytest.mark.parametrize("name", ["x/..", "..", "", "a b", "br:0", "b" * 16, "\u00e9" * 8])
+def test_a_bridge_name_that_cannot_name_a_link_is_refused(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """prevResult comes from the runtime's cache or a previous plugin: what nftables would
+    store for it must be a valid interface name (and it is never stored otherwise)."""
+    h = Harness(monkeypatch, iptables=False)
+    rc, err = h.run("ADD", on_bridge(name, ingressPolicy="same-bridge"))
+    assert rc == 1 and err["code"] == 7 and "cannot be the bridge of ingress policy" in err["msg"], err
+    assert bridge_elements(h) == {"bridge_owners": [], "bridge_pairs": [], "policy_bridges": []}
+    assert h.run("ADD", on_bridge(name))[0] == 0  # the open policy takes no bridge: nothing stored
+    assert bridge_elements(h) == {"bridge_owners": [], "bridge_pairs": [], "policy_bridges": []}
+    assert h.run("DEL", on_bridge(name))[0] == 0
+
+
+def test_a_container_interface_is_not_taken_for_the_bridge(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(monkeypatch, iptables=False)
+    prev = dict(PREV, interfaces=[{"name": "eth0", "sandbox": "/var/run/netns/c"}] * 3)
+    rc, err = h.run("ADD", conf(prevResult=prev, ingressPolicy="isolated"))
+    assert rc == 1 and err["code"] == 7 and "it is in a container" in err["msg"], err
 
 
 def test_policy_needs_an_interface(monkeypatch: pytest.MonkeyPatch) -> None:
