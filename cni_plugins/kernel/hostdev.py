@@ -116,10 +116,10 @@ def find(host: Netlink, sel: Selector, sysfs: str = SYSFS) -> tuple[Link, str]:
         raise InvalidNetworkConfig(
             f"hwaddr: no link with MAC address {sel.hwaddr} in {host.label}", "give the MAC of a link of the host"
         )
-    names = set(sysfs_names(sel, sysfs))
-    for link in links:
-        if link.name in names and not link.flags & IFF_LOOPBACK:
-            return link, link.name
+    by_name = {link.name: link for link in links if not link.flags & IFF_LOOPBACK}
+    for name in sysfs_names(sel, sysfs):  # the first in name order, as the reference reads the directory
+        if name in by_name:
+            return by_name[name], name
     if sel.kernelpath:
         raise InvalidNetworkConfig(
             f"kernelpath: no network device under {os.path.join(sel.kernelpath, 'net')} in {host.label}",
