@@ -147,6 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     p_helper.add_argument("--daemon", action="store_true", help="detach")
     p_helper.add_argument("--stop", action="store_true", help="the same as the action stop")
     p_helper.add_argument("--json", action="store_true", help="status as JSON")
+    p_node = sub.add_parser(
+        "node",
+        help="a pod network across nodes, on etcd: init, run, unit, status, leave (cni-plugins node -h)",
+        add_help=False,
+    )
+    p_node.add_argument("args", nargs=argparse.REMAINDER)
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["node"]:  # all its options are its own (REMAINDER would not take a leading -h)
+        from cni_plugins.node import cli as node_cli
+
+        return node_cli.main(given[1:])
     args = parser.parse_args(argv)
     if args.cmd == "helper":
         return _helper_command(args)

@@ -7,6 +7,7 @@
     cni_plugins.kernel | firewall | ipam      the kernel, nftables, addresses (side by side, independent)
     cni_plugins.plugins     one module per plugin type
     cni_plugins.helper | cni_plugins.runtime  the warm helper; the runtime side (libcni, cnitool)
+    cni_plugins.node        the node agent of a pod network across nodes (beside the helper)
     cni_plugins.install     the installer, at the top
 
 Every import in the product code is checked, those inside functions too (plugins import
@@ -29,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cni_plugins.etcd",),
     ("cni_plugins.kernel", "firewall", "ipam"),
     ("cni_plugins.plugins",),
-    ("cni_plugins.helper", "cni_plugins.runtime"),
+    ("cni_plugins.helper", "cni_plugins.runtime", "cni_plugins.node"),
     ("cni_plugins.install", "cni_plugins.launch"),
 ]
 
