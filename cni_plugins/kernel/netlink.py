@@ -42,6 +42,8 @@ IFA_F_TENTATIVE = 0x40
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST, RT_SCOPE_NOWHERE = 0, 253, 254, 255
 RT_TABLE_MAIN = 254
 RTPROT_BOOT = 3
+RTN_UNICAST = 1
+FR_ACT_TO_TBL = 1
 DUMP_RETRIES = 5
 IFNAMSIZ_MAX = 15  # IFNAMSIZ - 1
 _KEPT: list[Any] | None = None  # sockets left open until exit (``keep_open_until_exit``)
@@ -169,6 +171,21 @@ class RouteEntry:
     table: int
     priority: int | None
     src: IPAddress | None
+    proto: int = RTPROT_BOOT
+    type: int = RTN_UNICAST
+    mtu: int | None = None
+    advmss: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuleEntry:
+    """A policy routing rule (``ip rule``): only the selectors the plugins read."""
+
+    family: int
+    priority: int
+    table: int
+    src: IPNetwork | None  # None: from all
+    action: int = FR_ACT_TO_TBL
 
 
 def _teach_pyroute2() -> None:
@@ -411,9 +428,11 @@ class Netlink:
 
     # ------------------------------------------------------------ routes
 
-    def routes(self, family: int = socket.AF_UNSPEC, *, table: int = RT_TABLE_MAIN) -> list[RouteEntry]:
+    def routes(self, family: int = socket.AF_UNSPEC, *, table: int | None = RT_TABLE_MAIN) -> list[RouteEntry]:
+        """The routes of ``table`` (None: of every table)."""
+        where: dict[str, Any] = {} if table is None else {"table": table}
         with translate_errors(self._ctx("list routes")):
-            msgs = self._dump(lambda: self._ipr.get_routes(family=family, table=table))
+            msgs = self._dump(lambda: self._ipr.get_routes(family=family, **where))
         out = []
         for m in msgs:
             fam = m["family"]
@@ -432,6 +451,9 @@ class Netlink:
                     table=m.get_attr("RTA_TABLE") or m["table"],
                     priority=m.get_attr("RTA_PRIORITY"),
                     src=ipaddress.ip_address(src) if src else None,
+                    proto=m["proto"],
+                    type=m["type"],
+                    **_route_metrics(m),
                 )
             )
         return out
@@ -449,11 +471,12 @@ class Netlink:
         mtu: int | None = None,
         advmss: int | None = None,
         replace: bool = False,
+        proto: int = RTPROT_BOOT,
     ) -> None:
         """``ip route add``; protocol ``boot`` as the reference's netlink library sends it
         (pyroute2 would say ``static``), so ``ip route`` shows the same routes for both."""
         attrs = _route_to(dst, gateway=gw, oif=oif, scope=scope, prefsrc=src, table=table, priority=priority)
-        attrs["proto"] = RTPROT_BOOT
+        attrs["proto"] = proto
         metrics = {}
         if mtu:
             metrics["RTAX_MTU"] = mtu
@@ -473,12 +496,57 @@ class Netlink:
         oif: int | None = None,
         table: int | None = None,
         scope: int = RT_SCOPE_NOWHERE,
+        priority: int | None = None,
     ) -> None:
         """Delete a route; ``scope`` NOWHERE matches any scope (pyroute2 would send universe,
         which misses the kernel's link-scope connected routes)."""
-        attrs = _route_to(dst, gateway=gw, oif=oif, scope=scope, table=table)
+        attrs = _route_to(dst, gateway=gw, oif=oif, scope=scope, table=table, priority=priority)
         with translate_errors(self._ctx(f"delete route {dst}")):
             self._ipr.route("del", **attrs)
+
+    # ------------------------------------------------------------ rules
+
+    def rules(self, family: int = socket.AF_UNSPEC) -> list[RuleEntry]:
+        with translate_errors(self._ctx("list rules")):
+            msgs = self._dump(lambda: self._ipr.get_rules(family=family))
+        out = []
+        for m in msgs:
+            fam = m["family"]
+            if fam not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            src = m.get_attr("FRA_SRC")
+            out.append(
+                RuleEntry(
+                    family=fam,
+                    priority=m.get_attr("FRA_PRIORITY") or 0,
+                    table=m.get_attr("FRA_TABLE") or m["table"],
+                    src=ipaddress.ip_network(f"{src}/{m['src_len']}", strict=False) if src else None,
+                    action=m["action"],
+                )
+            )
+        return out
+
+    def add_rule(self, src: IPNetwork, table: int, *, priority: int | None = None) -> None:
+        """``ip rule add from <src> lookup <table>``; without ``priority`` the kernel picks one
+        (just above the first rule after ``local``), as the reference leaves it to."""
+        family = socket.AF_INET if src.version == 4 else socket.AF_INET6
+        with translate_errors(self._ctx(f"add rule from {src} lookup {table}")):
+            self._ipr.rule(
+                "add",
+                family=family,
+                src=str(src.network_address),
+                src_len=src.prefixlen,
+                table=table,
+                priority=priority,  # None: no FRA_PRIORITY at all
+            )
+
+    def del_rule(self, rule: RuleEntry) -> None:
+        """Delete exactly ``rule`` (as ``rules`` read it)."""
+        attrs: dict[str, Any] = {"family": rule.family, "priority": rule.priority, "table": rule.table}
+        if rule.src is not None:
+            attrs.update(src=str(rule.src.network_address), src_len=rule.src.prefixlen)
+        with translate_errors(self._ctx(f"delete rule {rule.priority}: from {rule.src or 'all'} lookup {rule.table}")):
+            self._ipr.rule("del", **attrs)
 
     # ------------------------------------------------------------ internals
 
@@ -496,6 +564,13 @@ class Netlink:
             return list(fn())
         except NetlinkDumpInterrupted:
             raise TryAgainLater(self._ctx("netlink dump interrupted repeatedly")) from None
+
+
+def _route_metrics(msg: Any) -> dict[str, int | None]:
+    metrics = msg.get_attr("RTA_METRICS")
+    if metrics is None:
+        return {}
+    return {"mtu": metrics.get_attr("RTAX_MTU"), "advmss": metrics.get_attr("RTAX_ADVMSS")}
 
 
 def _route_to(dst: IPNetwork, **given: int | IPAddress | None) -> dict[str, Any]:
