@@ -64,21 +64,84 @@ def launcher_text(
 
 
 def install(
-    target: Path, types: list[str], *, helper: str = "", auto_start: bool = False, run_dir: str = DEFAULT_RUN_DIR
+    target: Path,
+    types: list[str],
+    *,
+    helper: str = "",
+    auto_start: bool = False,
+    run_dir: str = DEFAULT_RUN_DIR,
+    launcher: str = "auto",
 ) -> list[Path]:
+    """Write each type's launcher into ``target``: native (``launcher``: "native", or "auto"
+    where a C compiler builds it) with the Python one in ``.cni-py/``, else the Python one."""
     target.mkdir(parents=True, exist_ok=True)
+    binary = _native_binary(launcher)
     written = []
     for plugin_type in types:
         dest = target / plugin_type
         tmp = target / f".{plugin_type}.tmp{os.getpid()}"
-        tmp.write_text(launcher_text(plugin_type, helper=helper, auto_start=auto_start, run_dir=run_dir))
-        tmp.chmod(0o755)
+        text = launcher_text(plugin_type, helper=helper, auto_start=auto_start, run_dir=run_dir)
+        if _write_native(target, plugin_type, tmp, text, binary, helper=helper, run_dir=run_dir):
+            pass
+        elif launcher == "native":
+            raise SystemExit(f"cni-plugins install: the native launcher of {plugin_type} could not be built")
+        else:
+            tmp.write_text(text)
+            tmp.chmod(0o755)
         os.replace(tmp, dest)  # atomic: a runtime exec'ing it never sees half a file
         written.append(dest)
     # Byte-compile now so the first exec does not pay for it.
     for pkg in ("cni_plugins", "ipam", "firewall", "conf"):
         compileall.compile_dir(str(Path(package_root()) / pkg), quiet=1)
     return written
+
+
+def _native_binary(launcher: str) -> bytes | None:
+    """The compiled native launcher, or None (``launcher`` "python", or no compiler in "auto")."""
+    from cni_plugins.helper import native
+
+    if launcher == "python":
+        return None
+    try:
+        return native.compile_launcher()
+    except native.BuildFailed as exc:
+        if launcher == "native":
+            raise SystemExit(f"cni-plugins install: the native launcher cannot be built: {exc}") from None
+        print(f"cni-plugins install: {exc}; writing Python launchers", file=sys.stderr)
+        return None
+
+
+def _write_native(
+    target: Path, plugin_type: str, tmp: Path, text: str, binary: bytes | None, *, helper: str, run_dir: str
+) -> bool:
+    """The native launcher at ``tmp`` (``binary``, configured for this type), its Python launcher
+    (``text``) in ``.cni-py/``; False (nothing written at ``tmp``) without a binary."""
+    from cni_plugins.helper import native
+
+    if binary is None:
+        return False
+    fallback = target / native.FALLBACK_DIR / plugin_type
+    fallback.parent.mkdir(mode=0o755, exist_ok=True)
+    fallback_tmp = fallback.with_name(f".{plugin_type}.tmp{os.getpid()}")
+    fallback_tmp.write_text(text)
+    fallback_tmp.chmod(0o755)
+    os.replace(fallback_tmp, fallback)
+    settings = {
+        "type": plugin_type,
+        "socket": helper,
+        "install": install_id(),
+        "run_dir": run_dir,
+        "fallback": str(fallback.resolve()),
+        "versions": ",".join(registry.load(plugin_type).PLUGIN.versions),
+    }
+    try:
+        native.write(
+            tmp, native.configured(binary, marker=f"{MARKER} {plugin_type} {package_root()}", settings=settings)
+        )
+    except native.BuildFailed as exc:
+        print(f"cni-plugins install: {plugin_type}: {exc}; writing the Python launcher", file=sys.stderr)
+        return False
+    return True
 
 
 def _helper_command(args: argparse.Namespace) -> int:
@@ -134,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     p_install.add_argument(
         "--unit-name", default=DEFAULT_UNIT_NAME, help=f"the units' name (default {DEFAULT_UNIT_NAME})"
     )
+    p_install.add_argument(
+        "--launcher",
+        choices=("auto", "native", "python"),
+        default="auto",
+        help="native: a compiled launcher (starts in ~1 ms) beside the Python one; auto (default): native where "
+        "a C compiler builds it; python: the Python launcher only",
+    )
     p_install.add_argument("types", nargs="*", help="plugin types to install (default: all available)")
     sub.add_parser("list", help="list the plugin types this installation provides")
     p_helper = sub.add_parser("helper", help="run the warm helper, or say how it is doing, or stop it (docs/helper.md)")
@@ -175,7 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     sock = "" if args.helper == "off" else os.path.abspath(args.helper_socket or default_socket(run_dir))
     for path in install(
-        Path(args.dir), args.types or available, helper=sock, auto_start=args.helper == "auto", run_dir=run_dir
+        Path(args.dir),
+        args.types or available,
+        helper=sock,
+        auto_start=args.helper == "auto",
+        run_dir=run_dir,
+        launcher=args.launcher,
     ):
         print(path)
     if args.systemd:

@@ -20,7 +20,7 @@ MODE=${1:-install}
 
 APT_PACKAGES=(
   python3 python3-venv python3-pip python3-nftables nftables iproute2 iptables conntrack
-  iputils-ping procps containernetworking-plugins
+  iputils-ping procps containernetworking-plugins gcc libc6-dev
   podman containerd runc busybox-static golang-go golang-github-appc-cni-dev
 )
 

@@ -2,7 +2,9 @@
 
 The executables written by ``cni-plugins install`` are tiny scripts run by ``python -I -S``
 (isolated from the caller's PYTHON* variables, user site-packages and .pth files) that put
-our package on ``sys.path`` and call ``launch()``. Four paths, cheapest first:
+our package on ``sys.path`` and call ``launch()``; where a C compiler is present, a native
+launcher (``launcher.c``, the same paths 1 and 2) stands under the type's name instead and
+execs this one for 3 and 4 (with ``--run-here``: straight to 4). Four paths, cheapest first:
 
 1. VERSION is answered here, from the versions written into the launcher at install time:
    no JSON module, no dataclasses, nothing else imported.
@@ -56,6 +58,8 @@ def launch(
     command = posix.environ.get(b"CNI_COMMAND", b"").decode("utf-8", "surrogateescape")
     if command == "VERSION" and versions:
         sys.exit(_version(versions))
+    if sys.argv[1:] == ["--run-here"]:  # exec'd by the native launcher: a helper did not take the call
+        helper = ""
     if helper and command:
         rc = _via_helper(plugin_type, helper, install, run_dir, versions)
         if rc is None and auto_start and _may_start_helper() and _start_helper(helper, install):

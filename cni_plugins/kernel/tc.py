@@ -110,7 +110,7 @@ def buffer_ticks(rate_bytes: int, burst_bytes: int, ticks_per_usec: float) -> in
     return int(float(usec) * ticks_per_usec)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class U32Key:
     """Match ``(word at off) & mask == value`` (network order), off counted from the network header."""
 

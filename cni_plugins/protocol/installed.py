@@ -43,15 +43,17 @@ def install_id(interpreter: str | None = None) -> str:
 
 
 def read_marker(path: str) -> tuple[str, str] | None:
-    """(type, package root) if ``path`` is one of our launchers."""
+    """(type, package root) if ``path`` is one of our launchers: the Python one says so on its
+    second line, the native one in an ELF note within its first page."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(512).decode("utf-8", "replace")
+            head = fh.read(4096)
     except OSError:
         return None
-    for line in head.splitlines()[:3]:
-        if line.startswith(MARKER):
-            parts = line[len(MARKER) :].split()
-            if len(parts) == 2:
-                return parts[0], parts[1]
-    return None
+    key = b"\n" + MARKER.encode()
+    at = head.find(key)
+    if at < 0:
+        return None
+    end = head.find(b"\n", at + len(key))
+    parts = head[at + len(key) : end if end >= 0 else len(head)].decode("utf-8", "replace").split()
+    return (parts[0], parts[1]) if len(parts) == 2 else None

@@ -16,6 +16,7 @@ PLUGINS: dict[str, str] = {
     "tuning": "cni_plugins.plugins.tuning",
     "portmap": "cni_plugins.plugins.portmap",
     "firewall": "cni_plugins.plugins.firewall",
+    "bandwidth": "cni_plugins.plugins.bandwidth",
     "host-device": "cni_plugins.plugins.host_device",
     "tap": "cni_plugins.plugins.tap",
     "host-local": "ipam.host_local",

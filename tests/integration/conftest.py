@@ -94,6 +94,26 @@ def cni_bin(tmp_path_factory: pytest.TempPathFactory, cni_run_dir: Path) -> Iter
 
 
 @pytest.fixture(scope="session")
+def cni_bin_python(tmp_path_factory: pytest.TempPathFactory, cni_run_dir: Path, cni_bin: Path) -> Path:
+    """``cni_bin`` with the Python launchers under the types' names (``--launcher python``,
+    the reference implementation of the native launcher): the same install, so the same
+    helper serves both."""
+    target = tmp_path_factory.mktemp("cnibin-python")
+    subprocess.run(
+        install_cmd(target, "--launcher", "python", "--run-dir", str(cni_run_dir)), check=True, capture_output=True
+    )
+    return target
+
+
+@pytest.fixture(params=["native", "python"])
+def launcher_bin(request: pytest.FixtureRequest, cni_bin: Path, cni_bin_python: Path) -> Path:
+    """The default install under each launcher: tests of the launcher's contract run with both."""
+    if request.param == "native" and not (cni_bin / ".cni-py").is_dir():
+        pytest.fail("the default install wrote no native launchers (is a C compiler installed?)")
+    return cni_bin if request.param == "native" else cni_bin_python
+
+
+@pytest.fixture(scope="session")
 def cni_bin_no_helper(tmp_path_factory: pytest.TempPathFactory, cni_run_dir: Path) -> Path:
     """Our plugins with ``--helper off``: every call runs in its own process, as the
     reference's do (same run dir, so both take the same attachment locks)."""

@@ -31,9 +31,21 @@ LO = {"cniVersion": "1.0.0", "name": "helpernet", "type": "loopback"}
 ROOT = Path(__file__).resolve().parents[2]
 
 
+LAUNCHER = "native"  # the launcher every install of a test writes (see the launcher fixture)
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def launcher(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with both launchers: the native one, and the Python one that is
+    its reference implementation."""
+    monkeypatch.setattr(sys.modules[__name__], "LAUNCHER", str(request.param))
+    return str(request.param)
+
+
 def install(target: Path, *args: str, python: list[str] | None = None) -> None:
     cmd = python or [sys.executable, "-m", "cni_plugins.install"]
-    subprocess.run([*cmd, "install", "--dir", str(target), *args], check=True, capture_output=True)
+    launcher = [] if python else ["--launcher", LAUNCHER]  # an older install's installer may not know the option
+    subprocess.run([*cmd, "install", "--dir", str(target), *launcher, *args], check=True, capture_output=True)
 
 
 def helper_cmd(*args: str) -> subprocess.CompletedProcess[str]:

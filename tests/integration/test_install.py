@@ -44,7 +44,7 @@ def test_version_and_error_paths_import_nothing_heavy(cni_bin: Path, case: str) 
         "missing-env": (b"{}", {"CNI_COMMAND": "ADD"}),
     }[case]
     for plugin_type in registry.available():
-        launcher = str(cni_bin / plugin_type)
+        launcher = str(python_launcher(cni_bin, plugin_type))
         proc = subprocess.run(
             [sys.executable, "-IS", "-X", "importtime", launcher], input=stdin, env=env, capture_output=True, timeout=30
         )
@@ -53,6 +53,12 @@ def test_version_and_error_paths_import_nothing_heavy(cni_bin: Path, case: str) 
         }
         assert not imported & set(HEAVY), (plugin_type, case, imported & set(HEAVY))
         assert proc.stdout.strip(), plugin_type
+
+
+def python_launcher(bin_dir: Path, plugin_type: str) -> Path:
+    """The Python launcher of a type: beside a native one (in .cni-py/), or the executable itself."""
+    beside = bin_dir / ".cni-py" / plugin_type
+    return beside if beside.exists() else bin_dir / plugin_type
 
 
 def test_launcher_names_its_type(cni_bin: Path) -> None:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cni_plugins.spec.version import SUPPORTED_VERSIONS
 from tests.integration.conftest import Runner
 from tests.integration.nsutil import Namespaces, links, path
+
+
+@pytest.fixture
+def plugin(launcher_bin: Path, host_ns: str) -> Runner:
+    """The plugins under both launchers (native, and the Python one it stands in for)."""
+    return Runner(launcher_bin, host_ns)
 
 
 def lo_up(ns: str) -> bool:

@@ -4,6 +4,7 @@ field, no traceback, a non-zero exit, and nothing changed in the target namespac
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +35,12 @@ CASES = [
     ("netns-not-a-netns", {"CNI_NETNS": "/etc/hostname"}, GOOD, 8, "not a network namespace"),
     ("bad-prevresult", {}, {**GOOD, "prevResult": {"ips": [{"address": "nope"}]}}, 6, "prevResult.ips[0].address"),
 ]
+
+
+@pytest.fixture
+def plugin(launcher_bin: Path, host_ns: str) -> Runner:
+    """The plugins under both launchers (native, and the Python one it stands in for)."""
+    return Runner(launcher_bin, host_ns)
 
 
 @pytest.mark.parametrize("env,stdin,code,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
