@@ -6,7 +6,7 @@
     cni_plugins.etcd        the etcd client (cluster-ipam and the node agent share it)
     cni_plugins.kernel | firewall | ipam      the kernel, nftables, addresses (side by side, independent)
     cni_plugins.plugins     one module per plugin type
-    cni_plugins.helper | cni_plugins.runtime  the warm helper; the runtime side (libcni, cnitool)
+    cni_plugins.helper | cni_plugins.runtime | cni_plugins.dhcpd  the warm helper; the runtime side; the DHCP daemon
     cni_plugins.node        the node agent of a pod network across nodes (beside the helper)
     cni_plugins.install     the installer, at the top
 
@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cni_plugins.etcd",),
     ("cni_plugins.kernel", "firewall", "ipam"),
     ("cni_plugins.plugins",),
-    ("cni_plugins.helper", "cni_plugins.runtime", "cni_plugins.node"),
+    ("cni_plugins.helper", "cni_plugins.runtime", "cni_plugins.dhcpd", "cni_plugins.node"),
     ("cni_plugins.install", "cni_plugins.launch"),
 ]
 

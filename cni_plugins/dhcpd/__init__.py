@@ -1,0 +1,1 @@
+"""The DHCP daemon of the ``dhcp`` IPAM plugin: holds and renews leases (``cni-plugins dhcp daemon``)."""
