@@ -37,6 +37,17 @@ def default_socket(run_dir: str = DEFAULT_RUN_DIR, interpreter: str | None = Non
     return socket_path(run_dir, install_id(interpreter))
 
 
+# ``<bin dir>/dhcp daemon ...`` runs the daemon, as the reference's executable does (its
+# documentation and systemd unit start it so): the executable hands that to our CLI.
+_SUBCOMMAND_HOOK = {
+    "dhcp": (
+        "if sys.argv[1:2] == ['daemon']:\n"
+        "    from cni_plugins.install import main\n"
+        "    sys.exit(main(['dhcp', *sys.argv[1:]]))\n"
+    ),
+}
+
+
 def launcher_text(
     plugin_type: str,
     *,
@@ -58,7 +69,8 @@ def launcher_text(
         "import sys\n"
         f"sys.path[:0] = {head!r}\n"
         f"sys.path += {tail!r}\n"
-        "from cni_plugins.helper.client import launch\n"
+        + _SUBCOMMAND_HOOK.get(plugin_type, "")
+        + "from cni_plugins.helper.client import launch\n"
         f"launch({plugin_type!r}, {versions!r}, {helper!r}, {auto_start!r}, {ident!r}, {run_dir!r})\n"
     )
 
@@ -166,6 +178,14 @@ def _helper_command(args: argparse.Namespace) -> int:
     return helper_daemon.main(argv)
 
 
+def _dhcp_command(args: argparse.Namespace) -> int:
+    from cni_plugins.dhcpd import server as dhcp_daemon
+
+    if args.action == "daemon":
+        return dhcp_daemon.main(args.flags)
+    return dhcp_daemon.status_main(args.flags)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cni-plugins", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -204,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         help="native: a compiled launcher (starts in ~1 ms) beside the Python one; auto (default): native where "
         "a C compiler builds it; python: the Python launcher only",
     )
+    p_install.add_argument(
+        "--dhcp-unit-name",
+        default="cni-dhcp",
+        help="the DHCP daemon's units' name, written by --systemd with dhcp (default cni-dhcp, as the reference's)",
+    )
     p_install.add_argument("types", nargs="*", help="plugin types to install (default: all available)")
     sub.add_parser("list", help="list the plugin types this installation provides")
     p_helper = sub.add_parser("helper", help="run the warm helper, or say how it is doing, or stop it (docs/helper.md)")
@@ -228,9 +253,16 @@ def main(argv: list[str] | None = None) -> int:
         from cni_plugins.node import cli as node_cli
 
         return node_cli.main(given[1:])
+    p_dhcp = sub.add_parser(
+        "dhcp", help="the DHCP daemon of the dhcp IPAM plugin: run it, or show its leases", add_help=False
+    )
+    p_dhcp.add_argument("action", choices=("daemon", "status"), help="daemon: run it; status: what it holds")
+    p_dhcp.add_argument("flags", nargs=argparse.REMAINDER, help="the daemon's flags (-socketpath, -timeout, ...)")
     args = parser.parse_args(argv)
     if args.cmd == "helper":
         return _helper_command(args)
+    if args.cmd == "dhcp":
+        return _dhcp_command(args)
     available = registry.available()
     if args.cmd == "list":
         print("\n".join(available))
@@ -262,6 +294,16 @@ def main(argv: list[str] | None = None) -> int:
             f"next: systemctl daemon-reload && systemctl enable --now {args.unit_name}.socket {args.unit_name}.service",
             file=sys.stderr,
         )
+        if "dhcp" in (args.types or available):
+            from cni_plugins.dhcpd import units as dhcp_units
+
+            for path in dhcp_units.write(Path(args.unit_dir), args.dhcp_unit_name):
+                print(path)
+            print(
+                f"for the dhcp IPAM plugin: systemctl enable --now {args.dhcp_unit_name}.socket "
+                f"{args.dhcp_unit_name}.service",
+                file=sys.stderr,
+            )
     return 0
 
 

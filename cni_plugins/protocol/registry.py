@@ -21,6 +21,7 @@ PLUGINS: dict[str, str] = {
     "tap": "cni_plugins.plugins.tap",
     "host-local": "ipam.host_local",
     "static": "ipam.static",
+    "dhcp": "ipam.dhcp",
     "cluster-ipam": "ipam.cluster_ipam",
 }
 
