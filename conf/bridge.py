@@ -39,6 +39,7 @@ class BridgeConf:
     preserve_default_vlan: bool = True
     macspoofchk: bool = False
     enable_dad: bool = False
+    disable_ipv6: bool = False  # ours: IPv6 off in the container when the network has no IPv6 address
     disable_container_interface: bool = False
     port_isolation: bool = False
     mac: str = ""
@@ -85,6 +86,7 @@ class BridgeConf:
             preserve_default_vlan=bool_field(raw, "preserveDefaultVlan", True),
             macspoofchk=bool_field(raw, "macspoofchk", False),
             enable_dad=bool_field(raw, "enabledad", False),
+            disable_ipv6=bool_field(raw, "disableIPv6", False),
             disable_container_interface=bool_field(raw, "disableContainerInterface", False),
             port_isolation=bool_field(raw, "portIsolation", False),
             mac=parse_mac(mac, where),

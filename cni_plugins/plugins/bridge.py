@@ -97,7 +97,8 @@ def cmd_add(args: CmdArgs) -> Result:
             ipam = ipam_add(args, conf.ipam_type, undo)
             result, gateways = with_gateways(result, ipam, conf)
             with step(f"configure {args.ifname}"), netns.entered(ctr_fd, label=args.netns):
-                _write_sysctls(_container_sysctls(args.ifname, conf.enable_dad))
+                ipv6_off = conf.disable_ipv6 and not any(ip.version == 6 for ip in result.ips)
+                _write_sysctls(_container_sysctls(args.ifname, conf.enable_dad, ipv6_off))
             with step(f"configure {args.ifname}"):
                 ctr_link = configure_iface(ctr, ctr_fd, args.ifname, result, routes=False)
             # The link-up has the kernel announce the container's IPv6 link-local address (MLD
@@ -373,10 +374,15 @@ def _mac(iface: Interface | None) -> str:
     return iface.mac if iface is not None else ""
 
 
-def _container_sysctls(ifname: str, enable_dad: bool) -> list[tuple[str, str]]:
+def _container_sysctls(ifname: str, enable_dad: bool, ipv6_off: bool) -> list[tuple[str, str]]:
     """DAD off by default (fast start; hairpin echoes would fail it), on with enhanced DAD
-    when ``enabledad``; ``arp_notify`` announces the new address."""
-    settings = [("enhanced_dad", "1"), ("accept_dad", "1")] if enable_dad else [("accept_dad", "0")]
+    when ``enabledad``; IPv6 off on the interface with ``disableIPv6`` on an IPv4-only network
+    (no link-local address: no MLD reports or router solicitations flooded to every bridge
+    port when it comes up); ``arp_notify`` announces the new address."""
+    if ipv6_off:
+        settings = [("disable_ipv6", "1")]
+    else:
+        settings = [("enhanced_dad", "1"), ("accept_dad", "1")] if enable_dad else [("accept_dad", "0")]
     return [(sysctl.iface_key(6, ifname, leaf), value) for leaf, value in settings] + [
         (sysctl.iface_key(4, ifname, "arp_notify"), "1")
     ]

@@ -316,6 +316,28 @@ def test_enabledad_and_arp_notify(plugin: Runner, namespaces: Namespaces, tmp_pa
     assert read(dad, "ipv6/conf/eth0/accept_dad") == "1" and read(dad, "ipv6/conf/eth0/enhanced_dad") == "1"
 
 
+def test_disable_ipv6_on_an_ipv4_only_network(
+    plugin: Runner, host_ns: str, namespaces: Namespaces, tmp_path: Path
+) -> None:
+    """``disableIPv6`` (ours): on an IPv4-only network the container's interface has IPv6 off,
+    so it sends no MLD report or router solicitation (flooded to every bridge port) when it
+    comes up; a network with IPv6 addresses keeps it on."""
+    v4, dual, default = namespaces.make("c1"), namespaces.make("c2"), namespaces.make("c3")
+    plugin("bridge", "ADD", bconf(tmp_path, disableIPv6=True, isGateway=True), netns=v4, container_id="a").ok()
+    plugin("bridge", "ADD", bconf(tmp_path, ipam="dual", disableIPv6=True), netns=dual, container_id="b").ok()
+    plugin("bridge", "ADD", bconf(tmp_path), netns=default, container_id="c").ok()
+
+    def ipv6(ns: str) -> tuple[str, list[str]]:
+        off = sh("cat", "/proc/sys/net/ipv6/conf/eth0/disable_ipv6", ns=ns).stdout.strip()
+        return off, [a for a in addrs(ns, "eth0") if ":" in a]
+
+    assert ipv6(v4) == ("1", [])
+    off, dual_addrs = ipv6(dual)
+    assert off == "0" and any(a.startswith("fd00:91::") for a in dual_addrs)
+    assert any(a.startswith("fe80::") for a in ipv6(default)[1])  # without the option: the kernel's default
+    assert ping(v4, "10.91.0.1")
+
+
 def test_mac_sources_later_ones_win(plugin: Runner, namespaces: Namespaces, tmp_path: Path) -> None:
     cases: list[tuple[dict[str, Any], str, str]] = [
         ({}, "IgnoreUnknown=1;MAC=0a:00:00:00:00:01", "0a:00:00:00:00:01"),

@@ -102,6 +102,7 @@ CASES: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], Any]]] = [
             preserveDefaultVlan=False,
             macspoofchk=True,
             enabledad=True,
+            disableIPv6=True,
             disableContainerInterface=True,
             portIsolation=True,
             dns=DNS,
