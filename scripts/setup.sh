@@ -7,7 +7,8 @@
 #
 # Installs: Debian packages (nftables and its Python binding, iproute2, the reference
 # plugins used as comparator; for the runtime tests podman, containerd, runc, busybox-static
-# for the test image, Go and Debian's libcni sources for the libcni harness), a virtualenv at
+# for the test image, Go and Debian's libcni sources for the libcni harness; etcd for the
+# multi-node bed of cluster-ipam and the node agent, iperf3 for its benchmark), a virtualenv at
 # $CNI_PY_VENV (default <checkout>/.venv) made from /usr/bin/python3 with
 # --system-site-packages (for python3-nftables), our package into it, and our plugin
 # executables into $CNI_PY_BIN (default /opt/cni/bin).
@@ -22,6 +23,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-pip python3-nftables nftables iproute2 iptables conntrack
   iputils-ping procps containernetworking-plugins gcc libc6-dev
   podman containerd runc busybox-static golang-go golang-github-appc-cni-dev
+  etcd-server etcd-client iperf3
 )
 
 log() { printf '\n==> %s\n' "$*" >&2; }
