@@ -230,6 +230,7 @@ class Agent:
             signal.signal(signum, self.stop)
         if not self.start():
             return 0
+        log.note(f"ready: {self.status_line()}")
         notify("READY=1\nSTATUS=" + self.status_line())
         renew_every = max(self.conf.ttl / 3, 0.3)
         now = time.monotonic()
