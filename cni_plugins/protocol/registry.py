@@ -17,6 +17,7 @@ PLUGINS: dict[str, str] = {
     "portmap": "cni_plugins.plugins.portmap",
     "firewall": "cni_plugins.plugins.firewall",
     "bandwidth": "cni_plugins.plugins.bandwidth",
+    "sbr": "cni_plugins.plugins.sbr",
     "host-device": "cni_plugins.plugins.host_device",
     "tap": "cni_plugins.plugins.tap",
     "host-local": "ipam.host_local",
