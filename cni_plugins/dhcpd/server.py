@@ -161,7 +161,7 @@ def _bind(path: str) -> tuple[socket.socket, int, tuple[int, int]]:
             try:
                 probe.settimeout(1.0)
                 probe.connect(path)
-                raise AlreadyRunning(f"a DHCP daemon (not ours: no lock) already listens on {path}")
+                raise AlreadyRunning(f"a DHCP daemon already listens on {path}")
             except OSError as exc:
                 if exc.errno != errno.ECONNREFUSED:
                     raise
@@ -250,6 +250,8 @@ class Server:
                 rpc.reply(method, seq, error, body_type, body)
         except (OSError, EOFError, GobError) as exc:
             log.debug(f"connection: {exc}")
+        except Exception as exc:  # a malformed call ends its connection, not the daemon's log in tracebacks
+            log.warning(f"connection dropped: {type(exc).__name__}: {exc}")
         finally:
             conn.close()
 

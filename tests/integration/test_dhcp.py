@@ -520,6 +520,12 @@ def test_daemon_socket_and_pidfile(
     second = subprocess.run([*OURS, "-socketpath", str(daemon.sock)], capture_output=True, text=True, timeout=20)
     assert second.returncode == 1 and "another DHCP daemon" in second.stderr
     assert daemon.status()["pid"] == daemon.pid
+    shown = subprocess.run(
+        [*OURS[:-1], "status", "--socket", str(daemon.sock), "--json"], capture_output=True, text=True, timeout=20
+    )
+    assert shown.returncode == 0 and json.loads(shown.stdout)["pid"] == daemon.pid
+    none = subprocess.run([*OURS[:-1], "status", "--socket", str(tmp_path / "no.sock")], capture_output=True, text=True)
+    assert none.returncode == 3 and "no DHCP daemon of ours answers" in none.stdout
     bad = subprocess.run(
         [*OURS, "-socketpath", str(tmp_path / "x.sock"), "-pidfile", "rel.pid"],
         capture_output=True,

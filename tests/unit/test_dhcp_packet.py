@@ -9,7 +9,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from cni_plugins.dhcpd import packet
+from cni_plugins.dhcpd import client, packet
 from cni_plugins.dhcpd.client import Request
 from cni_plugins.dhcpd.lease import Attachment, Lease, Settings
 from cni_plugins.dhcpd.packet import Message
@@ -39,6 +39,8 @@ def test_messages_round_trip() -> None:
     # In the reference's order: type, requested address, server, client id (type 0), provided, parameters.
     assert list(options) == [53, 50, 54, 61, 12, 55]
     assert options[61] == b"\0c1/net/eth0" and options[55] == bytes((6, 3, 1))
+    assert client._message(1, MAC, {}, Request(client_id="x", broadcast=True)).flags == packet.BROADCAST_FLAG
+    assert client._message(1, MAC, {}, Request(client_id="x")).flags == 0
     release = packet.client_options(packet.RELEASE, "c1/net/eth0", ((12, b"x"),), (1,), server=IPv4Address("10.9.0.1"))
     assert list(release) == [53, 54, 61]
 
