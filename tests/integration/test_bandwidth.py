@@ -112,6 +112,26 @@ def test_add_check_del(plugin: Runner, host_ns: str, container_ns: str, tmp_path
     plugin("bandwidth", "DEL", c, netns=container_ns).ok()
 
 
+def test_after_bridge(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
+    """The chain Kubernetes distributions use: bridge, then bandwidth. prevResult lists the
+    bridge too (no sandbox); only the container's veth peer is shaped."""
+    bridge = {
+        "cniVersion": "1.0.0",
+        "name": "bwnet",
+        "type": "bridge",
+        "bridge": "cnibw0",
+        "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"), "ranges": [[{"subnet": SUBNET}]]},
+    }
+    prev = plugin("bridge", "ADD", bridge, netns=container_ns).ok()
+    veth = prev["interfaces"][1]["name"]
+    c = conf(prev, **LIMITS)
+    plugin("bandwidth", "ADD", c, netns=container_ns).ok()
+    assert qdiscs(host_ns, veth) == [("htb", "1:"), ("ingress", "ffff:")] and qdiscs(host_ns, "cnibw0") == []
+    plugin("bandwidth", "CHECK", c, netns=container_ns).ok()
+    plugin("bandwidth", "DEL", c, netns=container_ns).ok()
+    assert state(host_ns, veth) == ([], [])
+
+
 def test_traffic_is_shaped_both_ways_and_not_for_unshaped_subnets(
     plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path
 ) -> None:
