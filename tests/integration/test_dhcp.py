@@ -387,7 +387,7 @@ def test_no_server_a_clear_error_in_bounded_time(
     assert res.rc == 1 and res.json["code"] == 11, res.stdout
     assert "no DHCP lease for eth0" in res.json["msg"] and "DHCPOFFER" in res.json["msg"]
     assert "check that a DHCP server answers" in res.json["msg"]
-    assert 2.5 < elapsed < 8, elapsed
+    assert 0.9 < elapsed < 8, elapsed  # one 1 s exchange at least; gives up before a retry ends past 3 s
     assert "eth0" not in links(ctr) and daemon.status()["leases"] == []  # the ADD was undone
 
 

@@ -97,7 +97,10 @@ def test_units_are_valid_for_systemd(units: tuple[Path, Path, Path]) -> None:
     argv = exec_start(unit_dir / "cni-py-helper.service")
     assert argv[0] == sys.executable and str(sock) in argv[-1] and "'--idle', '0'" in argv[-1]
     # The launchers use the same socket, and start a helper themselves where there is no systemd.
-    assert repr(str(sock)) in (bin_dir / "bridge").read_text() and ", True, " in (bin_dir / "bridge").read_text()
+    python_launcher = (bin_dir / ".cni-py" / "bridge").read_text()
+    assert repr(str(sock)) in python_launcher and ", True, " in python_launcher
+    if (bin_dir / "bridge").read_bytes().startswith(b"\x7fELF"):  # the native launcher: its config note
+        assert f"socket={sock}".encode() in (bin_dir / "bridge").read_bytes()
 
 
 @pytest.fixture

@@ -196,7 +196,9 @@ def test_conditions_per_network_and_masq_all(host: Host, namespaces: Namespaces,
     assert bad.rc == 1 and bad.json["code"] == 2 and "iptables syntax" in bad.json["msg"]
 
 
-def test_no_mappings_leaves_nftables_alone(host: Host, namespaces: Namespaces, cni_bin: Path) -> None:
+def test_no_mappings_leaves_nftables_alone(
+    host: Host, namespaces: Namespaces, cni_bin: Path, cni_bin_python: Path
+) -> None:
     ctr = namespaces.make("ctr")
     result = host.must_add(chain(host, []), ctr, "ctr-a")
     assert result["ips"]
@@ -210,7 +212,7 @@ def test_no_mappings_leaves_nftables_alone(host: Host, namespaces: Namespaces, c
         "CNI_PATH": str(cni_bin),
     }
     proc = subprocess.run(
-        ["ip", "netns", "exec", host.ns, sys.executable, "-IS", "-X", "importtime", str(cni_bin / "portmap")],
+        ["ip", "netns", "exec", host.ns, sys.executable, "-IS", "-X", "importtime", str(cni_bin_python / "portmap")],
         input=__import__("json").dumps(conf).encode(),
         env=env,
         capture_output=True,
