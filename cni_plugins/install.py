@@ -218,16 +218,16 @@ def main(argv: list[str] | None = None) -> int:
         "--unit-name", default=DEFAULT_UNIT_NAME, help=f"the units' name (default {DEFAULT_UNIT_NAME})"
     )
     p_install.add_argument(
+        "--dhcp-unit-name",
+        default="cni-dhcp",
+        help="the DHCP daemon's units' name, written by --systemd with dhcp (default cni-dhcp, as the reference's)",
+    )
+    p_install.add_argument(
         "--launcher",
         choices=("auto", "native", "python"),
         default="auto",
         help="native: a compiled launcher (starts in ~1 ms) beside the Python one; auto (default): native where "
         "a C compiler builds it; python: the Python launcher only",
-    )
-    p_install.add_argument(
-        "--dhcp-unit-name",
-        default="cni-dhcp",
-        help="the DHCP daemon's units' name, written by --systemd with dhcp (default cni-dhcp, as the reference's)",
     )
     p_install.add_argument("types", nargs="*", help="plugin types to install (default: all available)")
     sub.add_parser("list", help="list the plugin types this installation provides")
@@ -238,10 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_helper.add_argument("--socket", default="", help="default: this install's socket in --run-dir")
     p_helper.add_argument("--idle", type=float, default=600.0, help="exit after this many idle seconds (0: never)")
-    p_helper.add_argument("--workers", type=int, default=0, help="ready workers (default: twice the CPUs, at least 4)")
+    p_helper.add_argument("--workers", type=int, default=0, help="ready workers (default: the CPUs, at least 2)")
     p_helper.add_argument("--daemon", action="store_true", help="detach")
     p_helper.add_argument("--stop", action="store_true", help="the same as the action stop")
     p_helper.add_argument("--json", action="store_true", help="status as JSON")
+    p_dhcp = sub.add_parser(
+        "dhcp", help="the DHCP daemon of the dhcp IPAM plugin: run it, or show its leases", add_help=False
+    )
+    p_dhcp.add_argument("action", choices=("daemon", "status"), help="daemon: run it; status: what it holds")
+    p_dhcp.add_argument("flags", nargs=argparse.REMAINDER, help="the daemon's flags (-socketpath, -timeout, ...)")
     p_node = sub.add_parser(
         "node",
         help="a pod network across nodes, on etcd: init, run, unit, status, leave (cni-plugins node -h)",
@@ -253,11 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         from cni_plugins.node import cli as node_cli
 
         return node_cli.main(given[1:])
-    p_dhcp = sub.add_parser(
-        "dhcp", help="the DHCP daemon of the dhcp IPAM plugin: run it, or show its leases", add_help=False
-    )
-    p_dhcp.add_argument("action", choices=("daemon", "status"), help="daemon: run it; status: what it holds")
-    p_dhcp.add_argument("flags", nargs=argparse.REMAINDER, help="the daemon's flags (-socketpath, -timeout, ...)")
     args = parser.parse_args(argv)
     if args.cmd == "helper":
         return _helper_command(args)

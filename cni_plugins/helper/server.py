@@ -46,6 +46,8 @@ from cni_plugins.protocol import installed
 
 STATUS_EVERY = 0.5  # seconds between rewrites of the status file while calls come in
 STAMP_EVERY = 2.0  # seconds between checks of the code's mtimes while calls come in
+REST_AFTER = 30.0  # seconds without calls, after which the pool keeps only REST_WORKERS ready
+REST_WORKERS = 2  # what sequential calls need: one serving, one ready while it reports back
 NOT_PRELOADED = ("cni_plugins.install", "cni_plugins.launch", "cni_plugins.helper.units")  # no call runs them
 
 
@@ -131,9 +133,14 @@ class _Pool:
         return sum(1 for w in self.workers.values() if w.state == state)
 
     def fill(self) -> None:
-        """Keep ``size`` workers ready or warming, and at most twice that in all."""
-        while self.count("idle") + self.count("warming") < self.size and len(self.workers) < 2 * self.size:
+        """Keep ``size`` workers ready or warming (``REST_WORKERS`` once calls stopped coming for
+        ``REST_AFTER`` seconds: each worker costs ~10 MiB), and at most twice that in all."""
+        resting = time.monotonic() - self.last_activity > REST_AFTER
+        want = min(self.size, REST_WORKERS) if resting else self.size
+        while self.count("idle") + self.count("warming") < want and len(self.workers) < 2 * self.size:
             self._spawn()
+        while resting and len(self.idle) > want:
+            self.forget(self.idle[0])  # the least recently used: its control socket closes, it exits
 
     def _spawn(self) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -335,7 +342,7 @@ def _bind(sock_path: str) -> tuple[socket.socket, int]:
 
 def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1, install: str = "") -> int:
     """Serve calls on ``sock_path`` (or on the socket systemd passed) with a pool of
-    ``workers`` ready workers (default twice the CPUs, at least 4). ``ready_fd``: a pipe that
+    ``workers`` ready workers (default the CPUs, at least 2). ``ready_fd``: a pipe that
     gets ``protocol.READY`` once the socket listens (the call that started this helper waits
     for it); an early return or an exception closes it by ending the process."""
     import gc
@@ -382,7 +389,7 @@ def serve(sock_path: str, idle: float, workers: int = 0, ready_fd: int = -1, ins
     pool = _Pool(
         server,
         identity,
-        workers or max(4, 2 * (os.cpu_count() or 1)),
+        workers or max(REST_WORKERS, os.cpu_count() or 1),
         [server, lock_fd, wake_r, wake_w, *([notify.sock] if notify.sock else [])],
     )
     pool.selector.register(server, selectors.EVENT_READ, "accept")
@@ -680,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", default="", help="default: this install's socket in /run/cni-py")
     parser.add_argument("--idle", type=float, default=600.0, help="exit after this many idle seconds (0: never)")
     parser.add_argument("--daemon", action="store_true", help="detach from the terminal")
-    parser.add_argument("--workers", type=int, default=0, help="ready workers (default: twice the CPUs, at least 4)")
+    parser.add_argument("--workers", type=int, default=0, help="ready workers (default: the CPUs, at least 2)")
     parser.add_argument("--install-id", default="", help=argparse.SUPPRESS)  # set by launchers and units
     parser.add_argument("--ready-fd", type=int, default=-1, help=argparse.SUPPRESS)  # set by client._start_helper
     opts = parser.parse_args(argv)
