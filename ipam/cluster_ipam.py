@@ -85,8 +85,8 @@ def _key(args: CmdArgs) -> Key:
 
 
 def cmd_add(args: CmdArgs) -> Result:
-    conf = IPAMConf.from_netconf(args.conf, args.cni_args)
     where = EtcdConf.from_netconf(args.conf)
+    conf = IPAMConf.from_netconf(args.conf, args.cni_args)
     key = _key(args)
     dns = parse_resolv_conf(conf.resolv_conf) if conf.resolv_conf else DNS()
     with where.store(conf.name) as store:
@@ -104,8 +104,8 @@ def cmd_del(args: CmdArgs) -> None:
 
 
 def cmd_check(args: CmdArgs) -> None:
-    conf = IPAMConf.from_netconf(args.conf, args.cni_args)
     where = EtcdConf.from_netconf(args.conf)
+    conf = IPAMConf.from_netconf(args.conf, args.cni_args)
     key = _key(args)
     held = where.store(conf.name).held_by(key)
     if not held:

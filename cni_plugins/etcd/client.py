@@ -236,8 +236,14 @@ class Conn:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if endpoint.scheme == "https":
+                context = _tls_context(options)
                 sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                sock = _tls_context(options).wrap_socket(sock, server_hostname=endpoint.host)
+                try:
+                    sock = context.wrap_socket(sock, server_hostname=endpoint.host)
+                except OSError as exc:
+                    if _tls_refused(exc):  # a certificate or protocol problem: trying again changes nothing
+                        raise EtcdError(f"{endpoint}: TLS: {exc}") from None
+                    raise
         except BaseException:
             sock.close()
             raise
@@ -330,10 +336,20 @@ class Conn:
 def _tls_context(options: Options) -> Any:
     import ssl  # only for https endpoints: ~6 ms of imports
 
-    context = ssl.create_default_context(cafile=options.ca_file or None)
-    if options.cert_file:
-        context.load_cert_chain(options.cert_file, options.key_file or None)
+    try:
+        context = ssl.create_default_context(cafile=options.ca_file or None)
+        if options.cert_file:
+            context.load_cert_chain(options.cert_file, options.key_file or None)
+    except (OSError, ValueError) as exc:
+        raise EtcdError(f"TLS files (caFile, certFile, keyFile): {exc}") from None
     return context
+
+
+def _tls_refused(exc: OSError) -> bool:
+    """A TLS handshake that failed on certificates or protocol (not a connection that broke)."""
+    import ssl
+
+    return isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
 
 
 def decode_answer(endpoint: Endpoint, status: int, body: bytes) -> dict[str, Any]:
@@ -428,6 +444,9 @@ class Client:
             status, headers = conn.read_head(deadline)
             body = conn.read_body(headers, deadline)
         except OSError as exc:
+            if conn.endpoint.scheme == "https" and _tls_refused(exc):  # TLS 1.3 says no after the handshake
+                self.close()
+                raise EtcdError(f"{conn.endpoint}: TLS: {exc}") from None
             raise Unavailable(f"{conn.endpoint}: {_describe(exc)}") from None
         except EtcdError:
             self.close()

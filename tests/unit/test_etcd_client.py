@@ -5,10 +5,15 @@ a real etcd: tests/integration/test_cluster_ipam.py."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -307,3 +312,103 @@ def test_shared_client_per_process_and_namespace() -> None:
     etcd.close_shared()
     assert etcd.shared(options) is not first
     etcd.close_shared()
+
+
+def _self_signed(tmp: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA, and its key."""
+    cert, key = tmp / f"{name}.pem", tmp / f"{name}-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "1", "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+class TLSServer:
+    """Answers one request per connection over TLS; a failed handshake ends the connection
+    cleanly (its alert, then EOF), as etcd's server does."""
+
+    def __init__(self, cert: Path, key: Path, client_ca: Path | None = None) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        if client_ca is not None:
+            self.context.verify_mode = ssl.CERT_REQUIRED
+            self.context.load_verify_locations(client_ca)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            raw.settimeout(2)
+            conn = self.context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            try:
+                conn.do_handshake()
+                conn.recv(65536)
+                conn.sendall(plain(HEADER + b',"version":"3.4.23"}'))
+            except OSError:  # the alert is sent: read what the client sent, so that closing sends no reset
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(conn, socket.SHUT_WR)
+                    while socket.socket.recv(conn, 65536):
+                        pass
+            finally:
+                conn.close()
+
+    def options(self, timeout: float = 3.0, **files: str) -> etcd.Options:
+        return etcd.Options(
+            endpoints=(etcd.parse_endpoint(f"https://127.0.0.1:{self.port}"),), timeout=timeout, **files
+        )
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no certificates to test TLS with")
+    return {name: _self_signed(tmp_path, name) for name in ("server", "other", "client")}
+
+
+def test_tls_answers_and_refusals_are_errors_at_once(tls_files: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    """A trusted server answers over TLS; an untrusted certificate, a server that wants a
+    client certificate, and unreadable TLS files end the call with an EtcdError at once (not
+    Unavailable after the timeout: retrying cannot help), naming TLS."""
+    (server_cert, server_key), (other_cert, _), (client_cert, client_key) = (
+        tls_files["server"],
+        tls_files["other"],
+        tls_files["client"],
+    )
+    server = TLSServer(server_cert, server_key)
+    strict = TLSServer(server_cert, server_key, client_ca=client_cert)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    try:
+        assert etcd.Client(server.options(ca_file=str(server_cert))).status()["version"] == "3.4.23"
+        with_cert = strict.options(ca_file=str(server_cert), cert_file=str(client_cert), key_file=str(client_key))
+        assert etcd.Client(with_cert).status()["version"] == "3.4.23"
+        refused = [
+            (server.options(ca_file=str(other_cert)), "certificate verify failed"),
+            (strict.options(ca_file=str(server_cert)), "TLS: "),  # no client certificate
+            (server.options(ca_file=str(garbage)), "TLS files"),
+            (server.options(ca_file=str(tmp_path / "missing.pem")), "TLS files"),
+        ]
+        for options, words in refused:
+            start = time.monotonic()
+            with pytest.raises(etcd.EtcdError) as exc:
+                etcd.Client(options).status()
+            took = time.monotonic() - start
+            assert not isinstance(exc.value, etcd.Unavailable), exc.value.msg
+            assert words in exc.value.msg, exc.value.msg
+            assert took < 1.0, f"{exc.value.msg}: {took:.1f} s with a 3 s timeout"
+    finally:
+        server.close()
+        strict.close()
