@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.clusterbed import PYTHON, Bed, Node, etcd_available
+from cni_plugins.etcd.client import Client, prefix_end
+from tests.integration.clusterbed import ETCD_URL, PYTHON, Bed, Node, etcd_available
 from tests.integration.nsutil import Namespaces, ip_json, ping, poll, sh
 
 pytestmark = pytest.mark.skipif(bool(etcd_available()), reason=etcd_available() or "etcd available")
@@ -89,6 +90,17 @@ def wait_routes(nodes: list[Node], count: int, network: str = "10.244.0.0/16") -
     assert poll(lambda: all(len(remote_routes(n, network)) == count for n in nodes), timeout=15), {
         n.name: remote_routes(n, network) for n in nodes
     }
+
+
+def lease_ids(bed: Bed, prefix: str = "/cni-py") -> dict[str, int]:
+    """subnet key -> the etcd lease it is bound to."""
+    start = f"{prefix}/network/subnets/".encode()
+
+    def read(client: Client) -> dict[str, int]:
+        kvs, _ = client.range(start, prefix_end(start))
+        return {kv.key.decode(): kv.lease for kv in kvs}
+
+    return bed.in_etcd(read)
 
 
 def mtu(ns: str, ifname: str = "eth0") -> int:
@@ -178,10 +190,12 @@ def test_two_pod_networks_stay_apart_across_nodes(bed: Bed) -> None:
 def test_a_stopped_node_loses_its_subnet_which_another_node_takes(bed: Bed) -> None:
     bed.init_network("vxlan", "10.244.0.0/22")  # /24s from the second: three subnets
     n1, n2, n3 = bed.nodes
+    started = time.monotonic()
     for node in bed.nodes:
         node.start_agent(ttl=2)
     wait_routes(bed.nodes, 2, "10.244.0.0/22")
     lost = n3.subnet()
+    granted = lease_ids(bed)
     pod1 = n1.pod("p")
     n4 = bed.add_node()
     full = subprocess.run(
@@ -198,6 +212,10 @@ def test_a_stopped_node_loses_its_subnet_which_another_node_takes(bed: Bed) -> N
     assert poll(lambda: key not in bed.etcd_keys(key), timeout=10), "n3's lease did not expire"
     expired = time.monotonic() - start
     assert expired > 1.0, f"the lease went after {expired:.1f} s, before its TTL"
+    # The live nodes renewed theirs: the same etcd leases, alive after more than twice the TTL.
+    time.sleep(max(started + 2 * 2 + 0.5 - time.monotonic(), 0))
+    assert lease_ids(bed) == {k: v for k, v in granted.items() if lost.split("/")[0] not in k}
+    assert "expired" not in n1.log_text() + n2.log_text()
     assert poll(
         lambda: lost not in remote_routes(n1, "10.244.0.0/22") and lost not in remote_routes(n2, "10.244.0.0/22"),
         timeout=5,
@@ -209,6 +227,31 @@ def test_a_stopped_node_loses_its_subnet_which_another_node_takes(bed: Bed) -> N
     assert f"dst {n4.ip} self permanent" in fdb and f"dst {n3.ip} " not in fdb
     pod4 = n4.pod("p")
     assert ping(pod4[0], pod1[1]) and ping(pod1[0], pod4[1])
+
+
+def test_the_node_conflist_with_cluster_ipam(bed: Bed) -> None:
+    """``--ipam cluster-ipam``: the conflist the agent writes takes addresses of the node's
+    subnet from etcd; pods so attached reach each other across nodes, DEL gives them back."""
+    bed.init_network("routed")
+    n1, n2 = bed.nodes[0], bed.nodes[1]
+    for node in (n1, n2):
+        node.start_agent("--ipam", "cluster-ipam")
+    wait_routes([n1, n2], 1)
+    ipam = n1.conflist()["plugins"][0]["ipam"]
+    assert ipam["type"] == "cluster-ipam" and ipam["nodeName"] == "n1", ipam
+    assert ipam["etcd"] == {"endpoints": [ETCD_URL], "prefix": "/cni-py", "timeout": 1.0}
+    assert ipam["ranges"] == [[{"subnet": n1.subnet()}]]
+    pods = [n1.pod("p"), n2.pod("p"), n1.pod("q")]
+    base = "/cni-py/ipam/cluster/ips/"
+    held = {k[len(base) :]: v for k, v in bed.etcd_keys(base).items()}
+    assert sorted(held) == sorted(ip for _, ip in pods)
+    owners = bed.etcd_keys("/cni-py/ipam/cluster/owners/")
+    assert sorted(owners.values()) == ["n1", "n1", "n2"]
+    assert ping(pods[0][0], pods[1][1]) and ping(pods[1][0], pods[2][1])
+    for node, (ns, _) in zip((n1, n2, n1), pods, strict=True):
+        out = node.cnitool("del", ns)
+        assert out.returncode == 0, out.stderr
+    assert bed.etcd_keys(base) == {} and bed.etcd_keys("/cni-py/ipam/cluster/owners/") == {}
 
 
 def test_agents_ride_out_an_etcd_outage(bed: Bed) -> None:
