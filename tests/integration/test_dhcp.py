@@ -51,7 +51,7 @@ option lease {lease}
 class Lan:
     """A DHCP server and the host's link to it (see the module docstring)."""
 
-    def __init__(self, namespaces: Namespaces, tmp_path: Path, lease: int) -> None:
+    def __init__(self, namespaces: Namespaces, tmp_path: Path, lease: int, extra: str = "") -> None:
         need("busybox")
         self.dir = tmp_path / "lan"
         self.dir.mkdir()
@@ -64,7 +64,7 @@ class Lan:
         sh("ip", "link", "set", "lanp", "master", "br0", "up", ns=self.server_ns)
         sh("ip", "link", "set", "lan0", "up", ns=self.host)
         sh("ip", "addr", "add", f"{HOST_IP}/24", "dev", "lan0", ns=self.host)
-        (self.dir / "udhcpd.conf").write_text(UDHCPD.format(dir=self.dir, lease=lease))
+        (self.dir / "udhcpd.conf").write_text(UDHCPD.format(dir=self.dir, lease=lease) + extra)
         (self.dir / "udhcpd.leases").touch()
         self.log = self.dir / "udhcpd.log"
         self.server: subprocess.Popen[bytes] | None = None
@@ -118,11 +118,13 @@ class Lan:
 
 
 @pytest.fixture
-def lan_factory(namespaces: Namespaces, tmp_path: Path) -> Iterator[Callable[[int], Lan]]:
+def lan_factory(namespaces: Namespaces, tmp_path: Path) -> Iterator[Callable[..., Lan]]:
+    """``make(lease=60, extra="")``: a LAN whose server grants ``lease`` s, ``extra`` added to
+    its configuration."""
     made: list[Lan] = []
 
-    def make(lease: int = 60) -> Lan:
-        made.append(Lan(namespaces, tmp_path, lease))
+    def make(lease: int = 60, extra: str = "") -> Lan:
+        made.append(Lan(namespaces, tmp_path, lease, extra))
         return made[-1]
 
     yield make
@@ -131,7 +133,7 @@ def lan_factory(namespaces: Namespaces, tmp_path: Path) -> Iterator[Callable[[in
 
 
 @pytest.fixture
-def lan(lan_factory: Callable[[int], Lan]) -> Lan:
+def lan(lan_factory: Callable[..., Lan]) -> Lan:
     return lan_factory(60)
 
 
@@ -141,11 +143,15 @@ OURS = [sys.executable, "-m", "cni_plugins.install", "dhcp", "daemon"]
 class Daemon:
     """A DHCP daemon run in ``ns``: ours (``cni-plugins dhcp daemon``) or the reference's."""
 
-    def __init__(self, ours: bool, ns: str, sock: Path, *flags: str) -> None:
-        self.sock, self.pidfile, self.log = sock, sock.with_suffix(".pid"), sock.with_suffix(".log")
+    def __init__(
+        self, ours: bool, ns: str, sock: Path, *flags: str, socketpath: bool = True, log_file: Path | None = None
+    ) -> None:
+        """``socketpath=False``: no -socketpath flag (``sock`` is where the daemon listens then)."""
+        self.sock, self.pidfile, self.log = sock, sock.with_suffix(".pid"), log_file or sock.with_suffix(".log")
         self.ours = ours
         self.clean_exit = True  # ours, stopped by SIGTERM: exits 0, its socket and pidfile removed
-        argv = [*(OURS if ours else [str(REFERENCE / "dhcp"), "daemon"]), "-socketpath", str(sock), *flags]
+        where = ["-socketpath", str(sock)] if socketpath else []
+        argv = [*(OURS if ours else [str(REFERENCE / "dhcp"), "daemon"]), *where, *flags]
         if self.ours:
             argv += ["-pidfile", str(self.pidfile)]
         with open(self.log, "ab") as log:
@@ -194,12 +200,16 @@ class Daemon:
 
 @pytest.fixture
 def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """``start(ns, *flags, ours=True)``: a daemon on a socket of its own, stopped (SIGTERM) at
-    the end; ours must then have removed its socket and pidfile."""
+    """``start(ns, *flags, ours=True, listens=None)``: a daemon on a socket of its own (or, with
+    ``listens``, one that listens there without -socketpath), stopped (SIGTERM) at the end;
+    ours must then have removed its socket and pidfile."""
     started: list[Daemon] = []
 
-    def start(ns: str, *flags: str, ours: bool = True) -> Daemon:
-        started.append(Daemon(ours, ns, tmp_path / f"dhcp{len(started)}.sock", *flags))
+    def start(ns: str, *flags: str, ours: bool = True, listens: Path | None = None) -> Daemon:
+        own = tmp_path / f"dhcp{len(started)}.sock"
+        started.append(
+            Daemon(ours, ns, listens or own, *flags, socketpath=listens is None, log_file=own.with_suffix(".log"))
+        )
         return started[-1]
 
     yield start
@@ -269,7 +279,7 @@ def test_add_check_del_every_version(
 
 
 def test_renews_before_expiry(
-    cni_bin: Path, lan_factory: Callable[[int], Lan], daemon_factory: Callable[..., Daemon], namespaces: Namespaces
+    cni_bin: Path, lan_factory: Callable[..., Lan], daemon_factory: Callable[..., Daemon], namespaces: Namespaces
 ) -> None:
     lan = lan_factory(4)  # T1 2 s, T2 3.5 s
     daemon = daemon_factory(lan.host)
@@ -286,7 +296,7 @@ def test_renews_before_expiry(
 
 
 def test_server_gone_during_a_lease(
-    cni_bin: Path, lan_factory: Callable[[int], Lan], daemon_factory: Callable[..., Daemon], namespaces: Namespaces
+    cni_bin: Path, lan_factory: Callable[..., Lan], daemon_factory: Callable[..., Daemon], namespaces: Namespaces
 ) -> None:
     """Renewals go unanswered: the daemon asks again spaced out (never in a loop), and at the
     lease's end sets the link down, as the reference does; DEL then still succeeds."""
@@ -361,7 +371,7 @@ def test_release_after_the_link_is_gone(
 
 
 def test_link_gone_ends_the_lease_thread(
-    cni_bin: Path, lan_factory: Callable[[int], Lan], daemon_factory: Callable[..., Daemon], namespaces: Namespaces
+    cni_bin: Path, lan_factory: Callable[..., Lan], daemon_factory: Callable[..., Daemon], namespaces: Namespaces
 ) -> None:
     lan = lan_factory(4)
     daemon = daemon_factory(lan.host)
@@ -389,6 +399,24 @@ def test_no_server_a_clear_error_in_bounded_time(
     assert "check that a DHCP server answers" in res.json["msg"]
     assert 0.9 < elapsed < 8, elapsed  # one 1 s exchange at least; gives up before a retry ends past 3 s
     assert "eth0" not in links(ctr) and daemon.status()["leases"] == []  # the ADD was undone
+
+
+def test_failed_add_after_the_lease_releases_it(
+    cni_bin: Path, lan_factory: Callable[..., Lan], daemon_factory: Callable[..., Daemon], namespaces: Namespaces
+) -> None:
+    """The server grants a lease whose classless static route goes via a gateway the
+    container cannot reach: macvlan fails configuring it, after the lease was taken. The ADD
+    is undone: the lease is released at the server, the daemon holds none, the link is gone."""
+    lan = lan_factory(60, "option staticroutes 10.250.0.0/16 10.127.0.1\n")
+    daemon = daemon_factory(lan.host)
+    ctr = namespaces.make("dhctr")
+    res = host_plugin(cni_bin, lan)("macvlan", "ADD", conf(daemon.sock, request=[{"option": "121"}]), netns=ctr)
+    assert res.rc == 1 and "10.250.0.0/16" in res.json["msg"], res.stdout
+    assert "Traceback" not in res.stderr
+    assert lan.count("ACK") == 1  # the lease was granted before the failure
+    leases = lan.leases()
+    assert len(leases) == 1 and all(left == "expired" for _, left in leases.values()), leases
+    assert "eth0" not in links(ctr) and daemon.status()["leases"] == []
 
 
 def test_gc_releases_what_is_not_valid(
@@ -545,6 +573,77 @@ def test_daemon_socket_and_pidfile(
     finally:
         assert again.stop() == 0
     assert not daemon.sock.exists()
+
+
+def test_hostprefix_serves_the_default_socket_under_it(
+    cni_bin: Path, lan: Lan, daemon_factory: Callable[..., Daemon], namespaces: Namespaces, tmp_path: Path
+) -> None:
+    """``-hostprefix``, for a daemon in a container that sees the host's root there: without
+    -socketpath it listens on the reference's default socket, /run/cni/dhcp.sock, under the
+    prefix (the machine's own /run/cni is never touched), and opens CNI_NETNS under the prefix
+    too: here the container's netns is bind-mounted at a path that exists only there."""
+    prefix = tmp_path / "hostroot"
+    ctr = namespaces.make("dhctr")
+    sh("ip", "link", "add", "eth0", "link", "lan0", "type", "macvlan", "mode", "bridge", ns=lan.host)
+    sh("ip", "link", "set", "eth0", "netns", path(ctr), ns=lan.host)
+    netns = f"/containers/{ctr}/net"
+    seen = prefix / netns.lstrip("/")
+    seen.parent.mkdir(parents=True)
+    seen.touch()
+    sh("mount", "--bind", path(ctr), str(seen))
+    try:
+        sock = prefix / "run" / "cni" / "dhcp.sock"
+        daemon = daemon_factory(lan.host, "-hostprefix", str(prefix), listens=sock)
+        assert not os.path.exists(netns)
+        plugin, c = host_plugin(cni_bin, lan), conf(sock)
+        out = plugin("dhcp", "ADD", c, netns=netns).ok()
+        mac, address = mac_of(ctr), out["ips"][0]["address"]
+        held = daemon.lease("ctr1/dhnet/eth0")
+        assert held is not None and held["state"] == "bound" and held["address"] == address
+        assert lan.leases()[mac][0] == address.split("/")[0]
+        plugin("dhcp", "DEL", c, netns=netns).ok()
+        assert lan.leases()[mac][1] == "expired" and daemon.status()["leases"] == []
+    finally:
+        sh("umount", "-l", str(seen), check=False)
+
+
+def test_broadcast_flag(cni_bin: Path, lan: Lan, daemon_factory: Callable[..., Daemon], namespaces: Namespaces) -> None:
+    """``-broadcast`` sets the BOOTP broadcast flag on what the daemon sends (counted by an
+    nftables rule on the server's side); without it the flag is clear."""
+    bootp_flags = "udp dport 67 @ih,80,16"
+    sh(
+        "nft",
+        "-f",
+        "-",
+        ns=lan.server_ns,
+        input="add table inet dhtest\n"
+        "add chain inet dhtest in { type filter hook input priority 0; }\n"
+        f"add rule inet dhtest in {bootp_flags} 0x8000 counter\n"
+        f"add rule inet dhtest in {bootp_flags} 0x0000 counter\n",
+    )
+
+    def counted() -> tuple[int, int]:
+        rules = json.loads(sh("nft", "-j", "list", "chain", "inet", "dhtest", "in", ns=lan.server_ns).stdout)
+        packets = [
+            e["counter"]["packets"]
+            for i in rules["nftables"]
+            if "rule" in i
+            for e in i["rule"]["expr"]
+            if "counter" in e
+        ]
+        return packets[0], packets[1]
+
+    plugin = host_plugin(cni_bin, lan)
+    for flags, ctr_id in ((("-broadcast",), "bcast"), ((), "ucast")):
+        daemon = daemon_factory(lan.host, *flags)
+        ctr = namespaces.make(f"dh{ctr_id}")
+        before = counted()
+        out = plugin("macvlan", "ADD", conf(daemon.sock), netns=ctr, container_id=ctr_id).ok()
+        plugin("macvlan", "DEL", with_prev(conf(daemon.sock), out), netns=ctr, container_id=ctr_id).ok()
+        after = counted()
+        flagged, clear = after[0] - before[0], after[1] - before[1]
+        # DISCOVER and REQUEST (and the RELEASE, which carries no flag)
+        assert (flagged >= 2 and clear <= 1) if flags else (flagged == 0 and clear >= 2), (flags, before, after)
 
 
 # ---------------------------------------------------------------- the reference's binary
