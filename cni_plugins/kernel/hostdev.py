@@ -94,9 +94,10 @@ def sysfs_names(sel: Selector, sysfs: str = SYSFS) -> list[str]:
         return []
 
 
-def find(host: Netlink, sel: Selector, sysfs: str = SYSFS) -> tuple[Link, str]:
+def find(host: Netlink, sel: Selector, sysfs: str = SYSFS, *, pci_key: str = "pciBusID") -> tuple[Link, str]:
     """The host link ``sel`` names, and the name to give it back under: its own, or for a
-    ``device`` the kernel returned from a dead namespace (found by its alias), that device."""
+    ``device`` the kernel returned from a dead namespace (found by its alias), that device.
+    ``pci_key``: the key that named ``sel.pci``, for the error."""
     if sel.device:
         link = host.link(sel.device)
         original = sel.device
@@ -125,7 +126,7 @@ def find(host: Netlink, sel: Selector, sysfs: str = SYSFS) -> tuple[Link, str]:
             f"kernelpath: no network device under {os.path.join(sel.kernelpath, 'net')} in {host.label}",
             "give the sysfs path of the device (e.g. /sys/devices/pci0000:00/0000:00:19.0), not of its net/ entry",
         )
-    which = f"pciBusID {sel.pci!r}" if sel.pci else f"runtimeConfig.deviceID {sel.aux!r}"
+    which = f"{pci_key} {sel.pci!r}" if sel.pci else f"runtimeConfig.deviceID {sel.aux!r}"
     raise InvalidNetworkConfig(
         f"{which}: the device has no network interface in {host.label}",
         "its driver exposes no netdev, or it is lent to a container already",

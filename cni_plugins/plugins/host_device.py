@@ -53,6 +53,7 @@ class HostDeviceConf:
     selector: Selector  # only the one that applies is set
     ipam_type: str
     dns: DNS
+    pci_key: str = "pciBusID"  # the key that named selector.pci, for errors
 
     @classmethod
     def from_json(cls, args: CmdArgs) -> HostDeviceConf:
@@ -81,7 +82,8 @@ class HostDeviceConf:
                 f"no host device named: specify either {SELECTORS}",
                 'e.g. "device": "eth1", or "hwaddr": "02:11:22:33:44:55"',
             )
-        return cls(selector=sel, ipam_type=args.conf.ipam_type, dns=args.conf.dns)
+        pci_key = "runtimeConfig.deviceID" if device_id and sel.pci else "pciBusID"
+        return cls(selector=sel, ipam_type=args.conf.ipam_type, dns=args.conf.dns, pci_key=pci_key)
 
     @classmethod
     def unknown(cls, args: CmdArgs) -> HostDeviceConf:
@@ -146,7 +148,7 @@ def cmd_add(args: CmdArgs) -> Result:
         return Result(ips=ipam.ips, routes=ipam.routes, dns=conf.dns)
     with host_and_container(args.netns) as (host, ctr, host_fd, ctr_fd), contextlib.ExitStack() as undo:
         with step("find the host device"):
-            link, original = hostdev.find(host, conf.selector)
+            link, original = hostdev.find(host, conf.selector, pci_key=conf.pci_key)
         with step(f"move {link.name} into the container as {args.ifname}"):
             lent = hostdev.move_in(host, host_fd, ctr, ctr_fd, link, original, args.ifname)
         undo.callback(

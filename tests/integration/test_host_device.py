@@ -186,6 +186,45 @@ def test_bad_input_changes_nothing(
     assert (state(host_ns), state(container_ns)) == before and reserved(tmp_path) == set()
 
 
+def machine_nic() -> tuple[str, str] | None:
+    """(PCI address, link name) of a PCI network device of this machine (a virtio NIC lists its
+    link under ``virtio<N>/net``), or None."""
+    root = Path("/sys/bus/pci/devices")
+    for dev in sorted(root.iterdir()) if root.is_dir() else []:
+        for net in (dev / "net", *sorted(dev.glob("virtio*/net"))):
+            names = sorted(os.listdir(net)) if net.is_dir() else []
+            if names:
+                return dev.name, names[0]
+    return None
+
+
+@pytest.mark.skipif(machine_nic() is None, reason="this machine has no PCI network device")
+@pytest.mark.parametrize("key", ["pciBusID", "deviceID"])
+def test_pci_selector_on_this_machines_nic(
+    plugin: Runner, host_ns: str, container_ns: str, peer: str, tmp_path: Path, key: str
+) -> None:
+    """``pciBusID`` and the ``deviceID`` capability resolved through the real sysfs: the
+    machine's own NIC is a PCI device (virtio here: its link under ``virtio<N>/net``) bound
+    to a kernel driver, so it is not taken for a DPDK device; the plugin runs in host_ns,
+    whose sysfs lists no link of it (the NIC is the machine's, which tests never move), so
+    ADD refuses with that reason, and nothing changes. The move of a link found in sysfs is
+    shown by ``kernelpath`` above; PCI and virtio layouts by the unit tests."""
+    nic = machine_nic()
+    assert nic is not None
+    pci, name = nic
+    changes: dict[str, Any] = {"pciBusID": pci} if key == "pciBusID" else {"runtimeConfig": {"deviceID": pci}}
+    if key == "deviceID":
+        changes["pciBusID"] = "0000:99:00.0"  # the capability wins over the config
+    before = state(host_ns), state(container_ns)
+    bad = plugin("host-device", "ADD", {**conf(tmp_path, device=None), **changes}, netns=container_ns)
+    which = "pciBusID" if key == "pciBusID" else "runtimeConfig.deviceID"
+    assert bad.rc == 1 and bad.json["code"] == 7, bad.stdout
+    assert f"{which} {pci!r}: the device has no network interface in" in bad.json["msg"], bad.json
+    assert "Traceback" not in bad.stderr and "DPDK" not in bad.stderr
+    assert (state(host_ns), state(container_ns)) == before and reserved(tmp_path) == set()
+    assert name in {p.name for p in Path("/sys/class/net").iterdir()}  # still the machine's
+
+
 def test_existing_container_name_is_refused_and_kept(
     plugin: Runner, host_ns: str, container_ns: str, peer: str, tmp_path: Path
 ) -> None:
