@@ -271,6 +271,22 @@ def test_del_when_netns_or_interface_is_gone_or_input_unreadable(
     assert not [r for r in rules(ctr) if "lookup 100" in r]
 
 
+def test_status_and_gc_answer_and_change_nothing(
+    plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path
+) -> None:
+    """sbr owns no state outside the container's namespace, which DEL clears: at 1.1.0 STATUS
+    and GC succeed, as the reference's skel answers them, and leave the rules and tables."""
+    prev = two_interfaces(plugin, container_ns, tmp_path, "1.1.0", v6=False)
+    c = conf(prev, "1.1.0")
+    plugin("sbr", "ADD", c, netns=container_ns, ifname="net1").ok()
+    before = kernel_state(container_ns)
+    plugin("sbr", "STATUS", conf(None, "1.1.0")).ok()
+    plugin("sbr", "GC", {**conf(None, "1.1.0"), "cni.dev/valid-attachments": []}).ok()
+    assert kernel_state(container_ns) == before
+    old = plugin("sbr", "STATUS", conf(None, "1.0.0"))
+    assert old.rc == 1 and old.json["code"] == 1 and "1.1.0" in old.json["details"], old.stdout
+
+
 def test_waits_for_the_namespace_lock(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
     """The lock is an flock on the netns file (the reference's): an ADD waits while it is held."""
     prev = two_interfaces(plugin, container_ns, tmp_path, v6=False)
