@@ -144,14 +144,22 @@ class Daemon:
     """A DHCP daemon run in ``ns``: ours (``cni-plugins dhcp daemon``) or the reference's."""
 
     def __init__(
-        self, ours: bool, ns: str, sock: Path, *flags: str, socketpath: bool = True, log_file: Path | None = None
+        self,
+        ours: bool,
+        ns: str,
+        sock: Path,
+        *flags: str,
+        socketpath: bool = True,
+        log_file: Path | None = None,
+        command: list[str] | None = None,
     ) -> None:
-        """``socketpath=False``: no -socketpath flag (``sock`` is where the daemon listens then)."""
+        """``socketpath=False``: no -socketpath flag (``sock`` is where the daemon listens then);
+        ``command``: how ours is started (default ``cni-plugins dhcp daemon``)."""
         self.sock, self.pidfile, self.log = sock, sock.with_suffix(".pid"), log_file or sock.with_suffix(".log")
         self.ours = ours
         self.clean_exit = True  # ours, stopped by SIGTERM: exits 0, its socket and pidfile removed
         where = ["-socketpath", str(sock)] if socketpath else []
-        argv = [*(OURS if ours else [str(REFERENCE / "dhcp"), "daemon"]), *where, *flags]
+        argv = [*((command or OURS) if ours else [str(REFERENCE / "dhcp"), "daemon"]), *where, *flags]
         if self.ours:
             argv += ["-pidfile", str(self.pidfile)]
         with open(self.log, "ab") as log:
@@ -205,10 +213,13 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     ours must then have removed its socket and pidfile."""
     started: list[Daemon] = []
 
-    def start(ns: str, *flags: str, ours: bool = True, listens: Path | None = None) -> Daemon:
+    def start(
+        ns: str, *flags: str, ours: bool = True, listens: Path | None = None, command: list[str] | None = None
+    ) -> Daemon:
         own = tmp_path / f"dhcp{len(started)}.sock"
+        log_file = own.with_suffix(".log")
         started.append(
-            Daemon(ours, ns, listens or own, *flags, socketpath=listens is None, log_file=own.with_suffix(".log"))
+            Daemon(ours, ns, listens or own, *flags, socketpath=listens is None, log_file=log_file, command=command)
         )
         return started[-1]
 
@@ -573,6 +584,21 @@ def test_daemon_socket_and_pidfile(
     finally:
         assert again.stop() == 0
     assert not daemon.sock.exists()
+
+
+def test_started_as_the_reference_is(
+    launcher_bin: Path, lan: Lan, daemon_factory: Callable[..., Daemon], namespaces: Namespaces
+) -> None:
+    """``<CNI bin dir>/dhcp daemon``, as units and scripts written for the reference start it,
+    through either launcher: our daemon serves, and stops cleanly on SIGTERM."""
+    daemon = daemon_factory(lan.host, command=[str(launcher_bin / "dhcp"), "daemon"])
+    assert daemon.status()["pid"] == daemon.pid and daemon.pidfile.read_text() == str(daemon.pid)  # exec'd, no fork
+    ctr = namespaces.make("dhctr")
+    plugin = host_plugin(launcher_bin, lan)
+    out = plugin("macvlan", "ADD", conf(daemon.sock), netns=ctr).ok()
+    assert daemon.lease("ctr1/dhnet/eth0") is not None
+    plugin("macvlan", "DEL", with_prev(conf(daemon.sock), out), netns=ctr).ok()
+    assert daemon.status()["leases"] == []
 
 
 def test_hostprefix_serves_the_default_socket_under_it(
