@@ -149,6 +149,24 @@ def test_options_as_the_reference_sets_them(
     plugin("tap", "CHECK", with_prev(c, out), netns=container_ns).ok()
 
 
+def test_mac_from_each_source_the_reference_reads(plugin: Runner, namespaces: Namespaces, tmp_path: Path) -> None:
+    """``mac``, then CNI_ARGS ``MAC``, then ``runtimeConfig.mac`` (the ``mac`` capability): the
+    later one wins, on the tap and in the result."""
+    sources: list[tuple[dict[str, Any], str, str]] = [
+        ({"mac": "02:00:00:00:01:01"}, "", "02:00:00:00:01:01"),
+        ({"mac": "02:00:00:00:01:01"}, "MAC=02:00:00:00:01:02", "02:00:00:00:01:02"),
+        (
+            {"mac": "02:00:00:00:01:01", "runtimeConfig": {"mac": "02:00:00:00:01:03"}},
+            "MAC=02:00:00:00:01:02",
+            "02:00:00:00:01:03",
+        ),
+    ]
+    for i, (opts, cni_args, want) in enumerate(sources):
+        ctr = namespaces.make(f"mac{i}")
+        out = plugin("tap", "ADD", conf(tmp_path, ipam=False, **opts), netns=ctr, cni_args=cni_args).ok()
+        assert tun_info(ctr)["mac"] == out["interfaces"][0]["mac"] == want
+
+
 def test_the_owner_attaches_from_the_container_and_others_cannot(
     plugin: Runner, container_ns: str, tmp_path: Path
 ) -> None:
