@@ -200,6 +200,23 @@ def test_runtime_capability_and_the_configs_precedence(
     assert bad.rc == 1 and "Rate does not match" in bad.json["msg"] and "1000000 != 500000" in bad.json["msg"]
 
 
+def test_runtime_capability_with_subnets(plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path) -> None:
+    """The capability carries the subnet lists too (the reference's BandwidthEntry): with
+    ``unshapedSubnets`` from the runtime, those subnets go to the uncapped class on both devices."""
+    prev = attach(plugin, container_ns, tmp_path)
+    veth = host_veth(prev)
+    runtime = {"bandwidth": {**LIMITS, "unshapedSubnets": ["10.1.0.0/16"]}}
+    c = conf(prev, runtimeConfig=runtime)
+    plugin("bandwidth", "ADD", c, netns=container_ns).ok()
+    for dev in (veth, IFB):
+        assert "default 0x30 " in tc(host_ns, "qdisc", "show", "dev", dev)
+        shown = tc(host_ns, "filter", "show", "dev", dev)
+        assert "*flowid 1:1 " in shown and "match 0a010000/ffff0000" in shown, shown
+    plugin("bandwidth", "CHECK", c, netns=container_ns).ok()
+    plugin("bandwidth", "DEL", c, netns=container_ns).ok()
+    assert state(host_ns, veth) == ([], [])
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_no_limit_passes_prev_result_through(
     plugin: Runner, host_ns: str, container_ns: str, tmp_path: Path, version: str
