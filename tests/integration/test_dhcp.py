@@ -765,6 +765,8 @@ def test_systemd_units(tmp_path: Path) -> None:
     )
     assert "systemctl enable --now cni-dhcp.socket cni-dhcp.service" in out.stderr
     socket_unit, service = unit_dir / "cni-dhcp.socket", unit_dir / "cni-dhcp.service"
+    helper_units = {"cni-py-helper.socket", "cni-py-helper.service"}
+    assert {p.name for p in unit_dir.iterdir()} == {socket_unit.name, service.name, *helper_units}
     verify = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(socket_unit), str(service)],
         capture_output=True,
