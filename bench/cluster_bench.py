@@ -9,14 +9,16 @@ on stdin), pods attached by cnitool through the conflist the node agent wrote.
 1. IPAM: ``--runs`` ADDs one after another on node n1, then as many DELs, for cluster-ipam
    (reservations in etcd, one CAS transaction per address) and host-local (a file per
    address on the node), each through the warm helper (the default install) and without
-   one, and the reference host-local when it is installed. Then the concurrent case of the
+   one, and the reference host-local when it is installed; the plugins take turns, call by
+   call. Then the concurrent case of the
    tests: 3 nodes x 4 runtimes adding ``--flood`` containers each, all at once.
-2. Network, per mode, on a fresh bed: two pods on n1, one on n2, the agents running.
-   Round trip: ``ping -c --pings -i 0.005`` (avg, max); throughput: ``iperf3 -t
-   --seconds`` (TCP, one stream, the receiver's rate and the sender's retransmits). Pod to
-   pod on one node, pod to pod across nodes, and node to node on the underlay (the floor).
+2. Network, per mode, each on a bed of its own (both stand at once): two pods on n1, one
+   on n2, the agents running. Round trip: ``ping -c --pings -i 0.005`` (avg, max);
+   throughput: ``iperf3 -t --seconds`` (TCP, one stream, the receiver's rate and the
+   sender's retransmits). Pod to pod on one node, pod to pod across nodes, and node to node
+   on the underlay (the floor); every path of both modes in turn, ``--rounds`` times.
 
-    sudo .venv/bin/python bench/cluster_bench.py [--runs 100] [--flood 25] [--pings 200] [--seconds 5]
+    sudo .venv/bin/python bench/cluster_bench.py [--runs 100] [--flood 25] [--pings 200] [--seconds 5] [--rounds 2]
 
 Prints a table and writes bench/out/cluster_bench-<UTC time>.json (the load average is in
 it: on a shared machine, compare numbers from the same run).
@@ -95,28 +97,52 @@ def summary(times: list[float]) -> dict[str, float]:
 def bench_ipam(bed: Bed, plugins: dict[str, str], runs: int, flood: int, work: Path) -> list[dict[str, Any]]:
     n1 = bed.nodes[0]
     rows: list[dict[str, Any]] = []
+    confs = {label: ipam_conf(kind_of(label), n1, work / f"data-{i}") for i, label in enumerate(plugins)}
     for label, binary in plugins.items():
-        kind = "cluster-ipam" if "cluster-ipam" in label else "host-local"
-        conf = ipam_conf(kind, n1, work / f"data-{len(rows)}")
         for i in range(3):  # warm-up: the helper started, the first connection to etcd made
-            exec_in(n1, binary, "ADD", conf, f"warm{i}")
-            exec_in(n1, binary, "DEL", conf, f"warm{i}")
-        adds = [exec_in(n1, binary, "ADD", conf, f"seq{i}") for i in range(runs)]
-        dels = [exec_in(n1, binary, "DEL", conf, f"seq{i}") for i in range(runs)]
-        rows.append({"plugin": label, "case": "one after another", "add": summary(adds), "delete": summary(dels)})
+            exec_in(n1, binary, "ADD", confs[label], f"warm{i}")
+            exec_in(n1, binary, "DEL", confs[label], f"warm{i}")
+    # Interleaved, one call of each plugin in turn: a machine that slows down or speeds up
+    # meanwhile (others' work on a shared machine) weighs on every plugin alike.
+    adds: dict[str, list[float]] = {label: [] for label in plugins}
+    dels: dict[str, list[float]] = {label: [] for label in plugins}
+    for i in range(runs):
+        for label, binary in plugins.items():
+            adds[label].append(exec_in(n1, binary, "ADD", confs[label], f"seq{i}"))
+    for i in range(runs):
+        for label, binary in plugins.items():
+            dels[label].append(exec_in(n1, binary, "DEL", confs[label], f"seq{i}"))
+    for label in plugins:
+        rows.append(
+            {"plugin": label, "case": "one after another", "add": summary(adds[label]), "delete": summary(dels[label])}
+        )
         print(f"  {label}: ADD {rows[-1]['add']['median_ms']:.1f} ms, DEL {rows[-1]['delete']['median_ms']:.1f} ms")
-    for label, binary in plugins.items():
-        if "no helper" in label or label.startswith("reference"):
-            continue  # the concurrent case as installed by default
-        rows.append(concurrent_adds(bed, label, binary, flood, work))
-        row = rows[-1]
+    flooded = [label for label in plugins if "no helper" not in label and not label.startswith("reference")]
+    runs_of: dict[str, list[dict[str, Any]]] = {label: [] for label in flooded}
+    for turn, order in enumerate((flooded, flooded[::-1])):  # A B, then B A: drift weighs on both alike
+        for label in order:
+            runs_of[label].append(concurrent_adds(bed, label, plugins[label], flood, work, turn))
+    for label in flooded:
+        both = runs_of[label]
+        row = {
+            "plugin": label,
+            "case": both[0]["case"] + ", twice",
+            "add": summary(both[0]["times"] + both[1]["times"]),
+            "adds_per_s": statistics.mean(r["adds_per_s"] for r in both),
+            "turns": [{k: v for k, v in r.items() if k != "times"} for r in both],
+        }
+        rows.append(row)
         print(f"  {label}, concurrent: ADD median {row['add']['median_ms']:.1f} ms, {row['adds_per_s']:.1f} ADD/s")
     return rows
 
 
-def concurrent_adds(bed: Bed, label: str, binary: str, flood: int, work: Path) -> dict[str, Any]:
+def kind_of(label: str) -> str:
+    return "cluster-ipam" if label.startswith("cluster-ipam") else "host-local"
+
+
+def concurrent_adds(bed: Bed, label: str, binary: str, flood: int, work: Path, turn: int) -> dict[str, Any]:
     """Every node's 4 runtimes adding ``flood`` containers each, all at once (the tests' flood)."""
-    kind = "cluster-ipam" if "cluster-ipam" in label else "host-local"
+    kind = kind_of(label)
     data = work / f"flood-{label.replace('/', '-')}"
     adds: list[float] = []
     lock = threading.Lock()
@@ -140,13 +166,14 @@ def concurrent_adds(bed: Bed, label: str, binary: str, flood: int, work: Path) -
         raise SystemExit(f"{label}: {len(adds)} of {expected} concurrent ADDs succeeded")
     if kind == "cluster-ipam":
         held = bed.etcd_keys(f"/bench/ipam/{NETWORK}/ips/")
-        if len(held) != expected:  # every ADD from the flood, plus nothing left by the sequential runs
-            raise SystemExit(f"{label}: {expected} ADDs but {len(held)} reservations in etcd")
+        if len(held) != expected * (turn + 1):  # every flood's ADDs; nothing left by the sequential runs
+            raise SystemExit(f"{label}: {expected * (turn + 1)} ADDs but {len(held)} reservations in etcd")
     return {
         "plugin": label,
         "case": f"{len(bed.nodes)} nodes x 4 runtimes x {flood} ADDs at once",
         "add": summary(adds),
         "adds_per_s": expected / wall,
+        "times": adds,
     }
 
 
@@ -186,7 +213,11 @@ def tcp(server_ns: str, server_ip: str, client_ns: str, seconds: float) -> dict[
         server.wait()
 
 
-def bench_network(bed: Bed, mode: str, pings: int, seconds: float) -> list[dict[str, Any]]:
+Path_ = tuple[str, str, str, str]  # label, source namespace, destination namespace, destination address
+
+
+def setup_network(bed: Bed, mode: str) -> list[Path_]:
+    """The network in ``mode``, agents on n1 and n2, pods a and b on n1 and c on n2; the paths to measure."""
     bed.init_network(mode)
     n1, n2 = bed.nodes[0], bed.nodes[1]
     for node in (n1, n2):
@@ -200,22 +231,33 @@ def bench_network(bed: Bed, mode: str, pings: int, seconds: float) -> list[dict[
     else:
         raise SystemExit(f"{mode}: n1 has no route to n2's subnet: {sh('ip', 'route', ns=n1.ns).stdout}")
     a, b, c = n1.pod("a"), n1.pod("b"), n2.pod("c")
-    paths = [("same node", a[0], b), ("across nodes", a[0], c), ("node to node (underlay)", n1.ns, (n2.ns, n2.ip))]
+    return [
+        ("same node", a[0], b[0], b[1]),
+        ("across nodes", a[0], c[0], c[1]),
+        ("node to node (underlay)", n1.ns, n2.ns, n2.ip),
+    ]
+
+
+def bench_network(beds: dict[str, Bed], rounds: int, pings: int, seconds: float) -> list[dict[str, Any]]:
+    """Every path of every mode in turn, ``rounds`` times: the modes' beds stand side by side,
+    so a machine that drifts weighs on both alike."""
+    paths = {mode: setup_network(bed, mode) for mode, bed in beds.items()}
     rows: list[dict[str, Any]] = []
-    for label, src_ns, (dst_ns, dst_ip) in paths:
-        row: dict[str, Any] = {
-            "mode": mode,
-            "path": label,
-            "rtt": rtt(src_ns, dst_ip, pings),
-            "tcp": tcp(dst_ns, dst_ip, src_ns, seconds),
-        }
-        rows.append(row)
-        print(
-            f"  {mode} {label}: RTT avg {row['rtt']['avg_ms']:.3f} ms, TCP {row['tcp']['gbit_s']:.2f} Gbit/s "
-            f"({row['tcp']['retransmits']:.0f} retransmits)"
-        )
-    for node, (ns, _) in ((n1, a), (n1, b), (n2, c)):
-        node.cnitool("del", ns)
+    for turn in range(rounds):
+        for mode, measured in paths.items():
+            for label, src_ns, dst_ns, dst_ip in measured:
+                row: dict[str, Any] = {
+                    "round": turn + 1,
+                    "mode": mode,
+                    "path": label,
+                    "rtt": rtt(src_ns, dst_ip, pings),
+                    "tcp": tcp(dst_ns, dst_ip, src_ns, seconds),
+                }
+                rows.append(row)
+                print(
+                    f"  round {turn + 1} {mode} {label}: RTT avg {row['rtt']['avg_ms']:.3f} ms, "
+                    f"TCP {row['tcp']['gbit_s']:.2f} Gbit/s ({row['tcp']['retransmits']:.0f} retransmits)"
+                )
     return rows
 
 
@@ -241,10 +283,11 @@ def table(result: dict[str, Any]) -> str:
             f"  {row['plugin']:<26} {row['case']:<40} ADD {row['add']['median_ms']:.1f} / {row['add']['p90_ms']:.1f}"
             f"{d}{rate}"
         )
-    lines.append("Network, pod to pod (RTT avg / max in ms; TCP Gbit/s, one iperf3 stream, retransmits):")
+    lines.append("Network, per round (RTT avg / max in ms; TCP Gbit/s, one iperf3 stream, retransmits):")
     for row in result["network"]:
         lines.append(
-            f"  {row['mode']:<7} {row['path']:<24} RTT {row['rtt']['avg_ms']:.3f} / {row['rtt']['max_ms']:.3f}  "
+            f"  {row['round']} {row['mode']:<7} {row['path']:<24} "
+            f"RTT {row['rtt']['avg_ms']:.3f} / {row['rtt']['max_ms']:.3f}  "
             f"TCP {row['tcp']['gbit_s']:.2f} ({row['tcp']['retransmits']:.0f})"
         )
     lines.append(f"load average at start / end: {result['load_start']} / {result['load_end']}")
@@ -257,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood", type=int, default=25, help="ADDs per runtime in the concurrent case (12 runtimes)")
     parser.add_argument("--pings", type=int, default=200, help="pings per round-trip measure")
     parser.add_argument("--seconds", type=float, default=5, help="seconds per iperf3 run")
+    parser.add_argument("--rounds", type=int, default=2, help="times every network path is measured")
     parser.add_argument("--skip-network", action="store_true", help="IPAM only")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"), help="where the JSON goes")
     args = parser.parse_args(argv)
@@ -299,10 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         result["network"] = []
         if not args.skip_network:
             print("network")
-            for mode in ("routed", "vxlan"):
-                beds.append(new_bed(namespaces, work / mode, bins["warm"], 2))
-                result["network"] += bench_network(beds[-1], mode, args.pings, args.seconds)
-                beds[-1].close()
+            by_mode = {mode: new_bed(namespaces, work / mode, bins["warm"], 2) for mode in ("routed", "vxlan")}
+            beds += by_mode.values()
+            result["network"] = bench_network(by_mode, args.rounds, args.pings, args.seconds)
         result["load_end"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         for bed in beds:
