@@ -1,7 +1,7 @@
 """The spec's (and libcni's) rules for names: container IDs and network names
 (``ValidateContainerID``, ``ValidateNetworkName``: letters, digits, ``_``, ``.``, ``-``,
 starting with a letter or digit) and interface names (at most 15 bytes, Linux's
-IFNAMSIZ - 1; no ``/``, ``:`` or white space; not ``.`` or ``..``)."""
+IFNAMSIZ - 1; no ``/``, ``:``, white space or NUL; not ``.`` or ``..``)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def interface_name_problem(name: str) -> str:
         return f"interface name is too long ({len(name)} > {IFNAME_MAX} characters)"
     if name in (".", ".."):
         return "interface name is . or .."
+    if "\x00" in name:  # the kernel would cut the name there, and os paths refuse it
+        return "interface name contains a NUL character"
     if any(c in name for c in "/:") or any(c.isspace() for c in name):
         return "interface name contains / or : or whitespace characters"
     return ""
