@@ -53,13 +53,13 @@ NETWORK = "bench"
 # ---------------------------------------------------------------- IPAM
 
 
-def ipam_conf(kind: str, node: Node, data_dir: Path) -> bytes:
+def ipam_conf(kind: str, node: Node, data_dir: Path, network: str = NETWORK) -> bytes:
     ipam: dict[str, Any] = {"type": kind, "ranges": [[{"subnet": "10.77.0.0/16"}]]}
     if kind == "cluster-ipam":
         ipam.update(etcd={"endpoints": [ETCD_URL], "prefix": "/bench", "timeout": 5}, nodeName=node.name)
     else:
         ipam["dataDir"] = str(data_dir / node.name)
-    return json.dumps({"cniVersion": "1.0.0", "name": NETWORK, "type": "macvlan", "ipam": ipam}).encode()
+    return json.dumps({"cniVersion": "1.0.0", "name": network, "type": "macvlan", "ipam": ipam}).encode()
 
 
 def exec_in(node: Node, binary: str, command: str, conf: bytes, cid: str) -> float:
@@ -97,7 +97,9 @@ def summary(times: list[float]) -> dict[str, float]:
 def bench_ipam(bed: Bed, plugins: dict[str, str], runs: int, flood: int, work: Path) -> list[dict[str, Any]]:
     n1 = bed.nodes[0]
     rows: list[dict[str, Any]] = []
-    confs = {label: ipam_conf(kind_of(label), n1, work / f"data-{i}") for i, label in enumerate(plugins)}
+    confs = {  # a network each: the sequential calls of two plugins never meet in etcd
+        label: ipam_conf(kind_of(label), n1, work / f"data-{i}", f"{NETWORK}{i}") for i, label in enumerate(plugins)
+    }
     for label, binary in plugins.items():
         for i in range(3):  # warm-up: the helper started, the first connection to etcd made
             exec_in(n1, binary, "ADD", confs[label], f"warm{i}")
@@ -147,10 +149,16 @@ def concurrent_adds(bed: Bed, label: str, binary: str, flood: int, work: Path, t
     adds: list[float] = []
     lock = threading.Lock()
 
+    errors: list[str] = []
+
     def runtime(node: Node, r: int) -> None:
         conf = ipam_conf(kind, node, data)
         for i in range(flood):
-            took = exec_in(node, binary, "ADD", conf, f"{node.name}r{r}c{i}")
+            try:
+                took = exec_in(node, binary, "ADD", conf, f"{node.name}r{r}c{i}t{turn}")
+            except SystemExit as exc:
+                errors.append(str(exc))
+                return
             with lock:
                 adds.append(took)
 
@@ -163,7 +171,7 @@ def concurrent_adds(bed: Bed, label: str, binary: str, flood: int, work: Path, t
     wall = time.monotonic() - start
     expected = len(bed.nodes) * 4 * flood
     if len(adds) != expected:
-        raise SystemExit(f"{label}: {len(adds)} of {expected} concurrent ADDs succeeded")
+        raise SystemExit(f"{label}: {len(adds)} of {expected} concurrent ADDs succeeded: {errors[:3]}")
     if kind == "cluster-ipam":
         held = bed.etcd_keys(f"/bench/ipam/{NETWORK}/ips/")
         if len(held) != expected * (turn + 1):  # every flood's ADDs; nothing left by the sequential runs
@@ -280,7 +288,7 @@ def table(result: dict[str, Any]) -> str:
         d = f" / DEL {row['delete']['median_ms']:.1f} / {row['delete']['p90_ms']:.1f}" if "delete" in row else ""
         rate = f", {row['adds_per_s']:.1f} ADD/s" if "adds_per_s" in row else ""
         lines.append(
-            f"  {row['plugin']:<26} {row['case']:<40} ADD {row['add']['median_ms']:.1f} / {row['add']['p90_ms']:.1f}"
+            f"  {row['plugin']:<26} {row['case']:<46} ADD {row['add']['median_ms']:.1f} / {row['add']['p90_ms']:.1f}"
             f"{d}{rate}"
         )
     lines.append("Network, per round (RTT avg / max in ms; TCP Gbit/s, one iperf3 stream, retransmits):")
