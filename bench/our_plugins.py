@@ -12,9 +12,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def install(target: Path | str, *types: str, helper: str = "off", helper_socket: str = "") -> None:
-    """``cni-plugins install`` of this checkout into ``target`` (all types when none given)."""
+def install(
+    target: Path | str,
+    *types: str,
+    helper: str = "off",
+    helper_socket: str = "",
+    launcher: str = "",
+    extra: tuple[str, ...] = (),
+) -> None:
+    """``cni-plugins install`` of this checkout into ``target`` (all types when none given);
+    ``launcher`` is ``--launcher`` (native, python; default: the installer's), ``extra`` more
+    options (``--systemd --unit-dir DIR``)."""
     args = ["--helper", helper] + (["--helper-socket", helper_socket] if helper_socket else [])
+    args += (["--launcher", launcher] if launcher else []) + list(extra)
     subprocess.run(
         [sys.executable, "-m", "cni_plugins.install", "install", "--dir", str(target), *args, *types],
         check=True,
