@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -148,6 +149,11 @@ def plugin_network(kind: str, data_dir: str) -> tuple[str, dict[str, Any]]:
 class Call:
     seconds: float
     maxrss_kb: int
+    inner: float = 0.0  # with Runtime.debug: the plugin's own time in skel.run, as ours logs it
+
+
+# skel.run's closing line with CNI_PY_DEBUG=1: "<verb> <container id> <ifname>: <ms> ms"
+SKEL_TIME = re.compile(rb"(?:ADD|DEL|CHECK) \S* \S*: ([0-9.]+) ms$", re.M)
 
 
 @dataclass
@@ -159,6 +165,7 @@ class Runtime:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # the runtime's result cache
     measure_rss: bool = False
     ifname: str = "eth0"
+    debug: bool = False  # ours with CNI_PY_DEBUG=1: the plugin's own time from its log (Call.inner)
 
     def _exec(
         self,
@@ -185,6 +192,7 @@ class Runtime:
             "CNI_PATH": self.bin_dir,
             "PATH": PATH_ENV,
             **PLUGIN_ENV,
+            **({"CNI_PY_DEBUG": "1"} if self.debug else {}),
         }
         start = time.perf_counter()
         argv = [os.path.join(self.bin_dir, plugin["type"])]
@@ -203,7 +211,11 @@ class Runtime:
                 f"{self.bin_dir}/{plugin['type']} {command} {cid}: exit {code}: "
                 f"{out.decode(errors='replace')} {err.decode(errors='replace')[-2000:]}"
             )
-        return out, Call(elapsed, maxrss)
+        inner = 0.0
+        if self.debug:
+            times = SKEL_TIME.findall(err)
+            inner = float(times[-1]) / 1000 if times else float("nan")
+        return out, Call(elapsed, maxrss, inner)
 
     def version(self, plugin_type: str) -> float:
         """One VERSION call (the launcher's start and exit: it never reaches a worker)."""
@@ -316,7 +328,7 @@ class KernelRuntime:
 def make_runtime(impl: Impl, conflist: dict[str, Any], ifname: str = "eth0") -> Runtime | KernelRuntime:
     if impl.kind == "kernel":
         return KernelRuntime(conflist, disable_ipv6=impl.disable_ipv6)
-    return Runtime(impl.bin_dir, conflist, ifname=ifname)
+    return Runtime(impl.bin_dir, conflist, ifname=ifname, debug=impl.kind == "debug")
 
 
 def spawn(argv: list[str], stdin: bytes, env: dict[str, str]) -> tuple[int, bytes, bytes]:
@@ -545,7 +557,7 @@ def scenario_sequential(
             with netns.entered(impl.host_ns):
                 total, calls = runtimes[impl.name].add(f"{label}-{i:05d}", ctrs[impl.name][i], ports_for(i))
             out[impl.name]["add"].append(total)
-            out[impl.name]["add_calls"].append({p: (c.seconds, c.maxrss_kb) for p, c in calls.items()})
+            out[impl.name]["add_calls"].append({p: (c.seconds, c.maxrss_kb, c.inner) for p, c in calls.items()})
         if progress and (i + 1) % max(1, n // 10) == 0:
             print(f"  {progress}: {i + 1}/{n} ADDs", flush=True)
     if probes:
@@ -559,7 +571,7 @@ def scenario_sequential(
                 with netns.entered(impl.host_ns):
                     total, calls = runtimes[impl.name].delete(f"{label}-{i:05d}", ctrs[impl.name][i], ports_for(i))
                 out[impl.name]["del"].append(total)
-                out[impl.name]["del_calls"].append({p: (c.seconds, c.maxrss_kb) for p, c in calls.items()})
+                out[impl.name]["del_calls"].append({p: (c.seconds, c.maxrss_kb, c.inner) for p, c in calls.items()})
     for impl in impls:
         nss.drop(ctrs[impl.name])
         nss.drop([impl.host_ns])
@@ -1103,8 +1115,10 @@ def build_rows(res: dict[str, Any], ours: str, ref: str) -> list[Row]:
 
 def plugin_table(res: dict[str, Any], names: list[str]) -> tuple[str, list[dict[str, Any]]]:
     """Per plugin and verb, median ms of each implementation (``names``: reference, ours,
-    ours with the Python launcher), over the ``plugins`` scenario's containers."""
-    ref, native, python = names
+    ours with the Python launcher, and with ``--breakdown`` ours with CNI_PY_DEBUG=1, whose
+    log gives the plugin's own time in the worker), over the ``plugins`` scenario's containers."""
+    ref, native, python = names[:3]
+    debug = names[3] if len(names) > 3 else ""
     data: list[dict[str, Any]] = []
     p = res["plugins"]
     for kind in PLUGIN_NETWORKS:
@@ -1116,27 +1130,49 @@ def plugin_table(res: dict[str, Any], names: list[str]) -> tuple[str, list[dict[
             if label != "host-local" and plugin in ("bridge", "ptp", "macvlan"):
                 label += " (+ host-local)"
             for verb, key in (("ADD", "add_calls"), ("DEL", "del_calls")):
-                meds = {name: med([c[plugin][0] for c in net[name][key]]) for name in names}
-                data.append({"plugin": label, "verb": verb, "n": len(net[ref][key]), **meds})
+                row: dict[str, Any] = {"plugin": label, "verb": verb, "n": len(net[ref][key])}
+                row.update({name: med([c[plugin][0] for c in net[name][key]]) for name in names})
+                if debug:
+                    calls = [c[plugin] for c in net[debug][key]]
+                    row["in plugin"] = med([c[2] for c in calls])
+                    row["outside"] = med([c[0] - c[2] for c in calls])
+                data.append(row)
         first = plugin_network(kind, "")[1]["plugins"][0]["type"]
         if net[ref].get("version") and kind != "ptp-ipMasq":
-            meds = {name: med(net[name]["version"]) for name in names}
-            data.append({"plugin": first, "verb": "VERSION", "n": len(net[ref]["version"]), **meds})
+            row = {"plugin": first, "verb": "VERSION", "n": len(net[ref]["version"])}
+            row.update({name: med(net[name]["version"]) for name in names})
+            data.append(row)
+    extra = f" {'in plugin':>9} | {'outside':>7} |" if debug else ""
     lines = [
         "",
         "Per plugin, per call (medians, ms; ours = native launcher, the default install; "
-        "python = `--launcher python`; met: ours <= 1.0x the reference)",
+        "python = `--launcher python`; met: ours <= 1.0x the reference"
+        + (
+            "; in plugin / outside: ours with CNI_PY_DEBUG=1, skel.run's own time in the worker "
+            "and the rest (launcher, hand-over, worker set-up)"
+            if debug
+            else ""
+        )
+        + ")",
         "",
         f"| {'plugin':<26} | {'verb':<7} | {'ours':>7} | {'python':>7} | {'ref':>7} | "
-        f"{'ours/ref':>8} | {'py/ref':>7} | met |",
-        f"|{'-' * 28}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 10}|{'-' * 9}|-----|",
+        f"{'ours/ref':>8} | {'py/ref':>7} | met |" + extra,
+        f"|{'-' * 28}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 10}|{'-' * 9}|-----|"
+        + (f"{'-' * 11}|{'-' * 9}|" if debug else ""),
     ]
     for d in data:
         r = d[ref] or float("nan")
         met = "yes" if d[native] <= r else "NO"
+        tail = ""
+        if debug:
+            tail = (
+                f" {d['in plugin'] * 1000:9.1f} | {d['outside'] * 1000:7.1f} |"
+                if "in plugin" in d
+                else f" {'':9} | {'':7} |"
+            )
         lines.append(
             f"| {d['plugin']:<26} | {d['verb']:<7} | {d[native] * 1000:7.1f} | {d[python] * 1000:7.1f} | "
-            f"{d[ref] * 1000:7.1f} | {d[native] / r:7.2f}x | {d[python] / r:6.2f}x | {met:<3} |"
+            f"{d[ref] * 1000:7.1f} | {d[native] / r:7.2f}x | {d[python] / r:6.2f}x | {met:<3} |" + tail
         )
     text = "\n".join(lines)
     print(text)
@@ -1266,6 +1302,11 @@ def main(argv: list[str] | None = None) -> int:
         "--memory-calls", type=int, help="calls through the helper while its PSS is sampled (10000; quick 1000)"
     )
     parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="per-plugin scenario: ours also with CNI_PY_DEBUG=1, for the plugin's own time in the worker",
+    )
+    parser.add_argument(
         "--idle-wait",
         type=float,
         default=35.0,
@@ -1327,6 +1368,7 @@ def main(argv: list[str] | None = None) -> int:
         ref = Impl("reference", opts.reference)
         ours = Impl("ours", str(work / "warm"))
         python = Impl("ours, Python launcher", str(work / "python"))
+        debug = Impl("ours, CNI_PY_DEBUG=1", str(work / "warm"), kind="debug")
         cold = Impl("ours, no helper", str(work / "cold"))
         idle = Impl("ours, helper not running yet", str(work / "idle"))
         impls = [ref, ours]
@@ -1348,6 +1390,7 @@ def main(argv: list[str] | None = None) -> int:
             "idle_wait_s": opts.idle_wait,
         }
         res: dict[str, Any] = {"meta": meta}
+        phase_start: dict[str, float] = {}
         print(
             f"reference: {meta['reference']}; ours: {ROOT} ({meta['commit']}), {meta['launcher']} launcher, warm "
             f"helper on a private socket; kernel {meta['kernel']}, {meta['cpus']} CPUs; "
@@ -1356,6 +1399,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         scenario_sequential(impls + [python], nss, work, "warm", impl_chain, 3)  # warm-up, not counted
         if "first" in only:
+            phase_start["first"] = time.monotonic()
             print(f"first container on an empty host: {counts['first']} trials ...", flush=True)
             firsts = [ref, ours, cold, idle]
             before: dict[str, Callable[[], object]] = {idle.name: lambda: stop_helper(None, idle_sock)}
@@ -1381,15 +1425,20 @@ def main(argv: list[str] | None = None) -> int:
                 print("  systemd-socket-activate not found: no systemd rows", flush=True)
             res["first"] = scenario_first(firsts, nss, work, counts["first"], before=before, after=after)
         if "chain" in only:
+            phase_start["chain"] = time.monotonic()
             print(f"chain: {counts['chain']} containers ...", flush=True)
             res["chain"] = scenario_sequential(impls, nss, work, "chain", impl_chain, counts["chain"], progress="chain")
         if "plugins" in only:
+            phase_start["plugins"] = time.monotonic()
             print(f"plugins: {counts['plugins']} containers per network ...", flush=True)
-            res["plugins"] = scenario_plugins([ref, ours, python], nss, work, counts["plugins"])
+            plugin_impls = [ref, ours, python] + ([debug] if opts.breakdown else [])
+            res["plugins"] = scenario_plugins(plugin_impls, nss, work, counts["plugins"])
         if "concurrent" in only:
+            phase_start["concurrent"] = time.monotonic()
             print(f"concurrent: {opts.runtimes} runtimes, {counts['concurrent']} containers ...", flush=True)
             res["concurrent"] = scenario_concurrent(impls, nss, work, opts.runtimes, counts["concurrent"], rounds=2)
         if "scale" in only:
+            phase_start["scale"] = time.monotonic()
             for key, v6off in (("scale", False), ("scale_v6off", True)):
                 tag = ", disableIPv6" if v6off else ""
                 group = [
@@ -1415,11 +1464,14 @@ def main(argv: list[str] | None = None) -> int:
                 if len(group) > 2:
                     res[key]["names"]["reference"] = group[2].name
         if "memory" in only:
+            phase_start["memory"] = time.monotonic()
             res["memory"] = scenario_memory(impls, nss, work, cold, sock)
             print(f"memory: {counts['memory_calls']} calls through the helper ...", flush=True)
             res["memory_growth"] = scenario_memory_growth(
                 ours, nss, work, sock, counts["memory_calls"], max(1, counts["memory_calls"] // 10)
             )
+        ends = sorted(phase_start.items(), key=lambda kv: kv[1]) + [("", time.monotonic())]
+        meta["scenario_s"] = {k: round(ends[i + 1][1] - t, 1) for i, (k, t) in enumerate(ends[:-1])}
         time.sleep(2)  # the last call's worker back in the pool
         res["helper_after_busy"] = helper_pss(sock)
         if opts.idle_wait:
@@ -1437,12 +1489,15 @@ def main(argv: list[str] | None = None) -> int:
             f"its own fresh host namespace, calls interleaved; wall {meta['wall_s']} s; load average "
             f"{meta['loadavg_start'][0]:.2f} at the start, {meta['loadavg_end'][0]:.2f} at the end"
         )
+        header += "\nwall per scenario (s): " + ", ".join(f"{k} {v}" for k, v in meta["scenario_s"].items())
         if meta["helper_pid_start"] != meta["helper_pid_end"]:
             header += "\nnote: our helper was restarted during the run (our code changed on disk?)"
         print()
         res["table"] = print_table(build_rows(res, ours.name, ref.name), header)
         if "plugins" in res:
-            res["plugin_table"], res["plugin_rows"] = plugin_table(res, [ref.name, ours.name, python.name])
+            res["plugin_table"], res["plugin_rows"] = plugin_table(
+                res, [ref.name, ours.name, python.name] + ([debug.name] if opts.breakdown else [])
+            )
         (out_dir / "chain_bench.json").write_text(json.dumps(res, indent=1, default=str))
         print(f"\nJSON: {out_dir / 'chain_bench.json'}")
         if "scale" in res:
