@@ -243,6 +243,10 @@ class Conn:
                 except OSError as exc:
                     if _tls_refused(exc):  # a certificate or protocol problem: trying again changes nothing
                         raise EtcdError(f"{endpoint}: TLS: {exc}") from None
+                    if _tls_closed(exc):  # also what a plain-HTTP etcd does to a ClientHello
+                        raise ConnectionResetError(
+                            0, "closed during the TLS handshake (does this endpoint serve https?)"
+                        ) from None
                     raise
         except BaseException:
             sock.close()
@@ -350,6 +354,12 @@ def _tls_refused(exc: OSError) -> bool:
     import ssl
 
     return isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
+
+
+def _tls_closed(exc: OSError) -> bool:
+    import ssl
+
+    return isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
 
 
 def decode_answer(endpoint: Endpoint, status: int, body: bytes) -> dict[str, Any]:

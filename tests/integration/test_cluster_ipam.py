@@ -197,6 +197,23 @@ def test_etcd_down_is_a_clear_error_in_time_and_adds_work_again(bed: Bed) -> Non
     assert sorted(v.split("\r\n")[0] for v in reservations(bed).values()) == ["after", "before"]
 
 
+def test_https_to_a_plain_http_etcd_says_so_within_the_timeout(bed: Bed) -> None:
+    """etcd closes a connection that starts with a TLS ClientHello on its plain port: ADD
+    retries until its timeout (a connection closed may be a restart), then ends with code 11
+    naming the handshake; STATUS with 50; nothing is reserved. (A TLS refusal proper ends at
+    once: tests/unit/test_etcd_client.py.)"""
+    n1 = bed.nodes[0]
+    tls = {"endpoints": [ETCD_URL.replace("http://", "https://")], "prefix": PREFIX, "timeout": 1}
+    for command, code in (("ADD", 11), ("STATUS", 50)):
+        start = time.monotonic()
+        out = n1.plugin("cluster-ipam", command, conf(n1, etcd=tls), "tls")
+        took = time.monotonic() - start
+        assert out.rc == 1 and out.json["code"] == code, out.stdout
+        assert "closed during the tls handshake (does this endpoint serve https?)" in out.json["msg"], out.stdout
+        assert took < 3.0, f"{command} took {took:.1f} s with a 1 s timeout"
+    assert reservations(bed) == {}
+
+
 def _careful_runtime(node: Node, runtime: int, stop: threading.Event, results: dict[str, str], log: list[str]) -> None:
     """As the spec asks of a runtime: a failed ADD is followed by DEL (until it succeeds),
     then the ADD is tried again."""
