@@ -1,7 +1,7 @@
 """The spec's (and libcni's) rules for names: container IDs and network names
 (``ValidateContainerID``, ``ValidateNetworkName``: letters, digits, ``_``, ``.``, ``-``,
 starting with a letter or digit) and interface names (at most 15 bytes, Linux's
-IFNAMSIZ - 1; no ``/``, ``:``, white space or NUL; not ``.`` or ``..``)."""
+IFNAMSIZ - 1; no ``/``, ``:``, white space or NUL; not ``.`` or ``..``; UTF-8)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,11 @@ def interface_name_problem(name: str) -> str:
     """What is wrong with ``name`` as a Linux interface name; '' if nothing."""
     if not name:
         return "interface name is empty"
-    if len(name.encode()) > IFNAME_MAX:
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:  # bytes that are not UTF-8 (from the environment), a lone surrogate
+        return "interface name is not valid UTF-8 (the result JSON could not carry it)"
+    if size > IFNAME_MAX:
         return f"interface name is too long ({len(name)} > {IFNAME_MAX} characters)"
     if name in (".", ".."):
         return "interface name is . or .."

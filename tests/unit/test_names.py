@@ -1,4 +1,5 @@
-"""Interface names as Linux takes them (``dev_valid_name``), and a NUL, which it would cut."""
+"""Interface names as Linux takes them (``dev_valid_name``), but a NUL, which it would cut,
+and bytes that are not UTF-8, which no result JSON can carry."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def test_valid(name: str) -> None:
         ("eth 0", "whitespace"),
         ("fz\x00br", "NUL"),
         ("\x00", "NUL"),
+        ("eth\udcff", "UTF-8"),  # the byte 0xff of an environment variable
+        ("eth\ud800", "UTF-8"),
     ],
 )
 def test_invalid(name: str, words: str) -> None:
