@@ -602,7 +602,8 @@ def test_stuck_manager_costs_at_most_one_call(
     finally:
         os.kill(manager, signal.SIGCONT)
     assert [rc for _, rc in calls] == [0] * 8
-    assert all(ACCEPT_WAIT <= t < ACCEPT_WAIT + 2.0 for t, _ in calls), calls  # + a call in its own process
+    # + a call in its own process: eight interpreters starting at once on this machine's cores
+    assert all(ACCEPT_WAIT <= t < ACCEPT_WAIT + 4.0 for t, _ in calls), calls
     print(f"stopped manager, 8 calls at once: {sorted(round(t, 2) for t, _ in calls)} s")
     served = status(sock)["calls"]
     assert run_plugin(bin_dir, "loopback", "ADD", LO, netns=path(container_ns), ifname="lo").rc == 0
