@@ -51,6 +51,7 @@ from cni_plugins.protocol import registry
 from tests.reliability import host
 from tests.reliability.runtime import PATH, Column, Exec, Run
 
+LANES, LANES_FROM = 3, 10_000  # a long run keeps the CPUs busy while a lane waits on the kernel
 TIME_LIMIT = 5.0  # an answer later than this counts as too slow
 KILL_AFTER = 30.0  # a call still running then is killed (and counted as hung)
 EXAMPLES = 5
@@ -957,9 +958,10 @@ def _fuzz_type(
 
 def run(column: Column, work: Path, size: dict[str, Any]) -> dict[str, Any]:
     """``size``: ``fuzz_cases``, ``seed``, optionally ``fuzz_lanes`` (that many host stand-ins
-    side by side, each with its share of the cases and a seed of its own), ``fuzz_types``
-    (only these types), ``fuzz_named`` (the named cases with these ids, [] for all)."""
-    lanes = int(size.get("fuzz_lanes", 1))
+    side by side, each with its share of the cases and a seed of its own; by default
+    ``LANES`` from ``LANES_FROM`` cases on), ``fuzz_types`` (only these types),
+    ``fuzz_named`` (the named cases with these ids, [] for all)."""
+    lanes = int(size.get("fuzz_lanes") or (LANES if int(size.get("fuzz_cases", 0)) >= LANES_FROM else 1))
     if lanes > 1 and size.get("fuzz_named") is None:
         return run_lanes(column, work, size, lanes)
     bed = Bed(column, work)
