@@ -59,37 +59,34 @@ def configure_iface(
                 sysctl.ensure(sysctl.iface_key(6, ifname, "keep_addr_on_down"), "1")
             except CNIError:
                 pass
-    for ip in mine:
-        try:
-            nl.add_address(link.index, ip.address)
-        except LinkExists:
-            pass  # already there (a retried ADD)
-    if up:
-        nl.set_link(link.index, state="up")
-    if routes:
-        add_routes(nl, link, result)
+    with nl.batch():  # one write, unless IPv6 routes wait for DAD (``add_routes``)
+        for ip in mine:
+            nl.add_address(link.index, ip.address, exists_ok=True)  # already there: a retried ADD
+        if up:
+            nl.set_link(link.index, state="up")
+        if routes:
+            add_routes(nl, link, result)
     return link
 
 
 def add_routes(nl: Netlink, link: Link, result: Result) -> None:
     """The result's routes through ``link``, once its IPv6 addresses with a gateway are past DAD."""
     if any(result.ips[i].version == 6 and result.ips[i].gateway is not None for i in ips_for(result, link.name)):
+        nl.flush()  # the addresses of a batch this is part of
         settle_addresses(nl, link.index)
     for route in result.routes:
         gw = route.gw or first_gateway(result, route.dst.version)
-        try:
-            nl.add_route(
-                route.dst,
-                gw=gw,
-                oif=link.index,
-                table=route.table,
-                priority=route.priority or None,
-                mtu=route.mtu,
-                advmss=route.advmss,
-                scope=route.scope,
-            )
-        except LinkExists:
-            pass
+        nl.add_route(
+            route.dst,
+            gw=gw,
+            oif=link.index,
+            table=route.table,
+            priority=route.priority or None,
+            mtu=route.mtu,
+            advmss=route.advmss,
+            scope=route.scope,
+            exists_ok=True,
+        )
 
 
 def settle_addresses(nl: Netlink, index: int, timeout: float = DAD_TIMEOUT_S) -> None:

@@ -14,7 +14,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,7 @@ _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _RTATTR = struct.Struct("=HH")
 _ERRNO = struct.Struct("=i")
+_SEQ_PID = struct.Struct("=II")
 RECV_SIZE = 1 << 16
 
 
@@ -131,6 +132,69 @@ class LinkReader:
             if kind != RTM_NEWLINK:
                 raise LinkGetError(errno.EPROTO, f"unexpected netlink message type {kind}")
             return parse(data[:length], self._kind_data)
+
+    def transact(self, requests: Sequence[bytes]) -> list[int]:
+        """Send ``requests`` (whole netlink messages, each asking for an ACK) in one write, as
+        one batch the kernel runs in order, and wait for every answer: the errno of each (0:
+        done). A request that fails does not stop the ones after it."""
+        if not requests:
+            return []
+        first = self._seq + 1
+        batch = bytearray()
+        for request in requests:
+            self._seq += 1
+            start = len(batch)
+            batch += request
+            _SEQ_PID.pack_into(batch, start + 8, self._seq, 0)
+            batch += b"\0" * (-len(batch) % 4)
+        self._sock.send(batch)
+        codes: dict[int, int] = {}
+        while len(codes) < len(requests):
+            data = self._sock.recv(RECV_SIZE)
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+                if length < _NLMSGHDR.size:
+                    raise LinkGetError(errno.EPROTO, "malformed netlink message")
+                if kind == NLMSG_ERROR and first <= seq <= self._seq:
+                    (code,) = _ERRNO.unpack_from(data, offset + _NLMSGHDR.size)
+                    codes[seq] = -code
+                offset += (length + 3) & ~3
+        return [codes[seq] for seq in range(first, self._seq + 1)]
+
+    def dump_messages(self, kind: int, body: bytes) -> list[bytes]:
+        """The messages of one dump (``kind`` with ``body``, its family header and attributes),
+        read again when the kernel interrupted it because the table changed meanwhile."""
+        for _ in range(DUMP_RETRIES):
+            messages, interrupted = self._dump_raw(kind, body)
+            if not interrupted:
+                return messages
+        raise LinkGetError(errno.EAGAIN, f"netlink dump interrupted {DUMP_RETRIES} times")
+
+    def _dump_raw(self, kind: int, body: bytes) -> tuple[list[bytes], bool]:
+        self._seq += 1
+        flags = NLM_F_REQUEST | NLM_F_DUMP
+        self._sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, self._seq, 0) + body)
+        messages: list[bytes] = []
+        interrupted = False
+        while True:
+            data = self._sock.recv(RECV_SIZE)
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                length, msg_kind, msg_flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+                if length < _NLMSGHDR.size:
+                    raise LinkGetError(errno.EPROTO, "malformed netlink message")
+                message = data[offset : offset + length]
+                offset += (length + 3) & ~3
+                if seq != self._seq:
+                    continue
+                interrupted = interrupted or bool(msg_flags & NLM_F_DUMP_INTR)
+                if msg_kind == NLMSG_DONE:
+                    return messages, interrupted
+                if msg_kind == NLMSG_ERROR:
+                    (code,) = _ERRNO.unpack_from(message, _NLMSGHDR.size)
+                    raise LinkGetError(-code, os.strerror(-code))
+                messages.append(message)
 
     def dump(self) -> list[Link]:
         """Every link of the namespace, in ifindex order (a dump the kernel interrupted

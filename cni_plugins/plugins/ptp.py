@@ -137,38 +137,32 @@ def cmd_add(args: CmdArgs) -> Result:
 
 def setup_container_side(ctr: Netlink, ctr_fd: int, ifname: str, result: Result) -> None:
     """Addresses and IPAM routes, then the routing trick: no connected route, only the
-    gateway on the link and the subnet via the gateway (veth has no IFF_POINTOPOINT)."""
+    gateway on the link and the subnet via the gateway (veth has no IFF_POINTOPOINT). One
+    netlink batch, in this order."""
     from cni_plugins.kernel.addr import configure_iface
-    from cni_plugins.kernel.netlink import LinkExists
 
-    configure_iface(ctr, ctr_fd, ifname, result)
-    link = ctr.require_link(ifname)
-    for ip in result.ips:
-        assert ip.gateway is not None  # checked in cmd_add
-        subnet = ip.address.network
-        ctr.del_route(subnet, oif=link.index)
-        try:
-            ctr.add_route(_host_net(ip.gateway), oif=link.index, scope=RT_SCOPE_LINK, src=ip.address.ip)
-        except LinkExists:
-            pass  # the same gateway as another address of this family
-        ctr.add_route(subnet, gw=ip.gateway, oif=link.index, src=ip.address.ip)
+    with ctr.batch():
+        link = configure_iface(ctr, ctr_fd, ifname, result)
+        for ip in result.ips:
+            assert ip.gateway is not None  # checked in cmd_add
+            subnet = ip.address.network
+            ctr.del_route(subnet, oif=link.index)
+            # exists_ok: the same gateway as another address of this family
+            ctr.add_route(_host_net(ip.gateway), oif=link.index, scope=RT_SCOPE_LINK, src=ip.address.ip, exists_ok=True)
+            ctr.add_route(subnet, gw=ip.gateway, oif=link.index, src=ip.address.ip)
 
 
 def setup_host_side(host: Netlink, veth: Link, ips: tuple[IPConfig, ...]) -> None:
-    """The gateway as /32 (/128) on the host veth, and a host route to each container address."""
-    from cni_plugins.kernel.netlink import LinkExists
-
-    for ip in ips:
-        assert ip.gateway is not None
-        try:
-            host.add_address(veth.index, _host_iface(ip.gateway), nodad=True)
-        except LinkExists:
-            pass  # two addresses of one family share a gateway
-        try:
-            host.add_route(_host_net(ip.address.ip), oif=veth.index, scope=RT_SCOPE_HOST if ip.version == 4 else None)
-        except LinkExists:
-            pass
-    host.set_link(veth.index, state="up")
+    """The gateway as /32 (/128) on the host veth, and a host route to each container address
+    (one netlink batch)."""
+    with host.batch():
+        for ip in ips:
+            assert ip.gateway is not None
+            # exists_ok: two addresses of one family share a gateway
+            host.add_address(veth.index, _host_iface(ip.gateway), nodad=True, exists_ok=True)
+            scope = RT_SCOPE_HOST if ip.version == 4 else None
+            host.add_route(_host_net(ip.address.ip), oif=veth.index, scope=scope, exists_ok=True)
+        host.set_link(veth.index, state="up")
 
 
 def cmd_del(args: CmdArgs) -> None:
