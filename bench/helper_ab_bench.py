@@ -1,4 +1,5 @@
-"""A bridge ADD and DEL through the warm helper: this checkout against another one (A/B).
+"""A plugin's ADD and DEL through the warm helper: this checkout against another one (A/B).
+``--plugin`` bridge (the default), ptp or macvlan, each with host-local.
 
 Each checkout gets its own install (``--helper on``, a private socket) and its own helper;
 each has a host namespace and a container namespace of its own. The calls are interleaved
@@ -6,7 +7,7 @@ each has a host namespace and a container namespace of its own. The calls are in
 machine; every call is exec'd as a runtime execs it and timed from exec to exit.
 
     git archive <commit> | tar -x -C /tmp/base
-    sudo .venv/bin/python bench/helper_ab_bench.py --other /tmp/base [--rounds 40]
+    sudo .venv/bin/python bench/helper_ab_bench.py --other /tmp/base [--rounds 40] [--plugin ptp]
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def installer(code: Path) -> list[str]:
 
 
 class Side:
-    def __init__(self, name: str, code: Path, work: Path) -> None:
+    def __init__(self, name: str, code: Path, work: Path, plugin: str = "bridge") -> None:
+        self.plugin = plugin
         self.name, self.code = name, code
         self.bin, self.sock = work / name / "bin", work / name / "run" / "helper.sock"
         self.host, self.ctr = f"cnipyab-h-{name}", f"cnipyab-c-{name}"
@@ -50,6 +52,8 @@ class Side:
                 "--helper-socket",
                 str(self.sock),
                 "bridge",
+                "ptp",
+                "macvlan",
                 "host-local",
                 "loopback",
             ],
@@ -64,15 +68,25 @@ class Side:
             time.sleep(0.05)
         for ns in (self.host, self.ctr):
             subprocess.run(["ip", "netns", "add", ns], check=True)
-        self.conf = {
+        ipam = {"type": "host-local", "subnet": "10.83.0.0/24", "dataDir": str(work / name / "ipam")}
+        self.conf: dict[str, object] = {
             "cniVersion": "1.0.0",
             "name": "abnet",
             "type": "bridge",
             "bridge": "cniab0",
             "isGateway": True,
             "ipMasq": True,
-            "ipam": {"type": "host-local", "subnet": "10.83.0.0/24", "dataDir": str(work / name / "ipam")},
+            "ipam": ipam,
         }
+        if plugin == "ptp":
+            self.conf = {"cniVersion": "1.0.0", "name": "abnet", "type": "ptp", "ipam": ipam}
+        if plugin == "macvlan":
+            subprocess.run(
+                ["ip", "-n", self.host, "link", "add", "cniabup", "type", "veth", "peer", "name", "cniabup1"],
+                check=True,
+            )
+            subprocess.run(["ip", "-n", self.host, "link", "set", "cniabup", "up"], check=True)
+            self.conf = {"cniVersion": "1.0.0", "name": "abnet", "type": "macvlan", "master": "cniabup", "ipam": ipam}
         self.adds: list[float] = []
         self.dels: list[float] = []
 
@@ -87,7 +101,7 @@ class Side:
         }
         started = time.perf_counter()
         proc = subprocess.run(
-            ["ip", "netns", "exec", self.host, str(self.bin / "bridge")],
+            ["ip", "netns", "exec", self.host, str(self.bin / self.plugin)],
             input=json.dumps(self.conf).encode(),
             env=env,
             capture_output=True,
@@ -109,9 +123,10 @@ def main() -> None:
     parser.add_argument("--other", required=True, help="the other checkout (its package root)")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--plugin", choices=("bridge", "ptp", "macvlan"), default="bridge")
     opts = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cnipy-ab-"))
-    sides = [Side("this", ROOT, work), Side("other", Path(opts.other).resolve(), work)]
+    sides = [Side("this", ROOT, work, opts.plugin), Side("other", Path(opts.other).resolve(), work, opts.plugin)]
     try:
         for i in range(opts.warmup + opts.rounds):
             order = sides if i % 2 == 0 else sides[::-1]
@@ -122,13 +137,20 @@ def main() -> None:
                     s.adds.append(a)
                     s.dels.append(d)
         print(
-            f"bridge + host-local through the helper, {opts.rounds} interleaved rounds (ms): median ADD, DEL; mean ADD"
+            f"{opts.plugin} + host-local through the helper, {opts.rounds} interleaved rounds (ms): "
+            "median ADD, DEL; mean ADD; median of the paired differences this - other: ADD, DEL"
         )
+        this, other = sides
+        paired = [
+            statistics.median(a - b for a, b in zip(x, y, strict=True))
+            for x, y in ((this.adds, other.adds), (this.dels, other.dels))
+        ]
         for s in sides:
             print(
                 f"{s.name:6} {s.code}: {statistics.median(s.adds) * 1000:6.1f} "
                 f"{statistics.median(s.dels) * 1000:6.1f} {statistics.mean(s.adds) * 1000:6.1f}"
             )
+        print(f"paired this - other: ADD {paired[0] * 1000:+.1f}, DEL {paired[1] * 1000:+.1f}")
     finally:
         for s in sides:
             s.close()
