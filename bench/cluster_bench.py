@@ -89,6 +89,33 @@ def nsenter_floor(node: Node, runs: int) -> float:
     return statistics.median(times)
 
 
+CLIENT_CALL = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from cni_plugins.etcd.client import Client, Options, created_at, parse_endpoint, prefix_end, put_op
+key = b"/bench/startup/" + sys.argv[3].encode()
+with Client(Options(endpoints=(parse_endpoint(sys.argv[2]),))) as c:
+    c.range(b"/bench/startup/", prefix_end(b"/bench/startup/"))
+    c.txn([created_at(key, 0)], [put_op(key, b"x")], [])
+"""
+
+
+def client_startup(node: Node, runs: int) -> dict[str, float]:
+    """A fresh interpreter that imports our etcd client, connects, runs a prefix range and a
+    CAS transaction and exits, next to one that does nothing (``python -I -S -c pass``): what
+    a plugin process without the helper pays for talking to etcd. Taking turns."""
+    empty, client = [], []
+    base = ["nsenter", f"--net={path(node.ns)}", sys.executable, "-I", "-S", "-c"]
+    for i in range(runs):
+        start = time.perf_counter()
+        subprocess.run([*base, "pass"], check=True)
+        empty.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        subprocess.run([*base, CLIENT_CALL, str(ROOT), ETCD_URL, f"k{i}"], check=True)
+        client.append(time.perf_counter() - start)
+    return {"python_ms": statistics.median(empty) * 1e3, "client_ms": statistics.median(client) * 1e3}
+
+
 def summary(times: list[float]) -> dict[str, float]:
     ordered = sorted(times)
     return {"median_ms": statistics.median(ordered) * 1e3, "p90_ms": ordered[int(0.9 * (len(ordered) - 1))] * 1e3}
@@ -284,6 +311,11 @@ def new_bed(namespaces: Namespaces, work: Path, cni_bin: Path, nodes: int) -> Be
 def table(result: dict[str, Any]) -> str:
     lines = ["IPAM, ms (median / p90), each call an exec inside node n1 (nsenter + plugin):"]
     lines.append(f"  nsenter --net=<node> /bin/true alone: {result['nsenter_ms']:.1f}")
+    cs = result["client_startup"]
+    lines.append(
+        f"  a fresh python -I -S: {cs['python_ms']:.1f}; importing our etcd client, connecting, a range and a "
+        f"CAS txn: {cs['client_ms']:.1f} (+{cs['client_ms'] - cs['python_ms']:.1f})"
+    )
     for row in result["ipam"]:
         d = f" / DEL {row['delete']['median_ms']:.1f} / {row['delete']['p90_ms']:.1f}" if "delete" in row else ""
         rate = f", {row['adds_per_s']:.1f} ADD/s" if "adds_per_s" in row else ""
@@ -346,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         print("IPAM")
         beds.append(new_bed(namespaces, work / "ipam", bins["warm"], 3))
         result["nsenter_ms"] = nsenter_floor(beds[-1].nodes[0], 30) * 1e3
+        result["client_startup"] = client_startup(beds[-1].nodes[0], 30)
         result["ipam"] = bench_ipam(beds[-1], plugins, args.runs, args.flood, work)
         beds[-1].close()
         result["network"] = []
