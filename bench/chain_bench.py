@@ -716,7 +716,7 @@ def scenario_first(
     """The first container on an empty host: a fresh host namespace per trial, ADD then DEL.
     ``before[name]()`` runs ahead of each of that implementation's trials, ``after[name]()``
     after it, also when it fails."""
-    out: dict[str, Any] = {impl.name: {"add": [], "del": []} for impl in impls}
+    out: dict[str, Any] = {impl.name: {"add": [], "del": [], "add_calls": [], "del_calls": []} for impl in impls}
     for t in range(trials):
         for k, impl in enumerate(alternate(impls, t)):
             try:
@@ -726,13 +726,15 @@ def scenario_first(
                 (ctr,) = nss.make(1, f"first{t}-{k}c")
                 rt = Runtime(impl.bin_dir, chain_conf("podman", "10.88.0.0/16", str(work / f"ipam-first-{t}-{k}")))
                 with netns.entered(impl.host_ns):
-                    add, _ = rt.add(f"first-{t}", ctr, ports_for(0))
-                    delete, _ = rt.delete(f"first-{t}", ctr, ports_for(0))
+                    add, add_calls = rt.add(f"first-{t}", ctr, ports_for(0))
+                    delete, del_calls = rt.delete(f"first-{t}", ctr, ports_for(0))
             finally:
                 if after and impl.name in after:
                     after[impl.name]()
             out[impl.name]["add"].append(add)
             out[impl.name]["del"].append(delete)
+            out[impl.name]["add_calls"].append({p: c.seconds for p, c in add_calls.items()})
+            out[impl.name]["del_calls"].append({p: c.seconds for p, c in del_calls.items()})
             nss.drop([ctr, impl.host_ns])
     return out
 
@@ -1003,8 +1005,19 @@ def build_rows(res: dict[str, Any], ours: str, ref: str) -> list[Row]:
         pair(
             "first container on an empty host, ADD + DEL", med(o["add"]) + med(o["del"]), med(r["add"]) + med(r["del"])
         )
+
+        def by_plugin(name: str) -> str:
+            calls = f[name].get("add_calls") or [{}]
+            return " / ".join(f"{med([c[p] for c in calls]) * 1000:.0f}" for p in calls[0])
+
+        if o.get("add_calls"):
+            rows.append(
+                Row("  first container ADD by plugin (bridge / portmap / firewall)", by_plugin(ours), by_plugin(ref))
+            )
         for other in (name for name in f if name not in (ours, ref)):
             target, limit = FIRST_TARGETS.get(other, ("", None))
+            if other in FIRST_TARGETS and f[other].get("add_calls"):
+                rows.append(Row(f"  ({other}) first container ADD by plugin", by_plugin(other), by_plugin(ref)))
             pair(f"  ({other}) first container ADD", med(f[other]["add"]), med(r["add"]))
             pair(
                 f"  ({other}) first container ADD + DEL",
