@@ -37,6 +37,17 @@ def ips_for(result: Result, ifname: str) -> list[int]:
     return out
 
 
+def given_addresses(result: Result | None, ifname: str) -> list[IPInterface]:
+    """The addresses ``result`` (a prevResult) puts on ``ifname``: none without a result, or
+    with an interface index out of range (what a DEL then reads from the kernel instead)."""
+    if result is None:
+        return []
+    try:
+        return [result.ips[i].address for i in ips_for(result, ifname)]
+    except InvalidNetworkConfig:
+        return []
+
+
 def first_gateway(result: Result, version: int) -> IPAddress | None:
     return next((ip.gateway for ip in result.ips if ip.version == version and ip.gateway is not None), None)
 

@@ -222,7 +222,11 @@ def cmd_del(args: CmdArgs) -> None:
     seen: tuple[list[IPInterface] | None, str, str] = (None, "", "")
     if args.netns:
         with errors.step(f"delete {args.ifname} in {args.netns}"):
-            seen = _delete_container_link(args)
+            # the addresses, for masquerade, only when prevResult does not give them
+            from cni_plugins.kernel.addr import given_addresses
+
+            read = conf.ip_masq and not given_addresses(args.conf.prev_result, args.ifname)
+            seen = _delete_container_link(args, read_addresses=read)
     if conf.ipam_type:
         with errors.step(f"IPAM {conf.ipam_type} DEL"):
             invoke.delegate(conf.ipam_type, "DEL", args.stdin, args.environ, args.path)
@@ -249,7 +253,7 @@ def cmd_del(args: CmdArgs) -> None:
     errors.raise_if_any()
 
 
-def _delete_container_link(args: CmdArgs) -> tuple[list[IPInterface] | None, str, str]:
+def _delete_container_link(args: CmdArgs, *, read_addresses: bool) -> tuple[list[IPInterface] | None, str, str]:
     """Delete the container's veth (the pair goes with it); what it showed: global addresses,
     the host peer's name and the MAC. Missing namespace or link: nothing to do."""
     from cni_plugins.kernel.netlink import Netlink
@@ -259,7 +263,7 @@ def _delete_container_link(args: CmdArgs) -> tuple[list[IPInterface] | None, str
             link = ctr.link(args.ifname)
             if link is None:
                 return None, "", ""
-            addresses = [a.address for a in ctr.addresses(index=link.index) if a.scope == 0]
+            addresses = [a.address for a in ctr.addresses(index=link.index) if a.scope == 0] if read_addresses else []
             peer = host.link_by_index(link.link) if link.link else None
             ctr.delete_link_if_exists(args.ifname)
             return addresses or None, peer.name if peer is not None and peer.kind == "veth" else "", link.mac

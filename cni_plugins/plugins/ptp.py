@@ -180,7 +180,11 @@ def cmd_del(args: CmdArgs) -> None:
     seen: list[IPInterface] | None = None
     if args.netns:
         with errors.step(f"delete {args.ifname} in {args.netns}"):
-            seen = _delete_container_link(args)
+            # the addresses, for masquerade, only when prevResult does not give them
+            from cni_plugins.kernel.addr import given_addresses
+
+            read = conf.ip_masq and not given_addresses(args.conf.prev_result, args.ifname)
+            seen = _delete_container_link(args, read_addresses=read)
     if conf.ip_masq:
         from cni_plugins.kernel.addr import ips_for
         from firewall.rules.masq import teardown_masq
@@ -192,7 +196,7 @@ def cmd_del(args: CmdArgs) -> None:
     errors.raise_if_any()
 
 
-def _delete_container_link(args: CmdArgs) -> list[IPInterface] | None:
+def _delete_container_link(args: CmdArgs, *, read_addresses: bool) -> list[IPInterface] | None:
     from cni_plugins.kernel.netlink import Netlink
 
     try:
@@ -200,7 +204,7 @@ def _delete_container_link(args: CmdArgs) -> list[IPInterface] | None:
             link = ctr.link(args.ifname)
             if link is None:
                 return None
-            addresses = [a.address for a in ctr.addresses(index=link.index) if a.scope == 0]
+            addresses = [a.address for a in ctr.addresses(index=link.index) if a.scope == 0] if read_addresses else []
             ctr.delete_link_if_exists(args.ifname)
             return addresses or None
     except NetNSGone:
