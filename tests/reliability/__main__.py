@@ -32,6 +32,7 @@ COLUMNS = ("ours", "ours-no-helper", "reference")
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "kill_rounds": 1000,
+        "kill_seconds": 0,  # no time limit
         "flood_runtimes": 16,
         "flood_containers": 2000,
         "flood_seconds": 600,
@@ -41,6 +42,7 @@ SIZES: dict[str, dict[str, Any]] = {
     },
     "short": {
         "kill_rounds": 30,
+        "kill_seconds": 0,
         "flood_runtimes": 4,
         "flood_containers": 40,
         "flood_seconds": 20,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import random
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ EXAMPLES = 5
 
 def run(column: Column, work: Path, size: dict[str, Any]) -> dict[str, Any]:
     rounds = int(size["kill_rounds"])
+    seconds = float(size.get("kill_seconds") or 0)  # a time limit: the rounds run by then are counted
     rng = random.Random(f"kill-{size['seed']}-{column.name}")
     data = work / "ipam"
     rt = Runtime(column, podman_chain(column.version, data), debug=column.ours)
@@ -57,7 +59,12 @@ def run(column: Column, work: Path, size: dict[str, Any]) -> dict[str, Any]:
     durations, steps = calibrate(rt, host.netns_path(pool[0]))
     base = host.snapshot([data], pool)
     gone_before = _helper_count(column, "caller gone")
+    deadline = time.monotonic() + seconds if seconds else None
+    done = 0
     for i in range(rounds):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        done += 1
         cid, ns = f"kill-{i}", host.netns_path(pool[i % POOL])
         caps = port_caps(20000 + i % POOL)
         verb = rng.choice(("ADD", "ADD", "DEL"))
@@ -115,7 +122,7 @@ def run(column: Column, work: Path, size: dict[str, Any]) -> dict[str, Any]:
     dels = rt.delete("kill-pinned", host.netns_path("killpin"), pinned, port_caps(19999))
     note("DEL failures", 0 if ok(dels) else 1, first_failure(dels))
     host.del_netns([*pool, "killpin"])
-    counts["rounds"] = rounds
+    counts["rounds"] = done
     out: dict[str, Any] = {
         "counts": dict(counts),
         "examples": dict(examples),
