@@ -166,9 +166,10 @@ def test_pods_reach_each_other_across_nodes_and_survive_an_agent_restart(bed: Be
         assert out.returncode == 0, out.stderr
 
 
-def test_two_pod_networks_stay_apart_across_nodes(bed: Bed) -> None:
-    bed.init_network("vxlan", "10.244.0.0/16", "/cni-py/a")
-    bed.init_network("vxlan", "10.245.0.0/16", "/cni-py/b", "--vni", "2")
+@pytest.mark.parametrize("mode", ["routed", "vxlan"])
+def test_two_pod_networks_stay_apart_across_nodes(bed: Bed, mode: str) -> None:
+    bed.init_network(mode, "10.244.0.0/16", "/cni-py/a")
+    bed.init_network(mode, "10.245.0.0/16", "/cni-py/b", "--vni", "2")
     n1, n2 = bed.nodes[0], bed.nodes[1]
     for node in (n1, n2):
         node.start_agent("--bridge", "cnia", net="a", prefix="/cni-py/a")
