@@ -127,7 +127,7 @@ class Flood:
 
     def race(self, c: Container, rng: random.Random) -> None:
         second = rng.choice(("ADD", "DEL"))
-        self.note(f"races: ADD and {second}")
+        self.note(f"races (ADD and {second})")
         barrier = threading.Barrier(2)
         outcomes: list[tuple[str, dict[str, Any] | None, list[Run]]] = []
 
