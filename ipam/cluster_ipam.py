@@ -70,12 +70,11 @@ class EtcdConf:
             ) from None
         return cls(etcd=options_from_json(raw, "ipam.etcd"), node=node)
 
-    def store(self, network: str) -> EtcdStore:
+    def store(self, network: str, cursors: tuple[str, ...] = ()) -> EtcdStore:
         client = etcd.shared(self.etcd)
         client.deadline = time.monotonic() + self.etcd.timeout  # the whole call, retries included
-        return EtcdStore(
-            client, self.etcd.prefix, network, self.node, f"{NAME}: network {network} (etcd {self.etcd.describe()})"
-        )
+        label = f"{NAME}: network {network} (etcd {self.etcd.describe()})"
+        return EtcdStore(client, self.etcd.prefix, network, self.node, label, cursors)
 
 
 def _key(args: CmdArgs) -> Key:
@@ -89,7 +88,8 @@ def cmd_add(args: CmdArgs) -> Result:
     conf = IPAMConf.from_netconf(args.conf, args.cni_args)
     key = _key(args)
     dns = parse_resolv_conf(conf.resolv_conf) if conf.resolv_conf else DNS()
-    with where.store(conf.name) as store:
+    cursors = tuple(",".join(map(str, rs.ranges)) for rs in conf.range_sets)  # named by their ranges
+    with where.store(conf.name, cursors) as store:
         ips = allocator.allocate_all(store, conf.range_sets, key, conf.requested)
     return Result(ips=ips, routes=conf.routes, dns=dns)
 

@@ -6,7 +6,7 @@ Keys, under ``<prefix>/ipam/<network>/``::
 
     ips/10.1.0.5                     "<containerID>\\r\\n<ifname>"  (host-local's file content: the same identity)
     owners/<containerID>/<ifname>/10.1.0.5   "<node>"   (which node's runtime holds it; DEL, CHECK, GC read this)
-    last_reserved_ip.0               "10.1.0.5"  (range set 0's round-robin cursor, cluster-wide)
+    last_reserved_ip.10.1.0.2-10.1.255.254   "10.1.0.5"  (a range set's round-robin cursor)
 
 - **Reserve**: one txn, ``create_revision(ips/<ip>) == 0`` → put the address and its owner
   entry together; else read the address back. Two nodes racing for one address: one txn
@@ -14,15 +14,19 @@ Keys, under ``<prefix>/ipam/<network>/``::
   the address holding its own owner, and takes that as done.
 - **Release**: ``value(ips/<ip>) == <owner>`` → delete both keys; else only the owner entry
   (the address was released and taken by someone else meanwhile).
-- The cursor is written once at the end of an ADD; a lost update between two nodes only
-  moves where the next search starts.
+- A cursor is named after its range set's ranges (host-local names it by the set's index):
+  nodes that share a pool share its cursor, and nodes that each allocate from a subnet of
+  their own under one network name (a node's conflist with cluster-ipam) keep their own,
+  so neither restarts the other's round-robin from its range's start. It is written once
+  at the end of an ADD; a lost update between two nodes only moves where the next search
+  starts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from cni_plugins.etcd.client import (
     Client,
@@ -58,14 +62,21 @@ def etcd_errors(what: str) -> Iterator[None]:
 class EtcdStore:
     """One network's reservations. ``node`` is recorded with each reservation this node makes."""
 
-    def __init__(self, client: Client, prefix: str, network: str, node: str, label: str = "") -> None:
+    def __init__(
+        self, client: Client, prefix: str, network: str, node: str, label: str = "", cursors: Sequence[str] = ()
+    ) -> None:
+        """``cursors``: the name of each range set's cursor, by range set index (default: the index)."""
         validate_component(network, "network name")
         self.client = client
         self.label = label or f"network {network}"
         self.node = node
         self.base = f"{prefix}/ipam/{network}/".encode()
-        self._cursors: dict[int, IPAddress | None] | None = None
+        self.cursor_names = tuple(cursors)
+        self._cursors: dict[str, IPAddress] | None = None
         self._pending: dict[int, IPAddress] = {}
+
+    def _cursor_name(self, range_id: int) -> str:
+        return self.cursor_names[range_id] if range_id < len(self.cursor_names) else str(range_id)
 
     # ------------------------------------------------------------ keys
 
@@ -94,7 +105,8 @@ class EtcdStore:
         """Write the cursors moved by this call (one request)."""
         if self._pending:
             ops = [
-                put_op(self.base + f"{LAST_RESERVED}{i}".encode(), str(ip).encode()) for i, ip in self._pending.items()
+                put_op(self.base + f"{LAST_RESERVED}{self._cursor_name(i)}".encode(), str(ip).encode())
+                for i, ip in self._pending.items()
             ]
             with self._io("move the round-robin cursor"):
                 self.client.txn([], ops, [])
@@ -140,10 +152,10 @@ class EtcdStore:
             self._cursors = {}
             for kv in kvs:
                 try:
-                    self._cursors[int(kv.key[len(start) :])] = ipaddress.ip_address(kv.value.decode().strip())
+                    self._cursors[kv.key[len(start) :].decode()] = ipaddress.ip_address(kv.value.decode().strip())
                 except (ValueError, UnicodeDecodeError):
                     continue  # garbage: round-robin restarts from the range start, as host-local's
-        return self._cursors.get(range_id)
+        return self._cursors.get(self._cursor_name(range_id))
 
     def set_last_reserved(self, range_id: int, ip: IPAddress) -> None:
         self._pending[range_id] = ip

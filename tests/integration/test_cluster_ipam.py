@@ -7,6 +7,7 @@ runtimes each)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -131,6 +132,27 @@ def test_requested_address_and_exhaustion(bed: Bed) -> None:
     dup = n2.plugin("cluster-ipam", "ADD", conf(n2, ranges=small, args={"cni": {"ips": ["10.77.0.2"]}}), "c")
     assert dup.rc == 1 and "10.77.0.2 is not available" in dup.json["msg"]
     assert list(reservations(bed)) == ["10.77.0.2"]
+
+
+def test_round_robin_per_range_set_across_nodes(bed: Bed) -> None:
+    """Nodes with a subnet each under one network name (a node's conflist with cluster-ipam)
+    keep a cursor each: n2's ADD does not send n1's round-robin back to its range's start,
+    so n1's next container gets the next address, as host-local gives it."""
+    n1, n2 = bed.nodes[0], bed.nodes[1]
+    r1, r2 = [[{"subnet": "10.77.1.0/24"}]], [[{"subnet": "10.77.2.0/24"}]]
+    assert address(n1.plugin("cluster-ipam", "ADD", conf(n1, ranges=r1), "a")) == "10.77.1.2"
+    assert address(n2.plugin("cluster-ipam", "ADD", conf(n2, ranges=r2), "x")) == "10.77.2.2"
+    n1.plugin("cluster-ipam", "DEL", conf(n1, ranges=r1), "a").ok()
+    assert address(n1.plugin("cluster-ipam", "ADD", conf(n1, ranges=r1), "b")) == "10.77.1.3"
+    shared = [[{"subnet": "10.77.1.0/24"}, {"subnet": "10.77.2.0/24"}]]  # a pool both nodes share: one cursor
+    assert address(n2.plugin("cluster-ipam", "ADD", conf(n2, ranges=shared), "y")) == "10.77.1.2"
+    assert address(n1.plugin("cluster-ipam", "ADD", conf(n1, ranges=shared), "c")) == "10.77.1.4"
+    base = f"{PREFIX}/ipam/cnet/last_reserved_ip."
+    assert {k[len(base) :]: v for k, v in bed.etcd_keys(base).items()} == {
+        "10.77.1.1-10.77.1.254": "10.77.1.3",
+        "10.77.2.1-10.77.2.254": "10.77.2.2",
+        "10.77.1.1-10.77.1.254,10.77.2.1-10.77.2.254": "10.77.1.4",
+    }
 
 
 def _runtime(node: Node, runtime: int, count: int, results: dict[str, str], errors: list[str]) -> None:
@@ -306,7 +328,8 @@ def test_node_killed_mid_add_leaves_no_reservation_after_gc(bed: Bed, tmp_path: 
         assert poll(lambda: any(v == "n1" for v in owners(bed).values()), timeout=30), "n1 never reserved"
         # The node dies: every process in it, the runtime and the plugin it was running.
         for pid in sh("ip", "netns", "pids", n1.ns).stdout.split():
-            os.kill(int(pid), signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # a short-lived one may have ended since
+                os.kill(int(pid), signal.SIGKILL)
         dying.wait(timeout=10)
         assert sorted(owners(bed).values()) == ["n1", "n2"]  # n1's reservation outlived it
     finally:
