@@ -1,13 +1,13 @@
 """A small typed façade over pyroute2's IPRoute: the only module that touches pyroute2.
 Single link reads, the most frequent request, go through ``linkget`` instead (a plain
 rtnetlink socket and ``struct``: ~0.8 ms less per read in a warm process). So do the
-requests of the plugins' hot paths (veth and macvlan creation, link up/master/MTU/name,
-deleting a link, adding and deleting addresses and routes, reading addresses): their
-messages are built with pyroute2's own message classes, with the attributes pyroute2's
-request machinery would send (a test compares the bytes), and written to that plain socket,
-which skips pyroute2's request machinery (~0.5 ms per request). ``Netlink.batch`` sends
-several of them in one write; IPRoute itself is opened only when a request not covered
-here needs it.
+requests of the plugins' hot paths (creating veths and macvlans; link up/down, master, MTU,
+name, MAC, txqueuelen, flags; bridge port options; deleting a link; adding and deleting
+addresses and routes; reading addresses): their messages are built with pyroute2's own
+message classes, with the attributes pyroute2's request machinery would send (a test
+compares the bytes), and written to that plain socket, skipping the request machinery.
+``Netlink.batch`` sends several of them in one write. IPRoute itself is opened only when a
+request not covered here needs it.
 
 pyroute2 is imported on first use, not at import time: it costs ~100 ms, and VERSION,
 error paths and the nftables-only plugins must not pay for it. Its package ``__init__`` is
