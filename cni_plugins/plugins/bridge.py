@@ -53,6 +53,8 @@ def cmd_add(args: CmdArgs) -> Result:
     conf.validate_for_add()
     if conf.ip_masq and conf.ip_masq_backend == "iptables":
         log.note("ipMasqBackend: iptables asked for; masquerade is served by nftables (table inet cni_py_masq)")
+    if conf.ipam_type:  # before the bridge is made: an ADD failing on this would leave it behind
+        invoke.find_in_path(conf.ipam_type, args.path)
     with host_and_container(args.netns) as (host, ctr, host_fd, ctr_fd), contextlib.ExitStack() as undo:
         with step("bridge"):
             br = setup_bridge(host, conf)
