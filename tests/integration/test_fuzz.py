@@ -74,6 +74,7 @@ CODES = {
     "firewall-admin-chain-nft": 7,
     "tuning-": 7,
     "netns-": 8,
+    "cni-path-without-ipam": 7,  # and no bridge made: it is looked for before the bridge is
 }
 
 

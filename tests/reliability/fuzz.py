@@ -1178,6 +1178,7 @@ def named_cases() -> list[Named]:
     for kind in ("fifo", "dir", "file"):
         cases.append(Named(f"netns-{kind}", _netns_impostor(kind, "ADD")))
         cases.append(Named(f"netns-{kind}-del", _netns_impostor(kind, "DEL")))
+    cases.append(Named("cni-path-without-ipam", _with_env("bridge", {"CNI_PATH": "/nonexistent"}, bridge="fzbrnew")))
     cases.append(Named("netns-own", _with_env("bridge", {"CNI_NETNS": f"/proc/{os.getpid()}/ns/net"})))
     cases.append(Named("netns-mnt", _with_env("bridge", {"CNI_NETNS": "/proc/self/ns/mnt"})))
     return cases
