@@ -9,11 +9,15 @@ aside, they must be equal byte for byte, and so must the links, addresses and ro
 
 from __future__ import annotations
 
+import io
 import ipaddress
+import json
 import os
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +31,7 @@ from cni_plugins.kernel.netlink import (
     Netlink,
 )
 from cni_plugins.spec.errors import CNIError
-from tests.integration.nsutil import Namespaces, ip_json, path
+from tests.integration.nsutil import Namespaces, ip_json, path, sh
 
 NS_FD = 200  # the container's namespace at one fd number on both runs, as the bytes carry it
 
@@ -247,3 +251,83 @@ def test_batch_sends_once_and_raises_the_first_error(namespaces: Namespaces, mon
         have = {str(a.address) for a in nl.addresses(index=lo, family=2)}
         assert {"10.9.9.1/32", "10.9.9.2/32", "10.9.9.3/32", "10.9.9.6/32"} <= have and "10.9.9.4/32" not in have
         assert any(str(r.dst) == "10.9.10.0/24" for r in nl.routes())
+
+
+def test_hot_paths_open_no_iproute(
+    namespaces: Namespaces, cni_bin_no_helper: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADD and DEL of ptp, macvlan, bridge (with ipMasq), tuning and loopback, as a worker runs
+    them (in-process), never open pyroute2's IPRoute: every request they make goes over the
+    plain socket. (The bridge exists already: creating one is left to pyroute2.)"""
+    from pyroute2.iproute import linux
+
+    from cni_plugins.kernel import netns
+    from cni_plugins.protocol import registry, skel
+
+    host = namespaces.make("rawh")
+    sh("ip", "link", "add", "rawup0", "type", "veth", "peer", "name", "rawup1", ns=host)
+    sh("ip", "link", "set", "rawup0", "up", ns=host)
+    sh("ip", "link", "add", "rawbr0", "type", "bridge", ns=host)
+    sh("ip", "link", "set", "rawbr0", "up", ns=host)
+    opened: list[str] = []
+
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> None:
+        opened.append("IPRoute")
+        raise AssertionError("IPRoute opened on a hot path")
+
+    monkeypatch.setattr(linux.IPRoute, "__init__", refuse)
+
+    def ipam(subnet: str) -> dict[str, Any]:
+        return {
+            "type": "host-local",
+            "subnet": subnet,
+            "dataDir": str(tmp_path / "ipam"),
+            "routes": [{"dst": "0.0.0.0/0"}],
+        }
+
+    chains: list[tuple[str, list[dict[str, Any]]]] = [
+        ("eth0", [{"type": "ptp", "ipam": ipam("10.9.20.0/24")}, {"type": "tuning", "mac": "c2:00:00:00:00:09"}]),
+        ("eth0", [{"type": "macvlan", "master": "rawup0", "ipam": ipam("10.9.21.0/24")}]),
+        (
+            "eth0",
+            [{"type": "bridge", "bridge": "rawbr0", "isGateway": True, "ipMasq": True, "ipam": ipam("10.9.22.0/24")}],
+        ),
+        ("lo", [{"type": "loopback"}]),
+    ]
+    ran = 0
+    with netns.entered(path(host)):
+        for n, (ifname, plugins) in enumerate(chains):
+            ctr = namespaces.make(f"rawc{n}")
+            env = {
+                "CNI_CONTAINERID": f"raw{n}",
+                "CNI_NETNS": path(ctr),
+                "CNI_IFNAME": ifname,
+                "CNI_PATH": str(cni_bin_no_helper),
+            }
+            prev: dict[str, Any] | None = None
+            confs = []
+            for p in plugins:
+                conf = {"cniVersion": "1.0.0", "name": f"raw{n}", **p} | ({"prevResult": prev} if prev else {})
+                out = io.StringIO()
+                code = skel.run(
+                    registry.load(p["type"]).PLUGIN,
+                    environ={**env, "CNI_COMMAND": "ADD"},
+                    stdin=json.dumps(conf).encode(),
+                    stdout=out,
+                    stderr=sys.stderr,
+                )
+                assert code == 0, out.getvalue()
+                prev = json.loads(out.getvalue())
+                confs.append(conf)
+            for conf in reversed(confs):
+                out = io.StringIO()
+                code = skel.run(
+                    registry.load(conf["type"]).PLUGIN,
+                    environ={**env, "CNI_COMMAND": "DEL"},
+                    stdin=json.dumps({**conf, "prevResult": prev}).encode(),
+                    stdout=out,
+                    stderr=sys.stderr,
+                )
+                assert code == 0, out.getvalue()
+                ran += 1
+    assert ran == 5 and not opened
