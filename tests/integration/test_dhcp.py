@@ -299,8 +299,15 @@ def test_renews_before_expiry(
     mac = mac_of(ctr)
     address, _ = lan.leases()[mac]
     time.sleep(6)  # one and a half leases: held only if renewed
-    lease = daemon.lease("ctr1/dhnet/eth0")
-    assert lease is not None and lease["state"] == "bound" and lease["renewals"] >= 2, lease
+    seen: list[dict[str, Any] | None] = []
+
+    def bound() -> bool:  # a renewal falls due every 2 s: wait out one in flight
+        seen.append(daemon.lease("ctr1/dhnet/eth0"))
+        return (seen[-1] or {}).get("state") == "bound"
+
+    poll(bound, timeout=3)
+    lease = seen[-1]
+    assert lease is not None and lease["state"] == "bound" and lease["renewals"] >= 2, seen
     assert lan.leases()[mac][0] == address and lan.leases()[mac][1] != "expired"
     assert lan.count("OFFER") == 1 and lan.count("ACK") >= 3  # renewals are REQUESTs, not new leases
     assert f"{address}/24" in addrs(ctr, "eth0")
