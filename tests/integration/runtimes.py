@@ -159,9 +159,11 @@ class Sandbox:
             "mkdir -p /run/netns /run/lock",
         ]
         overlaid: list[str] = []
+        binds: list[str] = []  # after every overlay: an overlay on /var/lib would hide a bind below it
         for i, target in enumerate(SHADOWED):
             empty = self.work / "shadow" / str(i)
             empty.mkdir(parents=True)
+            binds.append(f"mount --bind {empty} {target}")
             if not Path(target).exists():
                 parent = Path(target)
                 while not parent.exists():
@@ -175,8 +177,7 @@ class Sandbox:
                     )
                     overlaid.append(str(parent))
                 lines.append(f"mkdir -p {target}")
-            lines.append(f"mount --bind {empty} {target}")
-        return "\n".join(lines)
+        return "\n".join(lines + binds)
 
     def outside(self, path: str) -> str:
         """The path by which the test process reaches ``path`` of the sandbox's mount
