@@ -1,29 +1,50 @@
 """Hypothesis over stdin, ``CNI_ARGS``, ``runtimeConfig`` and the environment, for every
-plugin type of ``cni_plugins/protocol/registry.py`` the column has.
+plugin type of ``cni_plugins/protocol/registry.py`` the column has (the cases split evenly
+over the types, one hypothesis run per type).
 
-Each case starts from a config that works for its type (``templates``) and mutates it:
+Each case starts from a config that works for its type (``template``) and mutates it:
 keys replaced by hostile values (path traversal, over-long names, NUL bytes, lone
 surrogates, nft-looking text, numbers out of range, wrong JSON types), keys added,
 ``runtimeConfig``, ``args`` and ``prevResult`` generated, the JSON itself broken (cut
-short, nested thousands deep, bytes that are not UTF-8, Go's case-insensitive key twins),
-and the environment changed (``CNI_COMMAND``, ``CNI_CONTAINERID``, ``CNI_IFNAME``,
-``CNI_ARGS``, ``CNI_NETNS`` as a missing path, a file, a directory, a FIFO, this very
-namespace, ``CNI_PATH``, variables removed or added). The executable is exec'd as a
-runtime execs it, from the host stand-in.
+short, nested up to 5,000 deep, bytes that are not UTF-8, Go's case-insensitive key twins,
+duplicate keys), and the environment changed (``CNI_COMMAND``, ``CNI_CONTAINERID``,
+``CNI_IFNAME``, ``CNI_ARGS``, ``CNI_NETNS`` as a missing path, a file, a directory, a FIFO,
+the caller's own namespace, ``CNI_PATH``, variables removed or added; an environment cannot
+carry a NUL, so NULs go in stdin only). The executable is exec'd as a runtime execs it,
+from the host stand-in.
 
-Every answer is judged: a non-zero exit with a CNI error JSON on stdout (an object with an
-integer code of the spec, 100..999, a message, nothing else), or exit 0 with a valid result
-(ADD: a result of its cniVersion; VERSION: the versions; anything else: nothing), never a
-traceback, never over ``TIME_LIMIT``. The state (``host.py``: links, nftables, reservations,
-temporary files; plus every file under the part's work dir and the default data dirs, which
-are a tmpfs here) is compared after each case: an error must change nothing, no answer may
-change anything outside the case's own container namespace and data dir, and a successful
-ADD is followed by the runtime's DEL, after which nothing may be left. Whatever a case
-changes is undone (namespaces made again, the stand-in's ruleset flushed and the fixtures
-made again) before the next.
+Every answer is judged: a non-zero exit with a CNI error JSON on stdout (an object with a
+spec code, 1..11, 50, 51, or 100..999, a message, nothing else), or exit 0 with a valid
+result (ADD: a result of its cniVersion; VERSION: the versions; anything else: nothing),
+never a traceback, never over ``TIME_LIMIT``. The state (``host.py``: links and addresses
+of the stand-in and the container namespaces, nftables, reservations, temporary files;
+plus every file under the part's work dir and the escape dir that hostile absolute paths
+name) is compared after each case. The default data dirs are a tmpfs of the part, and the
+case's own data dir when its config names none. Whatever a case changed is taken as the
+next base, or the bed is made again when it reached the fixtures.
+
+Counts: ``cases``, ``answered ok``/``answered error``, ``ADDs that succeeded`` (each then
+DELeted as a runtime would), ``beds made again``; and the problems, which must be 0:
+``traceback``, ``over 5 s``, ``hung (killed)`` (still running after ``KILL_AFTER``),
+``stdout is not JSON``, ``error without a CNI error JSON``, ``error JSON without a spec
+code and a message``, ``error JSON with other keys``, ``ADD succeeded without a valid
+result``, ``VERSION without the versions``, ``changed by an error`` (anything at all,
+the case's own namespace included), ``left after ADD and DEL`` (but what a network shares
+between its containers: a bridge and its gateway address, tables and chains, the rules of
+a chain the ADD made), ``changed outside its namespace and data dir`` (by any other
+successful call), ``DEL after a successful ADD failed``; a problem of that DEL is counted
+with ``(the DEL after it)``. ``harness errors`` are the fuzzer's own failures.
 
 ``named_cases`` are the explicit hostile inputs the test suite runs one by one
-(tests/integration/test_fuzz.py); ``size["fuzz_named"]`` runs them instead of the fuzzer.
+(tests/integration/test_fuzz.py); ``size["fuzz_named"]`` runs them instead of the fuzzer:
+container IDs, interface names, network names and dataDirs with traversal, slashes, ``..``,
+absolute paths and over-long values; NULs in names and raw in stdin; stdin and environment
+that are not UTF-8, a lone surrogate; 10 MB of JSON (a string, an array); 1,000 and 5,000
+levels of nesting at ``args``, ``prevResult``, ``runtimeConfig``, the top, in objects;
+nft-looking ``conditionsV4``, port mappings, bridge names (in the config and in firewall's
+``prevResult``) and iptables admin chain names; sysctl traversal; a FIFO, a directory, a
+regular file, the caller's own namespace and a mount namespace as ``CNI_NETNS``; a bridge
+ADD with no IPAM in ``CNI_PATH``.
 """
 
 from __future__ import annotations
