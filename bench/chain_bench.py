@@ -1192,6 +1192,114 @@ def plugin_table(res: dict[str, Any], names: list[str]) -> tuple[str, list[dict[
     return text, data
 
 
+def summary(res: dict[str, Any]) -> str:
+    """The README's speed table, a dozen rows in Markdown, from a run's JSON (``--summary``)."""
+    meta, out = res["meta"], []
+    ref, ours = "reference", "ours"
+
+    def line(what: str, o: str, r: str, ratio: str = "", target: str = "") -> None:
+        out.append(f"| {what} | {o} | {r} | {ratio} | {target} |")
+
+    def verdict(ok: bool, target: str) -> str:
+        return f"{target}: {'met' if ok else '**not met**'}"
+
+    if "chain" in res:
+        c = res["chain"]
+        n = len(c[ours]["add"])
+        for verb in ("add", "del"):
+            o, r = med(c[ours][verb]), med(c[ref][verb])
+            line(f"chain {verb.upper()} median, {n} containers one after another", ms(o), ms(r), f"{o / r:.2f}x")
+        o = med(c[ours]["add"]) + med(c[ours]["del"])
+        r = med(c[ref]["add"]) + med(c[ref]["del"])
+        line("chain ADD + DEL", ms(o), ms(r), f"{o / r:.2f}x", verdict(o / r <= 0.25, "<= 0.25x"))
+    if "first" in res:
+        f = res["first"]
+        r = med(f[ref]["add"]) + med(f[ref]["del"])
+        for name, what in (
+            (ours, "first container, ADD + DEL, helper running"),
+            ("ours, systemd, service up at boot", "the same, systemd units, service up at boot"),
+            ("ours, helper not running yet", "the same, no helper running yet (the call starts it)"),
+        ):
+            if name in f:
+                o = med(f[name]["add"]) + med(f[name]["del"])
+                target, limit = FIRST_TARGETS.get(name, ("", None))
+                line(what, ms(o), ms(r), f"{o / r:.2f}x", verdict(o / r <= limit, target) if limit else "")
+    for key, tag in (("scale", ""), ("scale_v6off", ", bridge disableIPv6")):
+        if key in res and "probe" in res[key][res[key]["names"]["ours"]]:
+            s = res[key]
+            go, gk = _growth(s[s["names"]["ours"]]["probe"]), _growth(s[s["names"]["kernel"]]["probe"])
+            n = len(s[s["names"]["ours"]]["add"])
+            line(
+                f"one more ADD at {n:,} containers minus at 1 (paired probes){tag}",
+                ms(go),
+                f"{ms(gk)} (kernel-only)",
+                "",
+                verdict(go <= gk + 0.001, f"<= {ms(gk)} + 1 ms"),
+            )
+    if "plugin_rows" in res:
+        rows = [d for d in res["plugin_rows"] if d["verb"] != "VERSION"]
+        over = [d for d in rows if d[ours] > d[ref]]
+        worst = max(rows, key=lambda d: d[ours] / d[ref])
+        line(
+            f"each plugin per call, ADD and DEL ({len(rows)} rows): the slowest against the reference "
+            f"({worst['plugin']} {worst['verb']})",
+            ms(worst[ours]),
+            ms(worst[ref]),
+            f"{worst[ours] / worst[ref]:.2f}x",
+            verdict(not over, "every one <= 1.0x") + (f" ({len(over)} above)" if over else ""),
+        )
+        for d in rows:
+            if d["plugin"].startswith(("ptp (", "macvlan")) and d["verb"] == "ADD":
+                line(f"{d['plugin']} ADD median", ms(d[ours]), ms(d[ref]), f"{d[ours] / d[ref]:.2f}x")
+        version = next((d for d in res["plugin_rows"] if d["verb"] == "VERSION"), None)
+        if version:
+            py = version["ours, Python launcher"]
+            line(
+                "VERSION call (the launcher's start): native / Python launcher",
+                f"{ms(version[ours])} / {ms(py)}",
+                ms(version[ref]),
+                f"{version[ours] / version[ref]:.2f}x",
+            )
+    if "concurrent" in res:
+        c = res["concurrent"]
+        o, r = med(c[ours]["adds"]), med(c[ref]["adds"])
+        line(
+            f"{meta['runtimes']} runtimes adding {c[ours]['containers']} containers: ADD median",
+            ms(o),
+            ms(r),
+            f"{o / r:.2f}x",
+        )
+    if "memory_growth" in res:
+        samples = res["memory_growth"]["samples"][1:]
+        third = max(1, len(samples) // 3)
+        first, last = med([x["total"] for x in samples[:third]]), med([x["total"] for x in samples[-third:]])
+        line(
+            f"the helper and its workers, PSS over {res['memory_growth']['calls']:,} calls, MiB",
+            f"{first / 1024:.1f} -> {last / 1024:.1f}",
+            "-",
+            "",
+            verdict(last - first <= 1024, "no growth"),
+        )
+    if "helper_after" in res:
+        h = res["helper_after"]["total"] / 1024
+        line(
+            "the helper with its idle workers after the benchmark, PSS, MiB",
+            f"{h:.1f}",
+            "-",
+            "",
+            verdict(h <= 60, "<= 60"),
+        )
+    head = [
+        f"`bench/chain_bench.py`, {meta['date']}, commit {meta['commit']}, {meta['cpus']} CPUs, "
+        f"load average {meta['loadavg_start'][0]:.2f} -> {meta['loadavg_end'][0]:.2f}, "
+        f"wall {meta['wall_s']:.0f} s (ms):",
+        "",
+        "| measure | ours | reference | ours/ref | target |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    return "\n".join(head + out)
+
+
 def _fmt(v: object) -> str:
     return f"{v:.1f}" if isinstance(v, float) else str(v)
 
@@ -1335,10 +1443,16 @@ def main(argv: list[str] | None = None) -> int:
             "and CNI_PY_LOG_FILE=/tmp/x.log for ours' step timings"
         ),
     )
+    parser.add_argument(
+        "--summary", metavar="JSON", help="print the README's speed table from a run's chain_bench.json, and exit"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.worker:
         return worker_main(opts.worker)
+    if opts.summary:
+        print(summary(json.loads(Path(opts.summary).read_text())))
+        return 0
     PLUGIN_ENV.update(kv.split("=", 1) for kv in opts.plugin_env if "=" in kv)
     if os.geteuid() != 0:
         raise SystemExit("needs root: network namespaces")
