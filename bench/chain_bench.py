@@ -1282,8 +1282,9 @@ def summary(res: dict[str, Any]) -> str:
         )
     if "helper_after" in res:
         h = res["helper_after"]["total"] / 1024
+        idle = meta.get("idle_wait_s", 0) + 2
         line(
-            "the helper with its idle workers after the benchmark, PSS, MiB",
+            f"the helper with its idle workers, {idle:.0f} s after the benchmark's last call, PSS, MiB",
             f"{h:.1f}",
             "-",
             "",
