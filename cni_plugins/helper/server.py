@@ -49,6 +49,8 @@ STAMP_EVERY = 2.0  # seconds between checks of the code's mtimes while calls com
 REST_AFTER = 30.0  # seconds without calls, after which the pool keeps only REST_WORKERS ready
 REST_WORKERS = 2  # what sequential calls need: one serving, one ready while it reports back
 NOT_PRELOADED = ("cni_plugins.install", "cni_plugins.launch", "cni_plugins.helper.units")  # no call runs them
+# Programs of their own (cnitool, the node agent, the DHCP daemon): no plugin call imports them.
+NOT_PRELOADED_PACKAGES = ("cni_plugins.runtime.", "cni_plugins.node.", "cni_plugins.dhcpd.")
 
 
 def _preload() -> None:
@@ -67,7 +69,7 @@ def _preload() -> None:
     root = Path(installed.package_root())
     for pkg in ("cni_plugins", "ipam", "firewall", "conf"):
         for info in pkgutil.walk_packages([str(root / pkg)], prefix=f"{pkg}."):
-            if info.ispkg or info.name in NOT_PRELOADED or info.name.startswith("cni_plugins.runtime."):
+            if info.ispkg or info.name in NOT_PRELOADED or info.name.startswith(NOT_PRELOADED_PACKAGES):
                 continue
             try:
                 importlib.import_module(info.name)

@@ -32,5 +32,23 @@ def test_every_module_a_call_may_need_is_preloaded() -> None:
     assert proc.returncode == 0, proc.stderr
     loaded = set(json.loads(proc.stdout.splitlines()[-1]))
     not_needed = {"cni_plugins.install", "cni_plugins.launch", "cni_plugins.helper.units"}
-    missing = {m for m in product_modules() - loaded - not_needed if not m.startswith("cni_plugins.runtime.")}
+    programs = ("cni_plugins.runtime.", "cni_plugins.node.", "cni_plugins.dhcpd.")  # run in processes of their own
+    missing = {m for m in product_modules() - loaded - not_needed if not m.startswith(programs)}
     assert missing == set()
+
+
+def test_no_plugin_imports_a_program_of_its_own() -> None:
+    """What the helper leaves out of its preload must not be what a call needs."""
+    from cni_plugins.protocol import registry
+
+    code = (
+        "import json, sys\n"
+        "from cni_plugins.protocol import registry\n"
+        "for t in registry.available(): registry.load(t)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-I", "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout.splitlines()[-1])
+    assert len(registry.available()) > 10
+    assert [m for m in loaded if m.startswith(("cni_plugins.node.", "cni_plugins.dhcpd."))] == []
