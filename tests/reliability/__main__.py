@@ -110,11 +110,13 @@ def run_suite(
 
 
 def summary(counts: dict[str, int]) -> dict[str, int]:
-    """Counts of a part summed over its rounds and stages (``"read-only: after DEL: leaked
-    links"`` counts as ``"leaked links"``); the JSON keeps them apart."""
+    """Counts of a part summed over its rounds (``"read-only: after DEL: leaked links"``
+    counts as ``"after DEL: leaked links"``, ``"read-only: ADDs"`` as ``"ADDs"``), not over
+    the stages of a round: each stage counts what is left at that point, and a leak left
+    through two stages would count twice. The JSON keeps the rounds apart."""
     out: dict[str, int] = {}
     for key, value in counts.items():
-        short = key.rsplit(": ", 1)[-1]
+        short = key.split(": ", 1)[-1]
         out[short] = out.get(short, 0) + value
     return out
 
