@@ -116,6 +116,7 @@ class Bed:
     cwd: Path = field(init=False)
     base: host.State | None = None
     base_files: dict[str, int] = field(default_factory=dict)
+    only: list[str] = field(default_factory=list)  # these types alone (all if empty)
     warm: dict[str, str] = field(default_factory=dict)  # type -> "" or why its template's ADD failed
     netlink: Netlink = field(default_factory=lambda: Netlink())
     nft: Any = None
@@ -127,7 +128,7 @@ class Bed:
         self.cwd = self.work / "cwd" / "1" / "2" / "3" / "4" / "5" / "6" / "7" / "8"
 
     def types(self) -> list[str]:
-        return [t for t in sorted(registry.PLUGINS) if self.column.has(t)]
+        return [t for t in sorted(registry.PLUGINS) if self.column.has(t) and (not self.only or t in self.only)]
 
     def setup(self) -> None:
         for d in DEFAULT_DIRS:
@@ -985,7 +986,7 @@ def run(column: Column, work: Path, size: dict[str, Any]) -> dict[str, Any]:
     lanes = int(size.get("fuzz_lanes") or (LANES if int(size.get("fuzz_cases", 0)) >= LANES_FROM else 1))
     if lanes > 1 and size.get("fuzz_named") is None:
         return run_lanes(column, work, size, lanes)
-    bed = Bed(column, work)
+    bed = Bed(column, work, only=list(size.get("fuzz_types") or []))
     bed.setup()
     tally = Tally()
     named = size.get("fuzz_named")
@@ -996,7 +997,7 @@ def run(column: Column, work: Path, size: dict[str, Any]) -> dict[str, Any]:
         bed.reset()
         bed.netlink.close()
         return {"counts": {"named cases": len(results)}, "named": results, "seconds fuzzing": round(elapsed, 1)}
-    types = [t for t in bed.types() if not size.get("fuzz_types") or t in size["fuzz_types"]]
+    types = bed.types()
     fuzz(bed, int(size["fuzz_cases"]), seed_number(size.get("seed", 0)), tally, types)
     elapsed = time.monotonic() - started
     bed.reset()
