@@ -175,7 +175,10 @@ class NetConf:
             ) from None
         if not isinstance(raw, dict):
             raise DecodingFailure(f"decode network config from stdin: expected a JSON object, got {type(raw).__name__}")
-        version = raw.get("cniVersion") or DEFAULT_CONFIG_VERSION
+        version = raw.get("cniVersion")
+        if version is not None and not isinstance(version, str):  # Go's decoding refuses it; {} is not "missing"
+            raise DecodingFailure(f"cniVersion: expected a string, got {shown(version)}")
+        version = version or DEFAULT_CONFIG_VERSION
         parse_version(version)
         name = raw.get("name", "")
         if not isinstance(name, str):

@@ -100,6 +100,8 @@ BAD_INPUT = [
     ("name-not-string", ENV, conf_with(name=5), 6, "name"),
     ("version-unsupported", ENV, conf_with(cniVersion="9.9.9"), 1, "incompatible CNI versions"),
     ("version-garbage", ENV, conf_with(cniVersion="one"), 6, "cniVersion"),
+    ("version-object", ENV, conf_with(cniVersion={}), 6, "cniVersion: expected a string"),
+    ("version-false", ENV, conf_with(cniVersion=False), 6, "cniVersion: expected a string"),
     ("check-before-0.4.0", env_with(CNI_COMMAND="CHECK"), conf_with(cniVersion="0.3.1"), 1, "does not allow CHECK"),
     ("status-before-1.1.0", env_with(CNI_COMMAND="STATUS"), conf_with(cniVersion="1.0.0"), 1, "does not allow STATUS"),
     ("gc-before-1.1.0", env_with(CNI_COMMAND="GC"), conf_with(cniVersion="0.4.0"), 1, "does not allow GC"),
