@@ -182,6 +182,10 @@ def _serve(
                 cni_args.check_known(plugin.cni_args)
         if command in (ADD, CHECK):
             _check_netns_differs(args["CNI_NETNS"], environ)
+        elif command == DEL and args.get("CNI_NETNS") and _is_own_netns(args["CNI_NETNS"], environ):
+            # never a container's: undo what the attachment owns elsewhere, as for a gone namespace
+            log.warning(f"DEL: CNI_NETNS {args['CNI_NETNS']} is the plugin's own network namespace; leaving it alone")
+            args["CNI_NETNS"] = ""
         cmd = CmdArgs(
             command=command,
             container_id=args.get("CNI_CONTAINERID", ""),
@@ -256,16 +260,20 @@ def _parse_env(command: str, environ: Mapping[str, str]) -> dict[str, str]:
     return values
 
 
-def _check_netns_differs(netns: str, environ: Mapping[str, str]) -> None:
-    """Refuse to configure the plugin's own namespace (the Go skel's guard, code 8)."""
+def _is_own_netns(netns: str, environ: Mapping[str, str]) -> bool:
     if environ.get("CNI_NETNS_OVERRIDE"):
-        return
+        return False
     try:
         target = os.stat(netns)
         own = os.stat("/proc/self/ns/net")
     except OSError:
-        return  # a missing path is reported by the code that opens it, with its own message
-    if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
+        return False  # a missing path is reported by the code that opens it, with its own message
+    return (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _check_netns_differs(netns: str, environ: Mapping[str, str]) -> None:
+    """Refuse to configure the plugin's own namespace (the Go skel's guard, code 8)."""
+    if _is_own_netns(netns, environ):
         raise InvalidNetNS(
             f"CNI_NETNS {netns} is the plugin's own network namespace",
             "pass the container's namespace, or set CNI_NETNS_OVERRIDE=1 if this is intended",
