@@ -55,6 +55,8 @@ ACCEPTED = {
     "firewall-bridge-long",
     "firewall-bridge-brace",
     "tuning-sysctl-global",  # a sysctl of the container's namespace, which is the container's
+    "netns-own-del-loopback",  # DEL succeeds and leaves the caller's own namespace alone
+    "netns-own-del-bridge",
 }
 CODES = {
     "containerid-": 4,
@@ -140,7 +142,7 @@ def test_named(named: dict[str, Any], case_id: str) -> None:
     assert got["changed"] == {}, f"{case_id} changed {got['changed']}"
     if case_id in ACCEPTED:
         assert got["rc"] == 0, got
-        assert got["cleanup DEL rc"] == 0, got
+        assert got["cleanup DEL rc"] in (0, None), got  # None: the case was a DEL
         if case_id.startswith("firewall-bridge-"):
             entries = [e for k, v in got["added by the ADD"].items() if k.startswith("nft") for e in v]
             assert not [e for e in entries if "fzbr9" in e or "br}0" in e or "flush" in e or "bbbb" in e], entries

@@ -43,7 +43,7 @@ that are not UTF-8, a lone surrogate; 10 MB of JSON (a string, an array); 1,000 
 levels of nesting at ``args``, ``prevResult``, ``runtimeConfig``, the top, in objects;
 nft-looking ``conditionsV4``, port mappings, bridge names (in the config and in firewall's
 ``prevResult``) and iptables admin chain names; sysctl traversal; a FIFO, a directory, a
-regular file, the caller's own namespace and a mount namespace as ``CNI_NETNS``; a bridge
+regular file, the caller's own namespace (ADD and DEL) and a mount namespace as ``CNI_NETNS``; a bridge
 ADD with no IPAM in ``CNI_PATH``.
 """
 
@@ -1202,6 +1202,9 @@ def named_cases() -> list[Named]:
         cases.append(Named(f"netns-{kind}-del", _netns_impostor(kind, "DEL")))
     cases.append(Named("cni-path-without-ipam", _with_env("bridge", {"CNI_PATH": "/nonexistent"}, bridge="fzbrnew")))
     cases.append(Named("netns-own", _with_env("bridge", {"CNI_NETNS": f"/proc/{os.getpid()}/ns/net"})))
+    own_del = {"CNI_NETNS": f"/proc/{os.getpid()}/ns/net", "CNI_COMMAND": "DEL"}
+    cases.append(Named("netns-own-del-loopback", _with_env("loopback", own_del)))
+    cases.append(Named("netns-own-del-bridge", _with_env("bridge", own_del)))
     cases.append(Named("netns-mnt", _with_env("bridge", {"CNI_NETNS": "/proc/self/ns/mnt"})))
     return cases
 
