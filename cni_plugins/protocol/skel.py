@@ -11,6 +11,7 @@ Nothing heavy is imported here: VERSION and every error path stay cheap.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -201,7 +202,12 @@ def _serve(
         ):  # ADD, CHECK, DEL of one attachment never overlap
             if command == ADD:
                 result = cancel.run_add(plugin, cmd)  # stops at a safe point if a helper's caller goes away
-                return _write(stdout, result_to_json(result, conf.cni_version), indent=4)
+                try:
+                    answer = result_to_json(result, conf.cni_version)
+                except CNIError:  # (a result before 0.3.0 without an address): nothing it made may stay
+                    _undo_add(plugin, cmd)
+                    raise
+                return _write(stdout, answer, indent=4)
             handler = {DEL: plugin.delete, CHECK: plugin.check, STATUS: plugin.status, GC: plugin.gc}[command]
             if handler is not None:
                 handler(cmd)
@@ -258,6 +264,14 @@ def _parse_env(command: str, environ: Mapping[str, str]) -> dict[str, str]:
             var.validate(value)
         values[var.name] = value
     return values
+
+
+def _undo_add(plugin: Plugin, cmd: CmdArgs) -> None:
+    """The plugin's DEL of an ADD whose result cannot be given, as the runtime's would be."""
+    try:
+        plugin.delete(dataclasses.replace(cmd, command=DEL))
+    except CNIError as err:
+        log.warning(f"undo of the ADD: {err.msg}")
 
 
 def _is_own_netns(netns: str, environ: Mapping[str, str]) -> bool:
