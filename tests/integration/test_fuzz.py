@@ -79,6 +79,7 @@ CODES = {
     "tuning-": 7,
     "netns-": 8,
     "cni-path-without-ipam": 7,  # and no bridge made: it is looked for before the bridge is
+    "result-0.2.0-without-ip": 1,  # and the links it made are removed again
 }
 
 

@@ -44,7 +44,7 @@ levels of nesting at ``args``, ``prevResult``, ``runtimeConfig``, the top, in ob
 nft-looking ``conditionsV4``, port mappings, bridge names (in the config and in firewall's
 ``prevResult``) and iptables admin chain names; sysctl traversal; a FIFO, a directory, a
 regular file, the caller's own namespace (ADD and DEL) and a mount namespace as ``CNI_NETNS``; a bridge
-ADD with no IPAM in ``CNI_PATH``.
+ADD with no IPAM in ``CNI_PATH``; a 0.2.0 bridge ADD without IPAM (no address to give).
 """
 
 from __future__ import annotations
@@ -1200,6 +1200,8 @@ def named_cases() -> list[Named]:
     for kind in ("fifo", "dir", "file"):
         cases.append(Named(f"netns-{kind}", _netns_impostor(kind, "ADD")))
         cases.append(Named(f"netns-{kind}-del", _netns_impostor(kind, "DEL")))
+    old = {"cniVersion": "0.2.0", "ipam": None}  # a result without an address, which 0.2.0 cannot carry
+    cases.append(Named("result-0.2.0-without-ip", _with_env("bridge", {}, **old)))
     cases.append(Named("cni-path-without-ipam", _with_env("bridge", {"CNI_PATH": "/nonexistent"}, bridge="fzbrnew")))
     cases.append(Named("netns-own", _with_env("bridge", {"CNI_NETNS": f"/proc/{os.getpid()}/ns/net"})))
     own_del = {"CNI_NETNS": f"/proc/{os.getpid()}/ns/net", "CNI_COMMAND": "DEL"}
