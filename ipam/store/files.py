@@ -8,11 +8,14 @@ Under ``<dataDir>/<network>/``::
     last_reserved_ip.0    the last address handed out from range set 0 (round-robin cursor)
     .cni-py-index/        ours only: which addresses each attachment holds (``ipam.store.index``)
 
-Crash safety of a reservation: the content is written and fsync'd in a temporary file inside
+Crash safety of a reservation: the content is written in a temporary file inside
 ``.cni-py-index/`` and then hard-linked to the address's name, which fails if the name exists:
-the claim is exclusive and the file is never seen empty or half-written. An empty address
-file (left by an older writer that crashed between create and write, plugins#498) is taken
-back when found under the lock. A temporary file never outlives the call that wrote it.
+the claim is exclusive and no other call ever sees the file empty or half-written. An empty
+address file (left by an older writer that crashed between create and write, plugins#498,
+or by a host that lost power before the page cache reached the disk) is taken back when
+found under the lock: the container it named died with the writer's host. Hence no fsync,
+as the reference: on ext4 it also commits whatever else the journal holds, milliseconds
+on a busy host. A temporary file never outlives the call that wrote it.
 
 A store that cannot be written (a read-only file system; a full one, or one without inodes,
 before the lock file exists) can still be opened ``read_only`` for DEL and CHECK, as the
@@ -181,7 +184,7 @@ class FileStore:
             path = self._path(ip)
             tmp = self._tmp.get(key)
             if tmp is None:
-                tmp = self._tmp[key] = self.index.write_tmp(key.content(), IP_FILE_MODE, sync=True)
+                tmp = self._tmp[key] = self.index.write_tmp(key.content(), IP_FILE_MODE, sync=False)
                 self.index.keep.add(tmp)
             if not _link_exclusive(tmp, path, key):
                 if os.stat(path).st_size != 0:
