@@ -12,7 +12,6 @@ its leases live in its memory, and a restart forgets them.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from cni_plugins.protocol import installed
@@ -21,21 +20,9 @@ from ipam.dhcp_conf import DEFAULT_SOCKET
 DEFAULT_NAME = "cni-dhcp"
 
 
-def _quoted(arg: str) -> str:
-    """One ExecStart= argument: double-quoted, with systemd's specifiers and variables escaped."""
-    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
-    return f'"{escaped}"'
-
-
 def exec_start(sock: str) -> str:
-    """The daemon with this interpreter, isolated, on the launchers' paths."""
-    paths = installed.search_path()
-    code = (
-        f"import sys; sys.path[:0] = {paths[:2]!r}; sys.path += {paths[2:]!r}; "
-        "from cni_plugins.dhcpd.server import main; sys.exit(main(['-socketpath', "
-        f"{sock!r}]))"
-    )
-    return " ".join([_quoted(sys.executable), "-IS", "-c", _quoted(code)])
+    """The daemon as a launcher would run it."""
+    return installed.exec_start("cni_plugins.dhcpd.server", ["-socketpath", sock])
 
 
 def socket_unit(name: str, sock: str) -> str:

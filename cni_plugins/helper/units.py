@@ -11,27 +11,14 @@ helper instead (``--helper auto``), with the same socket.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from cni_plugins.protocol import installed
 
 
-def _quoted(arg: str) -> str:
-    """One ExecStart= argument: double-quoted, with systemd's specifiers and variables escaped."""
-    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
-    return f'"{escaped}"'
-
-
 def exec_start(sock: str, ident: str) -> str:
-    """The helper as the launchers start it: this interpreter, isolated, with their paths."""
-    paths = installed.search_path()
-    code = (
-        f"import sys; sys.path[:0] = {paths[:2]!r}; sys.path += {paths[2:]!r}; "
-        "from cni_plugins.helper.server import main; sys.exit(main(['--socket', "
-        f"{sock!r}, '--install-id', {ident!r}, '--idle', '0']))"
-    )
-    return " ".join([_quoted(sys.executable), "-IS", "-c", _quoted(code)])
+    """The helper as the launchers start it."""
+    return installed.exec_start("cni_plugins.helper.server", ["--socket", sock, "--install-id", ident, "--idle", "0"])
 
 
 def socket_unit(name: str, sock: str) -> str:

@@ -209,20 +209,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def exec_start(argv: list[str]) -> str:
-    """The agent as a service runs it: this interpreter, isolated, with our code on its path."""
+    """The agent as a service runs it."""
     from cni_plugins.protocol import installed
 
-    paths = installed.search_path()
-    code = (
-        f"import sys; sys.path[:0] = {paths[:2]!r}; sys.path += {paths[2:]!r}; "
-        f"from cni_plugins.node.cli import main; sys.exit(main({['run', *argv]!r}))"
-    )
-    return " ".join(_quoted(a) for a in (sys.executable, "-IS", "-c", code))
-
-
-def _quoted(arg: str) -> str:
-    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
-    return f'"{escaped}"'
+    return installed.exec_start("cni_plugins.node.cli", ["run", *argv])
 
 
 def unit_text(name: str, run_argv: list[str]) -> str:

@@ -1,7 +1,8 @@
 """Our installed executables, as every layer that meets them sees them: where our code is
 (``package_root``, the ``search_path`` a launcher puts on ``sys.path``), an install's name
 (``install_id``), and the marker line that tells a launcher of ours from any other
-executable (``read_marker``). ``cni_plugins.install`` writes launchers from these;
+executable (``read_marker``), and a systemd ``ExecStart=`` that runs one of our programs as
+a launcher would (``exec_start``). ``cni_plugins.install`` writes launchers from these;
 ``invoke`` runs a delegate of this very install in-process; the helper serves only its own
 install's launchers."""
 
@@ -32,6 +33,23 @@ def search_path() -> list[str]:
         if p not in out:
             out.append(p)
     return out
+
+
+def exec_start(module: str, argv: list[str]) -> str:
+    """A systemd ``ExecStart=`` value running ``module``'s ``main(argv)`` as a launcher runs
+    our code: this interpreter, isolated (``-IS``), with ``search_path`` on its path."""
+    paths = search_path()
+    code = (
+        f"import sys; sys.path[:0] = {paths[:2]!r}; sys.path += {paths[2:]!r}; "
+        f"from {module} import main; sys.exit(main({argv!r}))"
+    )
+    return " ".join(_unit_quoted(arg) for arg in (sys.executable, "-IS", "-c", code))
+
+
+def _unit_quoted(arg: str) -> str:
+    """One ExecStart= argument: double-quoted, with systemd's specifiers and variables escaped."""
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{escaped}"'
 
 
 def install_id(interpreter: str | None = None) -> str:
