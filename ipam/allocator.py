@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from cni_plugins.spec.errors import CNIError, InvalidNetworkConfig
-from cni_plugins.spec.types import IPAddress, IPConfig
+from cni_plugins.spec.types import IPAddress, IPConfig, Result
 from ipam.ranges import Range, RangeSet
 from ipam.store import Key, Store
 
@@ -112,3 +112,16 @@ def gc(store: Store, valid: frozenset[Key]) -> tuple[IPAddress, ...]:
     for ip in stale:
         store.release_ip(ip)
     return tuple(stale)
+
+
+def check_prev_result(
+    plugin: str, range_sets: tuple[RangeSet, ...], key: Key, held: tuple[IPAddress, ...], prev: Result | None
+) -> None:
+    """CHECK: every address of ``prev`` in our ranges is one ``key`` holds."""
+    for ipc in prev.ips if prev is not None else ():
+        ip = ipc.address.ip
+        if any(rs.contains(ip) for rs in range_sets) and ip not in held:
+            raise CNIError(
+                f"{plugin}: {ip} in prevResult is not reserved for container {key.container_id}",
+                f"{key.ifname} holds {', '.join(map(str, held))}",
+            )

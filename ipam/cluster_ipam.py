@@ -113,14 +113,7 @@ def cmd_check(args: CmdArgs) -> None:
             f"{NAME}: failed to find address added by container {key.container_id}",
             f"no reservation for interface {key.ifname} on network {conf.name} in etcd",
         )
-    prev = args.conf.prev_result
-    for ipc in prev.ips if prev is not None else ():
-        ip = ipc.address.ip
-        if any(rs.contains(ip) for rs in conf.range_sets) and ip not in held:
-            raise CNIError(
-                f"{NAME}: {ip} in prevResult is not reserved for container {key.container_id}",
-                f"{key.ifname} holds {', '.join(map(str, held))}",
-            )
+    allocator.check_prev_result(NAME, conf.range_sets, key, held, args.conf.prev_result)
 
 
 def cmd_gc(args: CmdArgs) -> None:

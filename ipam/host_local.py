@@ -80,7 +80,7 @@ def cmd_check(args: CmdArgs) -> None:
     conf = IPAMConf.from_netconf(args.conf, args.cni_args)
     key = _key(args)
     store = FileStore(conf.data_dir, conf.name)
-    held: tuple[object, ...] = ()
+    held: tuple[IPAddress, ...] = ()
     if store.exists():
         try:
             with store:
@@ -93,14 +93,7 @@ def cmd_check(args: CmdArgs) -> None:
             f"host-local: Failed to find address added by container {key.container_id}",
             f"no reservation for interface {key.ifname} in {store.dir}",
         )
-    prev = args.conf.prev_result
-    for ipc in prev.ips if prev is not None else ():
-        ip = ipc.address.ip
-        if any(rs.contains(ip) for rs in conf.range_sets) and ip not in held:
-            raise CNIError(
-                f"host-local: {ip} in prevResult is not reserved for container {key.container_id}",
-                f"{key.ifname} holds {', '.join(map(str, held))}",
-            )
+    allocator.check_prev_result("host-local", conf.range_sets, key, held, args.conf.prev_result)
 
 
 def cmd_gc(args: CmdArgs) -> None:
