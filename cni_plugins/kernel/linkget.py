@@ -199,40 +199,14 @@ class LinkReader:
     def dump(self) -> list[Link]:
         """Every link of the namespace, in ifindex order (a dump the kernel interrupted
         because links changed meanwhile is read again)."""
-        for _ in range(DUMP_RETRIES):
-            links, interrupted = self._dump_once()
-            if not interrupted:
-                return links
-        raise LinkGetError(errno.EAGAIN, f"link dump interrupted {DUMP_RETRIES} times")
-
-    def _dump_once(self) -> tuple[list[Link], bool]:
-        self._seq += 1
         body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(
             IFLA_EXT_MASK, struct.pack("=I", RTEXT_FILTER_SKIP_STATS)
         )
-        flags = NLM_F_REQUEST | NLM_F_DUMP
-        self._sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK, flags, self._seq, 0) + body)
-        links: list[Link] = []
-        interrupted = False
-        while True:
-            data = self._sock.recv(RECV_SIZE)
-            offset = 0
-            while offset + _NLMSGHDR.size <= len(data):
-                length, kind, msg_flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-                if length < _NLMSGHDR.size:
-                    raise LinkGetError(errno.EPROTO, "malformed netlink message")
-                message = data[offset : offset + length]
-                offset += (length + 3) & ~3
-                if seq != self._seq:
-                    continue
-                interrupted = interrupted or bool(msg_flags & NLM_F_DUMP_INTR)
-                if kind == NLMSG_DONE:
-                    return links, interrupted
-                if kind == NLMSG_ERROR:
-                    (code,) = _ERRNO.unpack_from(message, _NLMSGHDR.size)
-                    raise LinkGetError(-code, os.strerror(-code))
-                if kind == RTM_NEWLINK:
-                    links.append(parse(message, self._kind_data))
+        return [
+            parse(message, self._kind_data)
+            for message in self.dump_messages(RTM_GETLINK, body)
+            if _NLMSGHDR.unpack_from(message)[1] == RTM_NEWLINK
+        ]
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
