@@ -726,13 +726,19 @@ def test_simultaneous_first_calls_share_one_helper(tmp_path: Path, namespaces: N
             if "ADD" in line and (m := re.search(r"\[(\d+)\]", line)):
                 served_by[int(m.group(1))] = _parent(int(m.group(1)))
         assert served_by and set(served_by.values()) == {helper}, (served_by, helper)
-        ours = [
-            int(pid)
-            for pid in subprocess.run(["pgrep", "-f", str(sock)], capture_output=True, text=True).stdout.split()
-        ]
-        strays = [
-            pid for pid in ours if pid != helper and _parent(pid) not in (helper, -1)
-        ]  # not the helper, its workers or gone
+        # The others answered their callers before exiting: give their interpreters time to end.
+        deadline = time.monotonic() + 10
+        while True:
+            ours = [
+                int(pid)
+                for pid in subprocess.run(["pgrep", "-f", str(sock)], capture_output=True, text=True).stdout.split()
+            ]
+            strays = [
+                pid for pid in ours if pid != helper and _parent(pid) not in (helper, -1)
+            ]  # not the helper, its workers or gone
+            if not strays or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert helper in ours and not strays, (ours, helper)
     finally:
         stop(sock)
