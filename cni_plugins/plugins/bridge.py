@@ -28,7 +28,7 @@ from cni_plugins.kernel.netns import NetNSGone
 from cni_plugins.plugins import nft_state
 from cni_plugins.protocol import invoke, log, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
-from cni_plugins.protocol.steps import ipam_add, options_for_del, prev_result_for_check, quietly, step
+from cni_plugins.protocol.steps import ipam_add, options_for_del, prev_result_for_check, quietly, step, to_ipam
 from cni_plugins.spec.errors import CNIError, ErrorList, InternalError, UnsupportedField
 from cni_plugins.spec.types import Interface, IPInterface, Result, Route
 from conf.bridge import BridgeConf
@@ -348,8 +348,7 @@ def _check_firewall(args: CmdArgs, conf: BridgeConf, prev: Result, port: Link | 
 
 
 def cmd_status(args: CmdArgs) -> None:
-    if args.conf.ipam_type:
-        invoke.delegate(args.conf.ipam_type, "STATUS", args.stdin, args.environ, args.path)
+    to_ipam(args, "STATUS")
 
 
 def cmd_gc(args: CmdArgs) -> None:

@@ -35,6 +35,7 @@ from cni_plugins.protocol.steps import (
     prev_result_for_check,
     quietly,
     step,
+    to_ipam,
 )
 from cni_plugins.spec.errors import CNIError, ErrorList, IncompatibleCNIVersion, InvalidNetworkConfig
 from cni_plugins.spec.names import interface_name_problem
@@ -249,13 +250,11 @@ def cmd_check(args: CmdArgs) -> None:
 
 
 def cmd_status(args: CmdArgs) -> None:
-    if args.conf.ipam_type:
-        invoke.delegate(args.conf.ipam_type, "STATUS", args.stdin, args.environ, args.path)
+    to_ipam(args, "STATUS")
 
 
 def cmd_gc(args: CmdArgs) -> None:
-    if args.conf.ipam_type:
-        invoke.delegate(args.conf.ipam_type, "GC", args.stdin, args.environ, args.path)
+    to_ipam(args, "GC")
 
 
 PLUGIN = Plugin(

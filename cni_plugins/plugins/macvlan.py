@@ -22,7 +22,7 @@ from cni_plugins.kernel import netns, sysctl
 from cni_plugins.kernel.netns import NetNSGone
 from cni_plugins.protocol import invoke, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
-from cni_plugins.protocol.steps import ipam_add, prev_container_interface, prev_result_for_check, quietly, step
+from cni_plugins.protocol.steps import ipam_add, prev_container_interface, prev_result_for_check, quietly, step, to_ipam
 from cni_plugins.spec.errors import (
     CNIError,
     ErrorList,
@@ -185,15 +185,11 @@ def validate_macvlan(link: Link, expected: Interface, mode: str, master: Link) -
 
 
 def cmd_status(args: CmdArgs) -> None:
-    ipam_type = args.conf.ipam_type
-    if ipam_type:
-        invoke.delegate(ipam_type, "STATUS", args.stdin, args.environ, args.path)
+    to_ipam(args, "STATUS")
 
 
 def cmd_gc(args: CmdArgs) -> None:
-    ipam_type = args.conf.ipam_type
-    if ipam_type:
-        invoke.delegate(ipam_type, "GC", args.stdin, args.environ, args.path)
+    to_ipam(args, "GC")
 
 
 def find_master(conf: MacvlanConf, nl: Netlink) -> Link:

@@ -30,7 +30,7 @@ from cni_plugins.kernel import netns
 from cni_plugins.kernel.netns import NetNSGone
 from cni_plugins.protocol import invoke, log, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
-from cni_plugins.protocol.steps import ipam_add, prev_container_interface, prev_result_for_check, quietly, step
+from cni_plugins.protocol.steps import ipam_add, prev_container_interface, prev_result_for_check, quietly, step, to_ipam
 from cni_plugins.spec.errors import CNIError, ErrorList, IncompatibleCNIVersion, InvalidNetworkConfig
 from cni_plugins.spec.names import interface_name_problem
 from cni_plugins.spec.types import DNS, Interface, Result
@@ -240,13 +240,11 @@ def cmd_check(args: CmdArgs) -> None:
 
 
 def cmd_status(args: CmdArgs) -> None:
-    if args.conf.ipam_type:
-        invoke.delegate(args.conf.ipam_type, "STATUS", args.stdin, args.environ, args.path)
+    to_ipam(args, "STATUS")
 
 
 def cmd_gc(args: CmdArgs) -> None:
-    if args.conf.ipam_type:
-        invoke.delegate(args.conf.ipam_type, "GC", args.stdin, args.environ, args.path)
+    to_ipam(args, "GC")
 
 
 PLUGIN = Plugin(

@@ -65,6 +65,14 @@ def ipam_add(args: CmdArgs, ipam_type: str, undo: contextlib.ExitStack) -> Resul
     return result
 
 
+def to_ipam(args: CmdArgs, command: str) -> None:
+    """Pass ``command`` (CHECK, STATUS, GC) on to the config's IPAM plugin, if it names one."""
+    from cni_plugins.protocol import invoke
+
+    if args.conf.ipam_type:
+        invoke.delegate(args.conf.ipam_type, command, args.stdin, args.environ, args.path)
+
+
 def options_for_del(plugin: str, parse: Callable[[], T], owning_all: Callable[[], T]) -> T:
     """A DEL's options: ``parse()``, or when they cannot be read, ``owning_all()``, options under
     which the DEL removes whatever the attachment may own (found by owner, as after an ADD with
