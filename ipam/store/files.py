@@ -138,17 +138,8 @@ class FileStore:
         self._lock_fd = -1
 
     def _flush(self) -> None:
-        if self._pending_last:
-            os.stat(
-                self.dir
-            )  # read the timestamps first: on multigrain file systems the change below gets a fine-grained one
         for range_id, ip in self._pending_last.items():
-            tmp = self.index.write_tmp(str(ip).encode(), LAST_RESERVED_MODE, sync=False)
-            try:
-                os.replace(tmp, os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{range_id}"))
-            except OSError:
-                unlink_if_exists(tmp)
-                raise
+            _write_cursor(os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{range_id}"), str(ip).encode())
         self._pending_last.clear()
         for tmp in self._tmp.values():
             unlink_if_exists(tmp)
@@ -277,6 +268,20 @@ def _ip_name(name: str) -> IPAddress | None:
         return ipaddress.ip_address(name)
     except ValueError:
         return None
+
+
+def _write_cursor(path: str, content: bytes) -> None:
+    """Rewrite a ``last_reserved_ip`` file in place, as the reference does, but without
+    truncating it to zero first: ext4 flushes a file replaced by rename or emptied and
+    rewritten when it is closed (``auto_da_alloc``). A cursor torn by a crash only moves
+    where the next search starts (garbage restarts it at the range's start)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, LAST_RESERVED_MODE)
+    try:
+        if os.pwrite(fd, content, 0) != len(content):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        os.ftruncate(fd, len(content))
+    finally:
+        os.close(fd)
 
 
 def _link_exclusive(tmp: str, path: str, key: Key) -> bool:

@@ -15,10 +15,12 @@ someone else (the reference plugin, a person) changes the directory's mtime, and
 call rebuilds the index from a full scan. A call writes "dirty" into the stamp before
 changing anything and the new stamp only at the end, so a crash in between also leads to a
 rebuild. A change made by the next lock holder must never carry the timestamp we recorded:
-on file systems with fine-grained (multigrain, Linux 6.13+) timestamps that holds once we
-have read them; otherwise a call waits before unlocking until the coarse clock has passed
-the recorded time (at most one tick, ~4 ms). Entries are rewritten in place: the stamp says
-"dirty" while a call runs, so a torn entry is rebuilt, never trusted.
+on file systems with multigrain timestamps (Linux 6.13+: ext4, xfs, btrfs, tmpfs) that holds
+once we have read them, as a change in the same clock tick then gets a fine-grained one; a
+probe tells such a file system once per process (``fine_grained_timestamps``). Elsewhere a
+call waits before unlocking until the coarse clock has passed the recorded time (at most
+one tick, ~4 ms). Entries are rewritten in place: the stamp says "dirty" while a call runs,
+so a torn entry is rebuilt, never trusted.
 
 Entries never match what the reference's ``ReleaseByID`` looks for (their content has a
 line break that is not ``\\r\\n`` and a header), so its recursive walk leaves them alone.
@@ -219,20 +221,49 @@ class Index:
         os.ftruncate(self._stamp_fd, len(data))
 
     def _write_valid_stamp(self) -> None:
+        fine = fine_grained_timestamps(self.dir)  # before the stats: a first probe changes the directory
         stats = self._dir_stats()
         self._write_stamp(STAMP_HEADER + " ".join(str(x) for x in stats).encode() + b"\n")
-        stamps = (stats[1], stats[2], stats[4], stats[5])
-        if any(t > time.clock_gettime_ns(CLOCK_REALTIME_COARSE) for t in stamps):
-            # Fine-grained timestamps (multigrain, Linux 6.13+): we have just queried them, so
-            # the next change to either directory gets a later timestamp. No wait needed.
+        if fine:  # we have just queried them: the next change gets a later timestamp
             return
-        newest = max(stamps)
+        newest = max(stats[1], stats[2], stats[4], stats[5])
         deadline = time.monotonic() + MAX_TICK_WAIT
         while time.clock_gettime_ns(CLOCK_REALTIME_COARSE) <= newest:
             if time.monotonic() > deadline:  # the clock went backwards: do not trust the stamp
                 self._write_stamp(b"dirty\n")
                 return
             time.sleep(0.0005)
+
+
+_FINE_GRAINED: dict[int, bool] = {}  # st_dev -> fine_grained_timestamps' answer
+
+
+def fine_grained_timestamps(directory: str) -> bool:
+    """Whether the file system of ``directory`` gives a change made in the same clock tick as
+    the previous one, after that one's timestamps were read, a later timestamp (multigrain).
+    Probed once per file system and process: two changes to ``directory`` within one tick of
+    the coarse clock, the timestamps read in between; a probe that a tick interrupts is
+    retried. A probe that cannot run answers False (the caller then waits out the tick)."""
+    try:
+        dev = os.stat(directory).st_dev
+        known = _FINE_GRAINED.get(dev)
+        if known is not None:
+            return known
+        probe = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}.mgtime")
+        answer = False
+        for _ in range(5):
+            tick = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            first = os.stat(directory).st_ctime_ns
+            os.unlink(probe)
+            second = os.stat(directory).st_ctime_ns
+            if time.clock_gettime_ns(CLOCK_REALTIME_COARSE) == tick:
+                answer = second > first
+                break
+    except OSError:
+        return False
+    _FINE_GRAINED[dev] = answer
+    return answer
 
 
 def entry_name(key: Key) -> str:

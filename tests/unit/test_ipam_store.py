@@ -7,6 +7,7 @@ import ipaddress
 import multiprocessing
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,13 @@ from ipam import allocator
 from ipam.config import parse_range_set
 from ipam.store import Key, parse_owner
 from ipam.store.files import FileStore
-from ipam.store.index import INDEX_DIR, STAMP_FILE, iter_index_names
+from ipam.store.index import (
+    CLOCK_REALTIME_COARSE,
+    INDEX_DIR,
+    STAMP_FILE,
+    fine_grained_timestamps,
+    iter_index_names,
+)
 
 IP = ipaddress.ip_address
 RS = (parse_range_set([{"subnet": "10.1.0.0/24"}], "ipam.ranges[0]"),)
@@ -136,8 +143,10 @@ def test_crash_leaves_a_dirty_stamp_and_the_next_call_rebuilds(tmp_path: Path) -
 
 
 def test_stamp_recorded_and_the_next_change_is_always_visible(tmp_path: Path) -> None:
-    for i in range(5):
-        add(tmp_path, f"c{i}")
+    for i in range(100):
+        if i % 4 < 2:
+            time.sleep(0.005)  # a tick after the last change (then ours gets a coarse timestamp)
+        add(tmp_path, f"c{i}") if i % 2 == 0 else delete(tmp_path, f"c{i - 1}")
         header, values = stamp(tmp_path).split(b"\n", 1)
         assert header == b"cni-py host-local stamp v1"
         nums = [int(x) for x in values.split()]
@@ -146,8 +155,56 @@ def test_stamp_recorded_and_the_next_change_is_always_visible(tmp_path: Path) ->
         # recorded timestamps, however soon it comes.
         (tmp_path / "net1" / f"10.1.9.{i}").write_bytes(b"theirs\r\neth0")
         after = os.stat(tmp_path / "net1")
-        assert (after.st_mtime_ns, after.st_ctime_ns) != (nums[1], nums[2])
+        assert (after.st_mtime_ns, after.st_ctime_ns) != (nums[1], nums[2]), i
         os.unlink(tmp_path / "net1" / f"10.1.9.{i}")
+
+
+def test_fine_grained_probe_agrees_with_the_kernel(tmp_path: Path) -> None:
+    """The probe's answer, against 200 more pairs of changes within one tick, the timestamps
+    read in between: with multigrain timestamps the second is always later, without them the
+    same (the coarse tick's)."""
+    answer = fine_grained_timestamps(str(tmp_path))
+    assert fine_grained_timestamps(str(tmp_path)) is answer
+    pairs, equal = 0, 0
+    for _ in range(200):
+        tick = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
+        (tmp_path / "f").touch()
+        first = os.stat(tmp_path).st_ctime_ns
+        (tmp_path / "f").unlink()
+        second = os.stat(tmp_path).st_ctime_ns
+        if time.clock_gettime_ns(CLOCK_REALTIME_COARSE) == tick:
+            pairs += 1
+            equal += second == first
+    assert pairs >= 50
+    assert answer == (equal == 0), (answer, pairs, equal)
+    assert not [n for n in os.listdir(tmp_path) if n != "f"]  # the probe's file is gone
+
+
+def test_no_clock_wait_where_timestamps_are_fine_grained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not fine_grained_timestamps(str(tmp_path)):
+        pytest.skip("this file system has no multigrain timestamps (Linux 6.13+ on ext4, xfs, btrfs, tmpfs)")
+    pause = time.sleep
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    # Calls a tick apart, as a runtime's are: each change then starts from a timestamp of an
+    # earlier tick and gets the coarse clock's (what an older check took for coarse timestamps).
+    for i in range(20):
+        pause(0.005)
+        add(tmp_path, f"c{i}")
+    for i in range(20):
+        pause(0.005)
+        delete(tmp_path, f"c{i}")
+    assert sleeps == []
+
+
+def test_cursor_rewritten_in_place_to_exactly_the_new_address(tmp_path: Path) -> None:
+    add(tmp_path, "c1")
+    cursor = tmp_path / "net1" / "last_reserved_ip.0"
+    inode = cursor.stat().st_ino
+    cursor.write_bytes(b"10.1.0.254")  # what the reference leaves: the next search wraps around
+    assert add(tmp_path, "c2") == "10.1.0.3"
+    assert cursor.read_bytes() == b"10.1.0.3"  # no tail of the longer address left
+    assert cursor.stat().st_ino == inode and stat.S_IMODE(cursor.stat().st_mode) == 0o644
 
 
 def test_empty_reservation_file_is_taken_back(tmp_path: Path) -> None:
