@@ -28,7 +28,15 @@ from cni_plugins.kernel.netns import NetNSGone
 from cni_plugins.plugins import nft_state
 from cni_plugins.protocol import invoke, log, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
-from cni_plugins.protocol.steps import ipam_add, options_for_del, prev_result_for_check, quietly, step, to_ipam
+from cni_plugins.protocol.steps import (
+    ipam_add,
+    ipam_check,
+    options_for_del,
+    prev_result_for_check,
+    quietly,
+    step,
+    to_ipam,
+)
 from cni_plugins.spec.errors import CNIError, ErrorList, InternalError, UnsupportedField
 from cni_plugins.spec.types import Interface, IPInterface, Result, Route
 from conf.bridge import BridgeConf
@@ -275,9 +283,7 @@ def _delete_container_link(args: CmdArgs, *, read_addresses: bool) -> tuple[list
 
 def cmd_check(args: CmdArgs) -> None:
     conf = BridgeConf.from_json(args.conf, args.cni_args)
-    if conf.ipam_type:
-        with step(f"IPAM {conf.ipam_type} CHECK"):
-            invoke.delegate(conf.ipam_type, "CHECK", args.stdin, args.environ, args.path)
+    ipam_check(args, conf.ipam_type)
     problems = check_links(args, conf, prev_result_for_check(args, "bridge"))
     if problems:
         raise InternalError(f"bridge CHECK: {'; '.join(problems)}", "DEL and ADD the container again to repair it")

@@ -30,6 +30,7 @@ from cni_plugins.protocol import invoke, log, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
 from cni_plugins.protocol.steps import (
     ipam_add,
+    ipam_check,
     options_for_del,
     prev_container_interface,
     prev_result_for_check,
@@ -225,9 +226,7 @@ def cmd_check(args: CmdArgs) -> None:
     from cni_plugins.kernel.netlink import Netlink
 
     conf = HostDeviceConf.from_json(args)
-    if conf.ipam_type:
-        with step(f"IPAM {conf.ipam_type} CHECK"):
-            invoke.delegate(conf.ipam_type, "CHECK", args.stdin, args.environ, args.path)
+    ipam_check(args, conf.ipam_type)
     prev = prev_result_for_check(args, "host-device")
     if _dpdk(args, conf.selector):
         return

@@ -22,7 +22,15 @@ from cni_plugins.kernel import netns, sysctl
 from cni_plugins.kernel.netns import NetNSGone
 from cni_plugins.protocol import invoke, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
-from cni_plugins.protocol.steps import ipam_add, prev_container_interface, prev_result_for_check, quietly, step, to_ipam
+from cni_plugins.protocol.steps import (
+    ipam_add,
+    ipam_check,
+    prev_container_interface,
+    prev_result_for_check,
+    quietly,
+    step,
+    to_ipam,
+)
 from cni_plugins.spec.errors import (
     CNIError,
     ErrorList,
@@ -154,9 +162,7 @@ def cmd_check(args: CmdArgs) -> None:
     from cni_plugins.kernel.netlink import host_and_container
 
     conf = MacvlanConf.from_json(args)
-    if conf.ipam_type:
-        with step(f"IPAM {conf.ipam_type} CHECK"):
-            invoke.delegate(conf.ipam_type, "CHECK", args.stdin, args.environ, args.path)
+    ipam_check(args, conf.ipam_type)
     prev = prev_result_for_check(args, "macvlan")
     expected = prev_container_interface(prev, args)
     with host_and_container(args.netns) as (host, ctr, _host_fd, _fd):

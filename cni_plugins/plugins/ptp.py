@@ -32,6 +32,7 @@ from cni_plugins.protocol import invoke, log, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
 from cni_plugins.protocol.steps import (
     ipam_add,
+    ipam_check,
     options_for_del,
     prev_container_interface,
     prev_result_for_check,
@@ -216,8 +217,7 @@ def cmd_check(args: CmdArgs) -> None:
     from cni_plugins.kernel.netlink import host_and_container
 
     conf = VethConf.from_json(args)
-    with step(f"IPAM {conf.require_ipam()} CHECK"):
-        invoke.delegate(conf.ipam_type, "CHECK", args.stdin, args.environ, args.path)
+    ipam_check(args, conf.require_ipam())
     prev = prev_result_for_check(args, "ptp")
     expected = prev_container_interface(prev, args)
     ips = [prev.ips[i] for i in ips_for(prev, args.ifname)]

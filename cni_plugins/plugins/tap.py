@@ -30,7 +30,15 @@ from cni_plugins.kernel import netns
 from cni_plugins.kernel.netns import NetNSGone
 from cni_plugins.protocol import invoke, log, skel
 from cni_plugins.protocol.skel import CmdArgs, Plugin
-from cni_plugins.protocol.steps import ipam_add, prev_container_interface, prev_result_for_check, quietly, step, to_ipam
+from cni_plugins.protocol.steps import (
+    ipam_add,
+    ipam_check,
+    prev_container_interface,
+    prev_result_for_check,
+    quietly,
+    step,
+    to_ipam,
+)
 from cni_plugins.spec.errors import CNIError, ErrorList, IncompatibleCNIVersion, InvalidNetworkConfig
 from cni_plugins.spec.names import interface_name_problem
 from cni_plugins.spec.types import DNS, Interface, Result
@@ -216,9 +224,7 @@ def cmd_check(args: CmdArgs) -> None:
     from cni_plugins.kernel.netlink import Netlink
 
     conf = TapConf.from_json(args)
-    if conf.ipam_type:
-        with step(f"IPAM {conf.ipam_type} CHECK"):
-            invoke.delegate(conf.ipam_type, "CHECK", args.stdin, args.environ, args.path)
+    ipam_check(args, conf.ipam_type)
     prev = prev_result_for_check(args, "tap")
     expected = prev_container_interface(prev, args)
     with Netlink.open(args.netns) as ctr:

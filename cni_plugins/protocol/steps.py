@@ -66,11 +66,20 @@ def ipam_add(args: CmdArgs, ipam_type: str, undo: contextlib.ExitStack) -> Resul
 
 
 def to_ipam(args: CmdArgs, command: str) -> None:
-    """Pass ``command`` (CHECK, STATUS, GC) on to the config's IPAM plugin, if it names one."""
+    """Pass ``command`` (STATUS, GC) on to the config's IPAM plugin, if it names one."""
     from cni_plugins.protocol import invoke
 
     if args.conf.ipam_type:
         invoke.delegate(args.conf.ipam_type, command, args.stdin, args.environ, args.path)
+
+
+def ipam_check(args: CmdArgs, ipam_type: str) -> None:
+    """CHECK on the IPAM plugin ``ipam_type`` (none: nothing to do), as a named step."""
+    from cni_plugins.protocol import invoke
+
+    if ipam_type:
+        with step(f"IPAM {ipam_type} CHECK"):
+            invoke.delegate(ipam_type, "CHECK", args.stdin, args.environ, args.path)
 
 
 def options_for_del(plugin: str, parse: Callable[[], T], owning_all: Callable[[], T]) -> T:
