@@ -221,7 +221,7 @@ class Index:
         os.ftruncate(self._stamp_fd, len(data))
 
     def _write_valid_stamp(self) -> None:
-        fine = fine_grained_timestamps(self.dir)  # before the stats: a first probe changes the directory
+        fine = fine_grained_timestamps(self.dir, STAMP_FILE)  # before the stats: a probe changes the directory
         stats = self._dir_stats()
         self._write_stamp(STAMP_HEADER + " ".join(str(x) for x in stats).encode() + b"\n")
         if fine:  # we have just queried them: the next change gets a later timestamp
@@ -238,22 +238,25 @@ class Index:
 _FINE_GRAINED: dict[int, bool] = {}  # st_dev -> fine_grained_timestamps' answer
 
 
-def fine_grained_timestamps(directory: str) -> bool:
+def fine_grained_timestamps(directory: str, existing: str) -> bool:
     """Whether the file system of ``directory`` gives a change made in the same clock tick as
     the previous one, after that one's timestamps were read, a later timestamp (multigrain).
     Probed once per file system and process: two changes to ``directory`` within one tick of
-    the coarse clock, the timestamps read in between; a probe that a tick interrupts is
-    retried. A probe that cannot run answers False (the caller then waits out the tick)."""
+    the coarse clock (a hard link to its file ``existing`` made and removed: no inode to
+    allocate), the timestamps read in between; a probe that a tick interrupts is retried.
+    A probe that cannot run answers False (the caller then waits out the tick)."""
     try:
         dev = os.stat(directory).st_dev
         known = _FINE_GRAINED.get(dev)
         if known is not None:
             return known
+        target = os.path.join(directory, existing)
         probe = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}.mgtime")
+        unlink_if_exists(probe)  # left by a process of this pid that died mid-probe
         answer = False
         for _ in range(5):
             tick = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            os.link(target, probe)
             first = os.stat(directory).st_ctime_ns
             os.unlink(probe)
             second = os.stat(directory).st_ctime_ns

@@ -163,8 +163,9 @@ def test_fine_grained_probe_agrees_with_the_kernel(tmp_path: Path) -> None:
     """The probe's answer, against 200 more pairs of changes within one tick, the timestamps
     read in between: with multigrain timestamps the second is always later, without them the
     same (the coarse tick's)."""
-    answer = fine_grained_timestamps(str(tmp_path))
-    assert fine_grained_timestamps(str(tmp_path)) is answer
+    (tmp_path / "x").touch()
+    answer = fine_grained_timestamps(str(tmp_path), "x")
+    assert fine_grained_timestamps(str(tmp_path), "x") is answer
     pairs, equal = 0, 0
     for _ in range(200):
         tick = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
@@ -177,11 +178,12 @@ def test_fine_grained_probe_agrees_with_the_kernel(tmp_path: Path) -> None:
             equal += second == first
     assert pairs >= 50
     assert answer == (equal == 0), (answer, pairs, equal)
-    assert not [n for n in os.listdir(tmp_path) if n != "f"]  # the probe's file is gone
+    assert not [n for n in os.listdir(tmp_path) if n not in ("f", "x")]  # the probe's link is gone
 
 
 def test_no_clock_wait_where_timestamps_are_fine_grained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not fine_grained_timestamps(str(tmp_path)):
+    (tmp_path / "x").touch()
+    if not fine_grained_timestamps(str(tmp_path), "x"):
         pytest.skip("this file system has no multigrain timestamps (Linux 6.13+ on ext4, xfs, btrfs, tmpfs)")
     pause = time.sleep
     sleeps: list[float] = []
