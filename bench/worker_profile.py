@@ -93,7 +93,6 @@ def call(
         prof.disable()
     took = time.perf_counter() - start
     netlink.release_kept()  # a worker does this after its reply
-    nft.release_kept()
     gc.collect()
     if code != 0:
         raise RuntimeError(f"{plugin} {command}: {out.getvalue()}")
@@ -173,6 +172,7 @@ def run_chain(
                 subprocess.run(["ip", "netns", "del", ctr], check=True)
                 ctrs.remove(ctr)
     finally:
+        nft.close_shared()  # the host's context, as an idle worker frees it
         for ctr in ctrs:
             subprocess.run(["ip", "netns", "del", ctr], capture_output=True)
         subprocess.run(["ip", "netns", "del", host], capture_output=True)
@@ -193,7 +193,7 @@ def main() -> int:
         our_plugins.install(bin_dir)
         netlink.preload_pyroute2()
         netlink.keep_open_until_exit()
-        nft.keep_open_until_exit()
+        nft.share_per_namespace()
         for chain in opts.chains.split(","):
             profiles: dict[str, cProfile.Profile] | None = {} if opts.profile else None
             times = run_chain(chain, opts.n, work, bin_dir, profiles, opts.ab)

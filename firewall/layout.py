@@ -6,7 +6,7 @@ not free: rewriting a chain that jumps through verdict maps makes the kernel re-
 every element of those maps (a cost that grows with the number of containers), and any
 transaction that updates or deletes something queues kernel work that frees the old
 objects after an RCU grace period, which closing the nftables socket waits for (~15 ms
-here; the warm helper's workers close after replying, see ``nft.keep_open_until_exit``).
+here; the warm helper's workers keep theirs open, see ``nft.share_per_namespace``).
 
 How: the full layout is applied together with a *stamp*, an empty named set whose name
 carries a hash of exactly the commands that built the layout

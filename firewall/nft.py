@@ -1,10 +1,10 @@
 """The one place that talks to nftables: a batch of libnftables JSON commands, applied as
 one kernel transaction, and reads of our own tables.
 
-``LibNftables`` is the only caller of the ``nftables`` binding; its context is created with
-it, in the network namespace the calling thread is in at that moment (libnftables opens
-its netlink socket in ``nft_ctx_new``), so callers create it where they mean to act
-(it costs ~0.1 ms: create one per piece of work rather than carry one around).
+``LibNftables`` is the only caller of the ``nftables`` binding; its context acts in the
+network namespace the calling thread is in when it is made (libnftables opens its netlink
+socket in ``nft_ctx_new``), so callers make it where they mean to act, one per piece of
+work rather than carried around.
 tests/fakes/nft.py implements the same ``NftBackend`` protocol in memory for unit tests.
 
 Never is a command string built: every command is a JSON object.
@@ -13,30 +13,62 @@ Never is a command string built: every command is a JSON object.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Protocol
 
 from cni_plugins.spec.errors import CNIError
 
 Command = dict[str, Any]
 
-# Contexts kept open until the process exits (``keep_open_until_exit``): freeing a context
-# closes its netlink socket, which waits for a kernel RCU grace period (~15 ms) after a
-# transaction that deleted or replaced something. The warm helper's workers let go of the
-# caller first and exit afterwards, so the wait happens after the reply.
-_KEPT: list[Any] | None = None
+# Freeing a context closes its netlink socket, and the kernel's release of an nftables
+# socket waits for the frees queued by recent transactions (an RCU grace period, 10-15 ms
+# here) while it holds that network namespace's commit lock: every transaction there, such
+# as the next plugin's of the same chain, waits as long. So a helper's worker keeps one
+# context per network namespace across its calls (``share_per_namespace``) and frees them
+# only once it has been idle a while (``close_shared``). A context reused this way is the
+# pattern of firewalld's long-lived one: libnftables refreshes its cache whenever the
+# ruleset's generation changed.
+_SHARED: dict[tuple[int, int], Any] | None = None
+SHARED_MAX = 8  # namespaces; past that the least recently used context is freed
 
 
-def keep_open_until_exit() -> None:
-    """From now on no context is freed before the process exits (for short-lived workers)."""
-    global _KEPT
-    if _KEPT is None:
-        _KEPT = []
+def share_per_namespace() -> None:
+    """From now on contexts are kept, one per network namespace, until ``close_shared``."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = {}
 
 
-def release_kept() -> None:
-    """Free the contexts kept so far (a reused worker, after its reply)."""
-    if _KEPT:
-        _KEPT.clear()
+def shared_count() -> int:
+    return len(_SHARED) if _SHARED else 0
+
+
+def close_shared() -> None:
+    """Free the kept contexts (a worker that has been idle: its namespaces are let go too)."""
+    while _SHARED:
+        _SHARED.popitem()
+
+
+def _new_context() -> Any:
+    import nftables
+
+    ctx = nftables.Nftables()
+    ctx.set_json_output(True)
+    ctx.set_handle_output(True)
+    return ctx
+
+
+def _context() -> Any:
+    """A fresh context, or this network namespace's kept one when contexts are shared."""
+    if _SHARED is None:
+        return _new_context()
+    st = os.stat("/proc/thread-self/ns/net")
+    key = (st.st_dev, st.st_ino)  # a kept socket holds its namespace: the inode is not reused meanwhile
+    ctx = _SHARED.pop(key, None) or _new_context()
+    _SHARED[key] = ctx  # the most recently used last
+    while len(_SHARED) > SHARED_MAX:
+        del _SHARED[next(iter(_SHARED))]
+    return ctx
 
 
 EEXIST, ENOENT, EBUSY, OTHER = "exists", "missing", "busy", "other"
@@ -81,14 +113,7 @@ class LibNftables:
     """nftables through its Python binding (Debian's python3-nftables)."""
 
     def __init__(self) -> None:
-        import nftables
-
-        ctx = nftables.Nftables()
-        ctx.set_json_output(True)
-        ctx.set_handle_output(True)
-        self._ctx = ctx
-        if _KEPT is not None:
-            _KEPT.append(ctx)
+        self._ctx = _context()
 
     def run(self, commands: list[Command], *, what: str) -> None:
         if not commands:

@@ -49,6 +49,7 @@ PR_SET_PDEATHSIG = 1
 CALLS_PER_WORKER = 200  # then a fresh fork: whatever a call left behind does not pile up
 REQUEST_WAIT = 5.0  # seconds for the request after "A" (a launcher sends it at once)
 POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
+IDLE_CLOSE = 1.0  # seconds without a call before a worker frees its nftables contexts
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,10 +104,8 @@ class _Home:
 
         from cni_plugins.kernel import netlink, sysctl
         from cni_plugins.protocol import attachment_lock, cancel
-        from firewall import nft
 
         netlink.release_kept()
-        nft.release_kept()
         sysctl.release()  # its dentries would pile up call after call
         _setns(self.mnt, CLONE_NEWNS)
         _setns(self.net, CLONE_NEWNET)
@@ -219,10 +218,8 @@ def _take_call(conn: socket.socket, identity: Identity, home: _Home) -> bool | N
         return None
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # committed: a stopping helper must not cut the call
     from cni_plugins.kernel import netlink
-    from firewall import nft
 
-    netlink.keep_open_until_exit()  # closing sockets waits for the kernel: do it after the reply
-    nft.keep_open_until_exit()
+    netlink.keep_open_until_exit()  # closing sockets costs time: do it after the reply
     return _serve_call(conn, plugin_type, umask, run_dir, env, fds, home)
 
 
@@ -337,8 +334,14 @@ def _warm() -> None:
 
 def _next_conn(ctl: socket.socket) -> socket.socket | None:
     """The next connection the manager hands over; None when the manager is gone (or tells
-    this worker to stop)."""
+    this worker to stop). Once idle for ``IDLE_CLOSE`` seconds, the nftables contexts
+    kept since the last calls are freed (and the namespaces they hold let go)."""
+    from firewall import nft
+
     while True:
+        if nft.shared_count() and not select.select([ctl], [], [], IDLE_CLOSE)[0]:
+            nft.close_shared()
+            continue
         try:
             data, ancdata, _flags, _addr = ctl.recvmsg(16, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
         except InterruptedError:
@@ -379,6 +382,9 @@ def run(ctl: socket.socket, identity: Identity, parent: int) -> NoReturn:
         log = home.err  # fd 2 is a caller's stream during a call
         if home.parent != parent:
             raise SystemExit(0)  # the manager died before we asked to follow it
+        from firewall import nft
+
+        nft.share_per_namespace()  # see firewall.nft: freeing a context stalls the next transaction
         try:
             _warm()
         except Exception:  # a warm-up is an optimisation only
