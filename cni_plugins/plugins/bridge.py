@@ -1,9 +1,10 @@
 """``bridge``: containers on a Linux bridge in the host namespace, one veth pair each.
 
 The reference's options, names and defaults (``plugins/main/bridge``). ADD is a recipe of
-named steps, each undone if a later one fails: bridge, veth (+ port options), MAC spoof
-check, IPAM, container addresses, gateway on the bridge and forwarding, masquerade, port
-state. The result is ``interfaces = [bridge, host veth, container veth]`` (plus the
+named steps, each undone if a later one fails: bridge, veth, bridge port (with its options;
+after the container's routes when DAD is off, see ``cmd_add``), MAC spoof check, IPAM,
+container addresses, gateway on the bridge and forwarding, masquerade, routes, port state.
+The result is ``interfaces = [bridge, host veth, container veth]`` (plus the
 ``<bridge>.<vlan>`` gateway link with ``vlan`` + ``isGateway``), every IP at index 2.
 
 Masquerade is always served by nftables (``firewall.rules.masq``; ``ipMasqBackend: iptables``
@@ -19,6 +20,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from cni_plugins.kernel.netlink import Link, Netlink
 
 PORT_UP_RETRIES_MS = (0, 50, 500, 1000, 1000)
+LINK_LOCAL_WAIT_S = 0.05  # for the kernel to configure the container's IPv6 link-local address
 DEFAULT_ROUTE = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
 
@@ -75,17 +78,29 @@ def cmd_add(args: CmdArgs) -> Result:
             # fe80::/64 and ff00::/8 routes: with those, every IPv6 route lookup and link change
             # on the host walks one entry per container (bench/README.md, "Growth").
             _write_sysctls([(sysctl.iface_key(6, pair.host.name, "disable_ipv6"), "1")])
-        with step("bridge port"):
-            attach_to_bridge(host, pair.host, br)
-            configure_bridge_port(
-                host,
-                pair.host,
-                hairpin=conf.hairpin,
-                isolated=conf.port_isolation,
-                vlan=conf.vlan,
-                trunk=conf.trunk,
-                preserve_default_vlan=conf.preserve_default_vlan,
-            )
+
+        def attach_port() -> None:
+            with step("bridge port"):
+                attach_to_bridge(host, pair.host, br)
+                configure_bridge_port(
+                    host,
+                    pair.host,
+                    hairpin=conf.hairpin,
+                    isolated=conf.port_isolation,
+                    vlan=conf.vlan,
+                    trunk=conf.trunk,
+                    preserve_default_vlan=conf.preserve_default_vlan,
+                )
+
+        # With DAD off (the default) the port joins the bridge once the container's end is
+        # configured: the first announcements of its IPv6 link-local address, an MLD report
+        # and a router solicitation sent as its link comes up, then end at the host end
+        # instead of being flooded to every port (CPU work that grows with the ports; see
+        # bench/README.md, "Growth"). MLD repeats its report within the second, the kernel
+        # solicits again after 4 s. Duplicate address detection needs the neighbours first.
+        attach_late = bool(conf.ipam_type) and not conf.enable_dad
+        if not attach_late:
+            attach_port()
         owner = nft_state.owner(args)
         if conf.macspoofchk:
             from firewall.rules.spoofchk import setup_spoofcheck, teardown_spoofcheck
@@ -109,12 +124,13 @@ def cmd_add(args: CmdArgs) -> Result:
             with step(f"configure {args.ifname}"), netns.entered(ctr_fd, label=args.netns):
                 ipv6_off = conf.disable_ipv6 and not any(ip.version == 6 for ip in result.ips)
                 _write_sysctls(_container_sysctls(args.ifname, conf.enable_dad, ipv6_off))
+                announces = attach_late and not ipv6_off and _ipv6_on(args.ifname)
             with step(f"configure {args.ifname}"):
                 ctr_link = configure_iface(ctr, ctr_fd, args.ifname, result, routes=False)
             # The link-up has the kernel announce the container's IPv6 link-local address (MLD
-            # report, router solicitation) while it holds RTNL, flooded to every bridge port: a
-            # route add right after it waits. The host work below needs no RTNL and runs
-            # meanwhile; the routes come after it (same end state).
+            # report, router solicitation) while it holds RTNL (flooded to every bridge port
+            # when the port is attached already): a route add right after it waits. The host
+            # work below needs no RTNL and runs meanwhile; the routes come after it.
             with step("gateway"):
                 result = set_gateways(host, br, conf, gateways, result)
             if conf.ip_masq:
@@ -126,6 +142,11 @@ def cmd_add(args: CmdArgs) -> Result:
                 undo.callback(quietly, "masquerade", teardown_masq, nft, owner, addresses)
             with step(f"routes in {args.ifname}"):
                 add_routes(ctr, ctr_link, result)
+            if attach_late:
+                if announces:
+                    with step(f"link-local address of {args.ifname}"):
+                        _wait_link_local(ctr, ctr_link.index)
+                attach_port()
         elif not conf.disable_container_interface:
             with step(f"set {args.ifname} up"):
                 ctr.set_link(pair.container.index, state="up")
@@ -397,6 +418,28 @@ def _container_sysctls(ifname: str, enable_dad: bool, ipv6_off: bool) -> list[tu
     return [(sysctl.iface_key(6, ifname, leaf), value) for leaf, value in settings] + [
         (sysctl.iface_key(4, ifname, "arp_notify"), "1")
     ]
+
+
+def _ipv6_on(ifname: str) -> bool:
+    """Whether ``ifname`` (in the calling thread's namespace) has IPv6."""
+    try:
+        return sysctl.read(sysctl.iface_key(6, ifname, "disable_ipv6")) == "0"
+    except CNIError:  # no IPv6 in this kernel
+        return False
+
+
+def _wait_link_local(ctr: Netlink, index: int) -> None:
+    """Until the kernel has configured the link-local address of the container's interface
+    (at most ``LINK_LOCAL_WAIT_S``): it sends the address's first MLD report and router
+    solicitation in the same step, holding the RTNL that attaching the port waits for, so
+    they go out before the port is on the bridge."""
+    deadline = time.monotonic() + LINK_LOCAL_WAIT_S
+    while not any(
+        a.address.ip.is_link_local and not a.tentative for a in ctr.addresses(index=index, family=socket.AF_INET6)
+    ):
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.0005)
 
 
 def _write_sysctls(settings: list[tuple[str, str]]) -> None:

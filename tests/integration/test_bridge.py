@@ -11,13 +11,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cni_plugins.kernel import netns
 from cni_plugins.spec.version import SUPPORTED_VERSIONS
 from tests.integration.conftest import Runner
 from tests.integration.nsutil import (
@@ -336,6 +339,46 @@ def test_disable_ipv6_on_an_ipv4_only_network(
     assert off == "0" and any(a.startswith("fd00:91::") for a in dual_addrs)
     assert any(a.startswith("fe80::") for a in ipv6(default)[1])  # without the option: the kernel's default
     assert ping(v4, "10.91.0.1")
+
+
+def icmp6_types_from(sock: socket.socket, mac: str, seconds: float) -> set[int]:
+    """The ICMPv6 types of the frames from ``mac`` that ``sock`` (AF_PACKET) receives in ``seconds``."""
+    want, seen, deadline = bytes.fromhex(mac.replace(":", "")), set(), time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            frame = sock.recv(2048)
+        except TimeoutError:
+            break
+        ip6 = frame[14:]
+        if frame[6:12] != want or len(ip6) < 48:
+            continue
+        nh, off = ip6[6], 40
+        if nh == 0:  # hop-by-hop options (MLD reports carry router alert)
+            nh, off = ip6[40], 40 + (ip6[41] + 1) * 8
+        if nh == 58 and len(ip6) > off:
+            seen.add(ip6[off])
+    return seen
+
+
+def test_a_new_containers_first_ipv6_announcements_stay_off_the_bridge(
+    plugin: Runner, namespaces: Namespaces, tmp_path: Path
+) -> None:
+    """With DAD off (the default) the port joins the bridge once the container's link is up:
+    the router solicitation (133) the kernel sends at that moment ends at the host end, not in
+    every other container; MLD's repeated report (143) still comes through. With ``enabledad``
+    the port joins first, and the solicitation that follows DAD reaches the others."""
+    watcher, quiet, dad = namespaces.make("w"), namespaces.make("q"), namespaces.make("d")
+    plugin("bridge", "ADD", bconf(tmp_path), netns=watcher, container_id="w").ok()
+    with netns.entered(path(watcher)):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x86DD))
+    with sock:
+        sock.bind(("eth0", 0x86DD))
+        res = plugin("bridge", "ADD", bconf(tmp_path), netns=quiet, container_id="q").ok()
+        seen = icmp6_types_from(sock, res["interfaces"][2]["mac"], 2.5)
+        assert 133 not in seen and 143 in seen, seen
+        res = plugin("bridge", "ADD", bconf(tmp_path, enabledad=True), netns=dad, container_id="d").ok()
+        assert 133 in icmp6_types_from(sock, res["interfaces"][2]["mac"], 5.0)
 
 
 def test_mac_sources_later_ones_win(plugin: Runner, namespaces: Namespaces, tmp_path: Path) -> None:
