@@ -22,6 +22,7 @@ IFF_UP = 0x1
 IFF_PROMISC = 0x100
 IFF_ALLMULTI = 0x200
 NETLINK_ROUTE = 0
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 RTM_NEWLINK, RTM_GETLINK = 16, 18
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST = 0x1
@@ -162,13 +163,25 @@ class LinkReader:
                 offset += (length + 3) & ~3
         return [codes[seq] for seq in range(first, self._seq + 1)]
 
-    def dump_messages(self, kind: int, body: bytes) -> list[bytes]:
+    def dump_messages(self, kind: int, body: bytes, *, strict: bool = False) -> list[bytes]:
         """The messages of one dump (``kind`` with ``body``, its family header and attributes),
-        read again when the kernel interrupted it because the table changed meanwhile."""
-        for _ in range(DUMP_RETRIES):
-            messages, interrupted = self._dump_raw(kind, body)
-            if not interrupted:
-                return messages
+        read again when the kernel interrupted it because the table changed meanwhile.
+        ``strict``: with the kernel's strict checking of the request (Linux 4.20 and later),
+        which also applies the header's filters, e.g. an address dump's interface index
+        (else the kernel walks every link); an older kernel ignores them."""
+        if strict:
+            try:
+                self._sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+            except OSError:
+                strict = False
+        try:
+            for _ in range(DUMP_RETRIES):
+                messages, interrupted = self._dump_raw(kind, body)
+                if not interrupted:
+                    return messages
+        finally:
+            if strict:
+                self._sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 0)
         raise LinkGetError(errno.EAGAIN, f"netlink dump interrupted {DUMP_RETRIES} times")
 
     def _dump_raw(self, kind: int, body: bytes) -> tuple[list[bytes], bool]:

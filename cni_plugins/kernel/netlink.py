@@ -526,16 +526,19 @@ class Netlink:
 
     def _raw_addresses(self, index: int | None, family: int | None) -> list[Any]:
         """The address dump over the plain socket, decoded by pyroute2's ``ifaddrmsg``; the
-        kernel filters by family, the link is matched here (as pyroute2 matches it)."""
+        kernel filters by family and by link (strictly checked: a host with a thousand
+        ports would otherwise have it walk them all), and the link is matched here too."""
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-        body = struct.pack("=BBBBI", family or socket.AF_UNSPEC, 0, 0, 0, 0)
+        body = struct.pack("=BBBBI", family or socket.AF_UNSPEC, 0, 0, 0, index or 0)
         out = []
         try:
-            messages = self._reader.dump_messages(RTM_GETADDR, body)
+            messages = self._reader.dump_messages(RTM_GETADDR, body, strict=index is not None)
         except LinkGetError as exc:
             if exc.errno == errno.EAGAIN:
                 raise TryAgainLater(self._ctx("netlink dump interrupted repeatedly")) from None
+            if exc.errno == errno.ENODEV:
+                return []  # no such link: no addresses, as without the filter
             raise
         for data in messages:
             msg = ifaddrmsg(data)

@@ -253,6 +253,35 @@ def test_batch_sends_once_and_raises_the_first_error(namespaces: Namespaces, mon
         assert any(str(r.dst) == "10.9.10.0/24" for r in nl.routes())
 
 
+def test_addresses_of_one_link_are_filtered_by_the_kernel(
+    namespaces: Namespaces, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``addresses(index=...)`` asks the kernel for that link's only (a strictly checked dump):
+    the same answer as a full dump filtered here, and none for a link that does not exist."""
+    ns = namespaces.make("af")
+    for name, v4, v6 in (("afa", "10.9.1.1/24", "fd00:9:1::1/64"), ("afb", "10.9.2.1/24", "fd00:9:2::1/64")):
+        sh("ip", "link", "add", name, "type", "bridge", ns=ns)
+        sh("ip", "addr", "add", v4, "dev", name, ns=ns)
+        sh("ip", "addr", "add", v6, "dev", name, "nodad", ns=ns)
+    stricts: list[bool] = []
+    dump = linkget.LinkReader.dump_messages
+
+    def spy(self: linkget.LinkReader, kind: int, body: bytes, *, strict: bool = False) -> list[bytes]:
+        stricts.append(strict)
+        return dump(self, kind, body, strict=strict)
+
+    with netlink.Netlink.open(path(ns)) as nl:
+        index = nl.require_link("afa").index
+        every = nl.addresses()
+        monkeypatch.setattr(linkget.LinkReader, "dump_messages", spy)
+        for family, version in ((None, None), (2, 4), (10, 6)):
+            want = [a.address for a in every if a.index == index and version in (None, a.address.version)]
+            assert [a.address for a in nl.addresses(index=index, family=family)] == want
+            assert want and all(a.index == index for a in nl.addresses(index=index, family=family))
+        assert nl.addresses(index=999999) == [] and nl.addresses(index=999999, family=2) == []
+    assert len(stricts) == 8 and all(stricts)
+
+
 def test_hot_paths_open_no_iproute(
     namespaces: Namespaces, cni_bin_no_helper: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
