@@ -476,17 +476,29 @@ def helper_pss(sock: str) -> dict[str, int]:
         if fields and int(fields[1]) == pid:
             children.append(int(stat.parent.name))
 
-    def pss(p: int) -> int:
+    def sizes(p: int) -> tuple[int, int]:
+        """(PSS, USS): USS, the pages no other process shares, does not move with how many
+        workers share the rest, so a leak shows in it."""
+        pss = uss = 0
         try:
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
-                    return int(line.split()[1])
+                    pss = int(line.split()[1])
+                elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    uss += int(line.split()[1])
         except OSError:
             pass
-        return 0
+        return pss, uss
 
-    manager, workers = pss(pid), [pss(c) for c in children]
-    return {"total": manager + sum(workers), "manager": manager, "workers": sum(workers), "worker_count": len(workers)}
+    (manager, manager_uss), workers = sizes(pid), [sizes(c) for c in children]
+    return {
+        "total": manager + sum(w[0] for w in workers),
+        "manager": manager,
+        "workers": sum(w[0] for w in workers),
+        "worker_count": len(workers),
+        "manager_uss": manager_uss,
+        "workers_uss": sum(w[1] for w in workers),
+    }
 
 
 def helper_pss_kb(sock: str) -> int:
@@ -1084,17 +1096,22 @@ def build_rows(res: dict[str, Any], ours: str, ref: str) -> list[Row]:
         samples = res["memory_growth"]["samples"]
         later = samples[1:] or samples
         third = max(1, len(later) // 3)
-        # The pool grows and shrinks by a worker (~12-15 MiB) with the calls' overlap, so a
-        # leak is judged on the manager and on one worker's mean, not on the total.
+        # The pool grows and shrinks by a worker with the calls' overlap, and a process's PSS
+        # with the number of processes sharing its pages: a leak is judged on the private
+        # memory (USS) of the manager and of one worker (the pool's mean).
         for what, value, target in (
-            ("the helper and its workers", lambda x: x["total"], False),
-            ("the helper's manager process alone", lambda x: x["manager"], True),
-            ("one worker (mean over the pool)", lambda x: x["workers"] / max(1, x["worker_count"]), True),
+            ("PSS of the helper and its workers", lambda x: x["total"], False),
+            ("USS of the helper's manager process", lambda x: x.get("manager_uss", 0), True),
+            (
+                "USS of one worker (mean over the pool)",
+                lambda x: x.get("workers_uss", 0) / max(1, x["worker_count"]),
+                True,
+            ),
         ):
             first, last = med([value(x) for x in later[:third]]), med([value(x) for x in later[-third:]])
             rows.append(
                 Row(
-                    f"PSS of {what}: {later[0]['calls']}-{later[third - 1]['calls']} calls "
+                    f"{what}: {later[0]['calls']}-{later[third - 1]['calls']} calls "
                     f"/ {later[-third]['calls']}-{later[-1]['calls']}",
                     f"{first / 1024:.1f} / {last / 1024:.1f}",
                     "-",
@@ -1282,10 +1299,10 @@ def summary(res: dict[str, Any]) -> str:
         def grew(value: Callable[[dict[str, Any]], float]) -> tuple[float, float]:
             return med([value(x) for x in samples[:third]]), med([value(x) for x in samples[-third:]])
 
-        manager = grew(lambda x: x["manager"])
-        worker = grew(lambda x: x["workers"] / max(1, x["worker_count"]))
+        manager = grew(lambda x: x.get("manager_uss", 0))
+        worker = grew(lambda x: x.get("workers_uss", 0) / max(1, x["worker_count"]))
         line(
-            f"the helper's manager / one worker, PSS over {res['memory_growth']['calls']:,} calls, MiB",
+            f"the helper's manager / one worker, USS over {res['memory_growth']['calls']:,} calls, MiB",
             f"{manager[0] / 1024:.1f} -> {manager[1] / 1024:.1f} / {worker[0] / 1024:.1f} -> {worker[1] / 1024:.1f}",
             "-",
             "",
