@@ -357,9 +357,11 @@ def _tls_refused(exc: OSError) -> bool:
 
 
 def _tls_closed(exc: OSError) -> bool:
+    """The peer dropped the connection during the handshake: closed, or reset (a server
+    that closes with the ClientHello unread in its buffer makes the kernel send a reset)."""
     import ssl
 
-    return isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
+    return isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ConnectionResetError)
 
 
 def decode_answer(endpoint: Endpoint, status: int, body: bytes) -> dict[str, Any]:

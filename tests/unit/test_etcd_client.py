@@ -378,6 +378,31 @@ def tls_files(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
     return {name: _self_signed(tmp_path, name) for name in ("server", "other", "client")}
 
 
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_a_plain_server_that_drops_the_client_hello_is_named(reset: bool) -> None:
+    """What a plain-HTTP etcd does to a ClientHello: it closes the connection, which reaches
+    the client as an EOF or, with the hello still unread on the server, as a reset. Either
+    way the handshake's error says that the endpoint may not serve https."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:  # a close with part of the hello unread makes the kernel send a reset
+            conn.recv(1 if reset else 4096)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        options = etcd.Options(endpoints=(etcd.parse_endpoint(f"https://127.0.0.1:{port}"),), timeout=2.0)
+        with pytest.raises(ConnectionResetError) as exc:
+            etcd.Conn.open(options, options.endpoints[0], time.monotonic() + 2.0)
+        assert "closed during the TLS handshake (does this endpoint serve https?)" in str(exc.value)
+    finally:
+        thread.join(timeout=5)
+        listener.close()
+
+
 def test_tls_answers_and_refusals_are_errors_at_once(tls_files: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
     """A trusted server answers over TLS; an untrusted certificate, a server that wants a
     client certificate, and unreadable TLS files end the call with an EtcdError at once (not
