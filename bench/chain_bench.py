@@ -977,6 +977,36 @@ def _growth(probe: dict[str, Any]) -> float:
     return med([f - m for f, m in zip(probe["full"]["add"], probe["small"]["add"], strict=True)])
 
 
+# The pool grows and shrinks by a worker with the calls' overlap, and a process's PSS with
+# the number of processes sharing its pages: a leak is judged on private memory (USS), of
+# the manager and of one worker (the pool's mean); the PSS total is shown, not judged.
+MEMORY_MEASURES: tuple[tuple[str, str, Callable[[dict[str, Any]], float], bool], ...] = (
+    ("PSS of the helper and its workers", "total", lambda x: x["total"], False),
+    ("USS of the helper's manager process", "manager_uss", lambda x: x["manager_uss"], True),
+    (
+        "USS of one worker (mean over the pool)",
+        "workers_uss",
+        lambda x: x["workers_uss"] / max(1, x["worker_count"]),
+        True,
+    ),
+)
+
+
+def memory_growth(samples: list[dict[str, Any]]) -> list[tuple[str, str, float, float, bool]]:
+    """Per measure of ``MEMORY_MEASURES`` the samples have: (what, the calls compared, median of
+    the first third, of the last third, judged), the first sample (before any call) left out."""
+    later = samples[1:] or samples
+    if not later:
+        return []
+    third = max(1, len(later) // 3)
+    calls = f"{later[0]['calls']}-{later[third - 1]['calls']} calls / {later[-third]['calls']}-{later[-1]['calls']}"
+    return [
+        (what, calls, med([value(x) for x in later[:third]]), med([value(x) for x in later[-third:]]), judged)
+        for what, key, value, judged in MEMORY_MEASURES
+        if all(key in x for x in later)
+    ]
+
+
 def build_rows(res: dict[str, Any], ours: str, ref: str) -> list[Row]:
     rows: list[Row] = []
 
@@ -1094,30 +1124,15 @@ def build_rows(res: dict[str, Any], ours: str, ref: str) -> list[Row]:
             )
     if "memory_growth" in res:
         samples = res["memory_growth"]["samples"]
-        later = samples[1:] or samples
-        third = max(1, len(later) // 3)
-        # The pool grows and shrinks by a worker with the calls' overlap, and a process's PSS
-        # with the number of processes sharing its pages: a leak is judged on the private
-        # memory (USS) of the manager and of one worker (the pool's mean).
-        for what, value, target in (
-            ("PSS of the helper and its workers", lambda x: x["total"], False),
-            ("USS of the helper's manager process", lambda x: x.get("manager_uss", 0), True),
-            (
-                "USS of one worker (mean over the pool)",
-                lambda x: x.get("workers_uss", 0) / max(1, x["worker_count"]),
-                True,
-            ),
-        ):
-            first, last = med([value(x) for x in later[:third]]), med([value(x) for x in later[-third:]])
+        for what, calls, first, last, judged in memory_growth(samples):
             rows.append(
                 Row(
-                    f"{what}: {later[0]['calls']}-{later[third - 1]['calls']} calls "
-                    f"/ {later[-third]['calls']}-{later[-1]['calls']}",
+                    f"{what}: {calls}",
                     f"{first / 1024:.1f} / {last / 1024:.1f}",
                     "-",
                     unit="MiB",
-                    target="no growth" if target else "",
-                    met=(last - first) <= 1024 if target else None,
+                    target="no growth" if judged else "",
+                    met=(last - first) <= 1024 if judged else None,
                 )
             )
         restarts = len({x["pid"] for x in samples}) - 1
@@ -1292,21 +1307,14 @@ def summary(res: dict[str, Any]) -> str:
             ms(r),
             f"{o / r:.2f}x",
         )
-    if "memory_growth" in res:
-        samples = res["memory_growth"]["samples"][1:]
-        third = max(1, len(samples) // 3)
-
-        def grew(value: Callable[[dict[str, Any]], float]) -> tuple[float, float]:
-            return med([value(x) for x in samples[:third]]), med([value(x) for x in samples[-third:]])
-
-        manager = grew(lambda x: x.get("manager_uss", 0))
-        worker = grew(lambda x: x.get("workers_uss", 0) / max(1, x["worker_count"]))
+    judged = [m for m in memory_growth(res.get("memory_growth", {}).get("samples", [])) if m[4]]
+    if judged:  # runs before the samples had USS have no verdict here
         line(
             f"the helper's manager / one worker, USS over {res['memory_growth']['calls']:,} calls, MiB",
-            f"{manager[0] / 1024:.1f} -> {manager[1] / 1024:.1f} / {worker[0] / 1024:.1f} -> {worker[1] / 1024:.1f}",
+            " / ".join(f"{first / 1024:.1f} -> {last / 1024:.1f}" for _, _, first, last, _ in judged),
             "-",
             "",
-            verdict(manager[1] - manager[0] <= 1024 and worker[1] - worker[0] <= 1024, "no growth"),
+            verdict(all(last - first <= 1024 for _, _, first, last, _ in judged), "no growth"),
         )
     if "helper_after" in res:
         h = res["helper_after"]["total"] / 1024
